@@ -1,0 +1,58 @@
+"""HTTP entry point: the Flask app factory.
+
+Nothing is built at import time; :func:`create_app` makes the pool, registers blueprints and
+error handlers. ``api.wsgi`` holds the only module-level app.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+
+from flask import Flask
+from flask_smorest import Api
+
+from api import health, ingestion
+from api.errors import register_error_handlers
+from api.schemas import CustomerBatchSchema, OrderBatchSchema
+from api.services import EXTENSION, Services
+from crm_service import __version__
+from crm_service.config import Settings, load_settings
+from crm_service.db import create_pool, resolve_dsn
+
+SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+
+
+def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> Flask:
+    """Build the app. ``dsn`` defaults to ``DATABASE_URL`` or the embedded server."""
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="crm-service",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_URL,
+        API_SPEC_OPTIONS={
+            "info": {"description": "Customer lifecycle and CRM segmentation. Errors are RFC "
+                                    "9457 application/problem+json."},
+            "components": {"securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "an API key from `crm-service keys create`"}}},
+        },
+    )
+    pool = create_pool(dsn or resolve_dsn(settings), settings)
+    atexit.register(pool.close)
+    app.extensions[EXTENSION] = Services(settings=settings, pool=pool)
+    api = Api(app)
+    api.spec.components.schema("OrderBatch", schema=OrderBatchSchema)
+    api.spec.components.schema("CustomerBatch", schema=CustomerBatchSchema)
+    api.register_blueprint(health.blp)
+    api.register_blueprint(ingestion.blp)
+    register_error_handlers(app)
+    return app

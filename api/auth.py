@@ -1,0 +1,44 @@
+"""Bearer-token authentication and scope checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from api.errors import ApiProblem
+from api.services import services
+from crm_service import api_keys
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def require(scope: str) -> Callable[[F], F]:
+    """Decorator: the request must carry an active key holding ``scope`` (or ``admin``)."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            challenge = {"WWW-Authenticate": 'Bearer realm="crm-service"'}
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiProblem(401, "Unauthorized",
+                                 "send 'Authorization: Bearer <api key>'", slug="unauthorized",
+                                 headers=challenge)
+            with services().pool.connection() as conn:
+                key = api_keys.verify_token(conn, token.strip())
+            if key is None:
+                raise ApiProblem(401, "Unauthorized", "the API key is invalid or revoked",
+                                 slug="unauthorized", headers=challenge)
+            if not key.allows(scope):
+                raise ApiProblem(403, "Forbidden", f"this API key lacks the '{scope}' scope",
+                                 slug="forbidden", required_scope=scope)
+            g.api_key = key
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,91 @@
+"""One mapping from errors to RFC 9457 ``application/problem+json`` responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException
+
+from crm_service import errors as e
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+TYPE_BASE = "https://crm-service.dev/problems/"
+
+_STATUS: list[tuple[type[e.CrmError], int, str]] = [
+    (e.BatchTooLargeError, 413, "batch-too-large"),
+    (e.IdempotencyConflictError, 409, "idempotency-in-progress"),
+    (e.IdempotencyMismatchError, 422, "idempotency-key-reused"),
+    (e.NotFoundError, 404, "not-found"),
+    (e.ValidationError, 422, "invalid-input"),
+    (e.DatabaseUnavailableError, 503, "database-unavailable"),
+]
+
+
+def problem(status: int, title: str, detail: str | None = None, *, slug: str | None = None,
+            **extra: Any) -> Response:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    body["instance"] = request.path
+    body.update(extra)
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM)
+
+
+class ApiProblem(Exception):
+    """Raised in views to answer with a specific problem."""
+
+    def __init__(self, status: int, title: str, detail: str | None = None, *,
+                 slug: str | None = None, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail, self.slug = status, title, detail, slug
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every error through :func:`problem`."""
+
+    @app.errorhandler(ApiProblem)
+    def _api_problem(exc: ApiProblem) -> Response:
+        resp = problem(exc.status, exc.title, exc.detail, slug=exc.slug, **exc.extra)
+        resp.headers.update(exc.headers)
+        return resp
+
+    @app.errorhandler(e.CrmError)
+    def _domain(exc: e.CrmError) -> Response:
+        for cls, status, slug in _STATUS:
+            if isinstance(exc, cls):
+                return problem(status, exc.title, exc.detail, slug=slug, **exc.extra)
+        log.exception("unmapped service error")
+        return problem(500, "Internal error", "an unexpected error occurred")
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        extra: dict[str, Any] = {}
+        # flask-smorest / webargs put field errors on the exception.
+        data = getattr(exc, "data", None)
+        if isinstance(data, dict) and "messages" in data:
+            extra["errors"] = data["messages"]
+        detail = exc.description
+        if status == 413:
+            detail = "request body is larger than the limit"
+        resp = problem(status, exc.name, detail, **extra)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            resp.headers["Allow"] = exc.get_response().headers["Allow"]
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "Internal error", "an unexpected error occurred")

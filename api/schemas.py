@@ -1,0 +1,99 @@
+"""marshmallow schemas: request/response shapes, and the OpenAPI document built from them."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+
+class AmountField(fields.Field):
+    """A JSON number or numeric string; the service checks sign and decimals."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValidationError("must be a number or a numeric string")
+        return value
+
+    def _jsonschema_type_mapping(self):  # pragma: no cover - documentation only
+        return {"oneOf": [{"type": "number"}, {"type": "string"}]}
+
+
+class OrderInSchema(Schema):
+    """One order in a batch. Identity is (channel, order_id)."""
+
+    order_id = fields.String(required=True, metadata={"example": "TM20240501-0001"})
+    customer_id = fields.String(required=True, metadata={"example": "C-10023"})
+    channel = fields.String(required=True, metadata={
+        "example": "tmall", "description": "tmall, jd, pinduoduo, web, store, ..."})
+    ordered_at = fields.String(required=True, metadata={
+        "example": "2024-05-01T10:30:00+08:00",
+        "description": "ISO 8601 date or datetime; without an offset it is CRM_TIMEZONE time"})
+    amount = AmountField(required=True, metadata={
+        "example": 129.9, "description": ">= 0, at most 2 decimals; string or number"})
+    currency = fields.String(allow_none=True, metadata={
+        "example": "USD", "description": "defaults to CRM_CURRENCY; any other is rejected"})
+    status = fields.String(allow_none=True, validate=validate.OneOf(
+        ["paid", "refunded", "cancelled"]), metadata={"example": "paid"})
+
+
+class OrderBatchSchema(Schema):
+    """A batch of at most 1000 orders."""
+
+    orders = fields.List(fields.Nested(OrderInSchema), required=True)
+
+
+class IdentitySchema(Schema):
+    """A customer's account on one channel."""
+
+    channel = fields.String(required=True, metadata={"example": "jd"})
+    external_id = fields.String(required=True, metadata={"example": "jd_88231"})
+
+
+class CustomerInSchema(Schema):
+    """A profile upsert; an absent field is left unchanged, null clears it."""
+
+    customer_id = fields.String(required=True, metadata={"example": "C-10023"})
+    email = fields.String(allow_none=True, metadata={"example": "li.wei@example.com"})
+    phone = fields.String(allow_none=True, metadata={"example": "+86 138 0013 8000"})
+    name = fields.String(allow_none=True, metadata={"example": "Li Wei"})
+    identities = fields.List(fields.Nested(IdentitySchema), allow_none=True)
+
+
+class CustomerBatchSchema(Schema):
+    """A batch of at most 1000 profiles."""
+
+    customers = fields.List(fields.Nested(CustomerInSchema), required=True)
+
+
+class RecordResultSchema(Schema):
+    """What happened to one record of a batch."""
+
+    index = fields.Integer(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(
+        ["inserted", "updated", "duplicate", "rejected"]))
+    errors = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "field -> reason, when rejected"})
+    channel = fields.String()
+    order_id = fields.String()
+    customer_id = fields.String()
+
+
+class TotalsSchema(Schema):
+    """Count of records per outcome."""
+
+    inserted = fields.Integer()
+    updated = fields.Integer()
+    duplicate = fields.Integer()
+    rejected = fields.Integer()
+
+
+class BatchResultSchema(Schema):
+    """Per-record outcomes of a batch, by index, and totals."""
+
+    results = fields.List(fields.Nested(RecordResultSchema))
+    totals = fields.Nested(TotalsSchema)
+
+
+class HealthSchema(Schema):
+    """Liveness/readiness answer."""
+
+    status = fields.String(metadata={"example": "ok"})

@@ -1,0 +1,121 @@
+"""API keys: minting, listing, revoking and verifying.
+
+A key reads ``crm_<id>_<secret>``. Only SHA-256 of the secret is stored; the secret carries 256
+bits of entropy, so a fast hash is enough (no password-style stretching needed) and verification
+stays cheap on every request. The key itself is shown once, at creation, and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg.rows import class_row
+
+from crm_service.errors import ApiKeyNotFoundError, ValidationError
+
+SCOPES = (
+    "orders:write",
+    "customers:read",
+    "customers:write",
+    "scores:read",
+    "runs:write",
+    "webhooks:write",
+    "admin",
+)
+PREFIX = "crm"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, without its secret."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def allows(self, scope: str) -> bool:
+        """True when the key holds ``scope`` or ``admin``."""
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def parse_scopes(text: str) -> list[str]:
+    """Split ``S1,S2`` and check every scope is known."""
+    scopes = sorted({s.strip() for s in text.split(",") if s.strip()})
+    unknown = [s for s in scopes if s not in SCOPES]
+    if not scopes:
+        raise ValidationError("at least one scope is required; known: " + ", ".join(SCOPES))
+    if unknown:
+        raise ValidationError(
+            f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(SCOPES)}"
+        )
+    return scopes
+
+
+def create_key(conn: psycopg.Connection, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
+    """Mint a key; return it and the plaintext token (shown to the caller once)."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise ValidationError("key name must be 1-100 characters")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
+        cur.execute(
+            "INSERT INTO api_keys (id, name, secret_hash, scopes) VALUES (%s, %s, %s, %s)"
+            " RETURNING id, name, scopes, created_at, revoked_at",
+            (key_id, name, _digest(secret), scopes),
+        )
+        key = cur.fetchone()
+    assert key is not None
+    return key, f"{PREFIX}_{key_id}_{secret}"
+
+
+def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
+    """All keys, newest first (revoked ones included)."""
+    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
+        cur.execute(
+            "SELECT id, name, scopes, created_at, revoked_at FROM api_keys"
+            " ORDER BY created_at DESC, id"
+        )
+        return cur.fetchall()
+
+
+def revoke_key(conn: psycopg.Connection, key_id: str) -> ApiKey:
+    """Revoke a key; revoking twice keeps the first revocation time."""
+    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
+        cur.execute(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s"
+            " RETURNING id, name, scopes, created_at, revoked_at",
+            (key_id,),
+        )
+        key = cur.fetchone()
+    if key is None:
+        raise ApiKeyNotFoundError(f"no API key with id {key_id!r}")
+    return key
+
+
+def verify_token(conn: psycopg.Connection, token: str) -> ApiKey | None:
+    """The active key a bearer token belongs to, or None (unknown, malformed or revoked)."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
+        return None
+    row = conn.execute(
+        "SELECT id, name, scopes, created_at, revoked_at, secret_hash FROM api_keys"
+        " WHERE id = %s",
+        (parts[1],),
+    ).fetchone()
+    if row is None or row[4] is not None:
+        return None
+    if not hmac.compare_digest(bytes(row[5]), _digest(parts[2])):
+        return None
+    return ApiKey(row[0], row[1], list(row[2]), row[3], row[4])

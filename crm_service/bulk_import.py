@@ -1,0 +1,305 @@
+"""Bulk CSV import of orders and customer profiles.
+
+The file is streamed: rows are checked one at a time by the same rules as REST batches and
+written straight into a PostgreSQL COPY, so memory stays flat whatever the file size. The merge
+runs in one transaction: an import lands whole or not at all. Rejected rows go to a report with
+their line number and reason; they do not stop the import.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+
+from crm_service import customer_store, order_store
+from crm_service.config import Settings
+from crm_service.customers import check_customer
+from crm_service.errors import ValidationError
+from crm_service.ingestion import OrderRules, iter_checked
+
+ORDER_REQUIRED = ("order_id", "customer_id", "ordered_at", "amount")
+ORDER_OPTIONAL = ("channel", "currency", "status")
+CUSTOMER_REQUIRED = ("customer_id",)
+CUSTOMER_OPTIONAL = ("email", "phone", "name")
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImportSummary:
+    """Counts reported by an import (the ``--json`` output)."""
+
+    inserted: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rows: int = 0
+    report: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return {
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "rows": self.rows,
+            "report": self.report,
+        }
+
+
+class _Rejects:
+    """Writes rejected rows to the report file, created on the first reject only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.malformed = 0  # rows rejected for their shape, before any field check
+        self._fh: IO[str] | None = None
+        self._writer: Any = None
+
+    def add(self, line: int, errors: dict[str, str]) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._writer = csv.writer(self._fh)
+            self._writer.writerow(["line", "field", "reason"])
+        for name, reason in errors.items():
+            self._writer.writerow([line, name, reason])
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def _open_csv(path: Path) -> IO[str]:
+    try:
+        return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise ValidationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _read_header(fh: IO[str], path: Path, required: tuple[str, ...],
+                 optional: tuple[str, ...]) -> dict[str, int]:
+    try:
+        first = fh.readline()
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+    if not first.strip():
+        raise ValidationError(f"{path} is empty; expected a header line: {','.join(required)}")
+    names = [n.strip().lower() for n in next(csv.reader([first]))]
+    unknown = [n for n in names if n not in required + optional]
+    missing = [n for n in required if n not in names]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    problems = []
+    if missing:
+        problems.append("missing column(s): " + ", ".join(missing))
+    if unknown:
+        problems.append("unknown column(s): " + ", ".join(unknown))
+    if dupes:
+        problems.append("repeated column(s): " + ", ".join(dupes))
+    if problems:
+        raise ValidationError(
+            f"wrong header in {path}: {'; '.join(problems)}. Expected "
+            f"{','.join(required)} and optionally {','.join(optional)}"
+        )
+    return {name: i for i, name in enumerate(names)}
+
+
+def _rows(fh: IO[str], width: int, rejects: _Rejects, progress: Progress | None,
+          path: Path) -> Iterator[tuple[int, list[str]]]:
+    """CSV records as (line number, fields); rows of the wrong width go to the report."""
+    consumed = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal consumed
+        for text in fh:
+            consumed += len(text)
+            yield text
+
+    reader = csv.reader(lines())
+    line = 1
+    try:
+        for fields in reader:
+            line = reader.line_num + 1  # +1: the header was read before the reader started
+            if len(fields) != width:
+                if not fields or fields == [""]:
+                    continue  # blank line
+                rejects.add(line, {"_row": f"expected {width} fields, found {len(fields)}"})
+                rejects.malformed += 1
+                continue
+            yield line, fields
+            if progress is not None and line % 50_000 == 0:
+                progress(consumed)
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{path} is not UTF-8 text near line {line + 1}: {exc.reason}") \
+            from exc
+    except csv.Error as exc:
+        raise ValidationError(f"{path}: malformed CSV near line {line + 1}: {exc}") from exc
+    if progress is not None:
+        progress(consumed)
+
+
+def default_report_path(path: Path) -> Path:
+    """Where rejects of ``path`` are written unless told otherwise: ``FILE.rejects.csv``."""
+    return path.with_name(path.name + ".rejects.csv")
+
+
+def _copy_line(seq: int, row: tuple[str, ...]) -> str:
+    # COPY text format: only backslash needs escaping, ids hold no control characters.
+    fields = [f.replace("\\", "\\\\") if "\\" in f else f for f in row]
+    return f"{seq}\t" + "\t".join(fields) + "\n"
+
+
+def _blocks_in_background(make_blocks: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """Run the block producer on a thread so parsing overlaps the database's merge work.
+
+    PostgreSQL runs on the other core while psycopg waits with the GIL released, so the merge
+    of chunk k and the parsing of chunk k+1 proceed together. Errors are re-raised here.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=2)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in make_blocks():
+                while not stop.is_set():
+                    try:
+                        q.put(block, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    worker = threading.Thread(target=produce, name="csv-parser", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def import_orders(
+    conn: psycopg.Connection,
+    settings: Settings,
+    path: Path,
+    *,
+    channel: str | None = None,
+    report_path: Path | None = None,
+    progress: Progress | None = None,
+    chunk_rows: int = 100_000,
+) -> ImportSummary:
+    """Import an order CSV in one transaction on ``conn``; see the module docstring."""
+    report_path = report_path or default_report_path(path)
+    rules = OrderRules.from_settings(settings)
+    with _open_csv(path) as fh:
+        columns = _read_header(fh, path, ORDER_REQUIRED, ORDER_OPTIONAL)
+        if "channel" not in columns and not channel:
+            raise ValidationError(
+                f"{path} has no channel column; pass --channel (e.g. --channel tmall)"
+            )
+        rejects = _Rejects(report_path)
+        summary = ImportSummary()
+
+        def blocks() -> Iterator[str]:
+            rows = _rows(fh, len(columns), rejects, progress, path)
+            lines: list[str] = []
+            for line, row, errors in iter_checked(rules, rows, columns, channel):
+                summary.rows += 1
+                if row is None:
+                    rejects.add(line, errors)
+                    continue
+                lines.append(_copy_line(line, row))
+                if len(lines) >= chunk_rows:
+                    yield "".join(lines)
+                    lines = []
+            if lines:
+                yield "".join(lines)
+
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                merged = order_store.merge_order_blocks(conn, _blocks_in_background(blocks))
+        finally:
+            rejects.close()
+    summary.rows += rejects.malformed
+    summary.inserted, summary.updated = merged.inserted, merged.updated
+    summary.duplicates = merged.duplicates
+    summary.rejected = rejects.count
+    summary.report = str(report_path) if rejects.count else None
+    return summary
+
+
+def import_customers(
+    conn: psycopg.Connection,
+    settings: Settings,
+    path: Path,
+    *,
+    report_path: Path | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    """Import a customer-profile CSV in one transaction; empty cells leave a field unchanged."""
+    report_path = report_path or default_report_path(path)
+    with _open_csv(path) as fh:
+        columns = _read_header(fh, path, CUSTOMER_REQUIRED, CUSTOMER_OPTIONAL)
+        rejects = _Rejects(report_path)
+        summary = ImportSummary()
+
+        def staged() -> Iterator[customer_store.StagedCustomer]:
+            for line, fields in _rows(fh, len(columns), rejects, progress, path):
+                summary.rows += 1
+                record = {
+                    name: fields[i] for name, i in columns.items() if fields[i].strip() != ""
+                }
+                record.setdefault("customer_id", "")
+                profile, errors = check_customer(record)
+                if profile is None:
+                    rejects.add(line, errors)
+                else:
+                    yield line, profile
+
+        try:
+            with conn.transaction():
+                merged = customer_store.merge_customers(conn, staged())
+        finally:
+            rejects.close()
+    summary.rows += rejects.malformed
+    summary.inserted, summary.updated = merged.inserted, merged.updated
+    summary.duplicates = merged.duplicates
+    summary.rejected = rejects.count
+    summary.report = str(report_path) if rejects.count else None
+    return summary
+
+
+def file_size(path: Path) -> int:
+    """Size of ``path`` in bytes, 0 when unknown (for progress bars)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def summary_json(summary: ImportSummary) -> str:
+    """The ``--json`` line printed by the CLI."""
+    return json.dumps(summary.as_dict(), sort_keys=True)

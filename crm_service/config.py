@@ -1,0 +1,149 @@
+"""Settings read from the environment, validated once at start.
+
+Every setting has a documented default (README, "Configuration"). A bad value stops the
+process with a message that names the variable, the value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from crm_service.errors import ConfigError
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide configuration; build it with :func:`load_settings`."""
+
+    database_url: str | None = None
+    data_dir: Path = Path(".crm-data")
+    timezone: str = "UTC"
+    currency: str = "USD"
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    pool_timeout_seconds: float = 10.0
+    statement_timeout_ms: int = 60_000
+    max_batch_orders: int = 1000
+    max_body_bytes: int = 5 * 1024 * 1024
+    idempotency_ttl_hours: int = 24
+    idempotency_stale_seconds: int = 120
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The reporting time zone as a ``ZoneInfo``."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no ``DATABASE_URL`` is set and the embedded PostgreSQL is used."""
+        return not self.database_url
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer (expected {lo}..{hi})") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range (expected {lo}..{hi})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number (expected {lo}..{hi})") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range (expected {lo}..{hi})")
+    return value
+
+
+def _timezone(env: Mapping[str, str]) -> str:
+    raw = (env.get("CRM_TIMEZONE") or "UTC").strip()
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"CRM_TIMEZONE={raw!r} is not an IANA time zone name (e.g. UTC, Asia/Shanghai)"
+        ) from None
+    return raw
+
+
+def _currency(env: Mapping[str, str]) -> str:
+    raw = (env.get("CRM_CURRENCY") or "USD").strip().upper()
+    if not _CURRENCY.match(raw):
+        raise ConfigError(f"CRM_CURRENCY={raw!r} is not an ISO 4217 code (e.g. CNY, USD)")
+    return raw
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("DATABASE_URL") or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("postgresql://", "postgres://")) and "=" not in raw:
+        raise ConfigError(
+            "DATABASE_URL must be a PostgreSQL URL (postgresql://user:pass@host:5432/db) "
+            "or a libpq key=value string"
+        )
+    return raw
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = (env.get("CRM_LOG_LEVEL") or "INFO").strip().upper()
+    if raw not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"CRM_LOG_LEVEL={raw!r} must be one of DEBUG, INFO, WARNING, ERROR")
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate settings from ``env`` (default ``os.environ``).
+
+    Raises
+    ------
+    ConfigError
+        If any variable holds a value that cannot be used.
+    """
+    env = os.environ if env is None else env
+    pool_min = _int(env, "CRM_POOL_MIN_SIZE", 1, 0, 100)
+    pool_max = _int(env, "CRM_POOL_MAX_SIZE", 10, 1, 200)
+    if pool_max < max(pool_min, 1):
+        raise ConfigError(
+            f"CRM_POOL_MAX_SIZE={pool_max} must be at least CRM_POOL_MIN_SIZE={pool_min}"
+        )
+    return Settings(
+        database_url=_database_url(env),
+        data_dir=Path(env.get("CRM_DATA_DIR") or ".crm-data").expanduser(),
+        timezone=_timezone(env),
+        currency=_currency(env),
+        pool_min_size=pool_min,
+        pool_max_size=pool_max,
+        pool_timeout_seconds=_float(env, "CRM_POOL_TIMEOUT", 10.0, 0.1, 600.0),
+        statement_timeout_ms=_int(env, "CRM_STATEMENT_TIMEOUT_MS", 60_000, 100, 86_400_000),
+        max_batch_orders=_int(env, "CRM_MAX_BATCH_ORDERS", 1000, 1, 1000),
+        max_body_bytes=_int(env, "CRM_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 5 * 1024 * 1024),
+        idempotency_ttl_hours=_int(env, "CRM_IDEMPOTENCY_TTL_HOURS", 24, 24, 24 * 90),
+        idempotency_stale_seconds=_int(env, "CRM_IDEMPOTENCY_STALE_SECONDS", 120, 1, 3600),
+        log_level=_log_level(env),
+        host=(env.get("CRM_HOST") or "127.0.0.1").strip(),
+        port=_int(env, "CRM_PORT", 8000, 1, 65535),
+        workers=_int(env, "CRM_WORKERS", 2, 1, 64),
+    )

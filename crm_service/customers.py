@@ -1,0 +1,101 @@
+"""Customer-profile rules: validation and normalisation of email, phone and name.
+
+Emails are matched case-insensitively; phones by their digits (``+`` kept, ``00`` prefix read as
+``+``), so an agent finds "+86 138-0013-8000" whether it was typed with spaces or not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crm_service.ingestion import _CHANNEL, MAX_ID_LENGTH
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_PHONE_SEPARATORS = re.compile(r"[\s\-().\u00a0/]")
+_PHONE = re.compile(r"\+?\d{5,15}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+PROFILE_FIELDS = ("email", "phone", "name")
+MAX_NAME_LENGTH = 200
+
+
+def normalize_email(value: str) -> str | None:
+    """Lower-cased, trimmed email, or None when it is not an address."""
+    text = value.strip().lower()
+    if len(text) > 254 or not _EMAIL.fullmatch(text):
+        return None
+    return text
+
+
+def normalize_phone(value: str) -> str | None:
+    """Digits of a phone number with a leading ``+`` for international form, or None."""
+    text = _PHONE_SEPARATORS.sub("", value.strip())
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not _PHONE.fullmatch(text):
+        return None
+    return text
+
+
+@dataclass
+class Profile:
+    """A validated profile update: only the fields present in the input are changed."""
+
+    customer_id: str
+    values: dict[str, str | None] = field(default_factory=dict)
+    identities: list[tuple[str, str]] = field(default_factory=list)
+
+    def column(self, name: str) -> tuple[bool, str | None]:
+        """(is set, value) for one profile column, including the normalised ones."""
+        return (name in self.values, self.values.get(name))
+
+
+def check_customer(record: Mapping[str, Any]) -> tuple[Profile | None, dict[str, str]]:
+    """Validate one profile update; return ``(profile, {})`` or ``(None, errors)``.
+
+    A key that is present with value None clears the field; an absent key leaves it unchanged.
+    """
+    errors: dict[str, str] = {}
+    raw_id = record.get("customer_id")
+    cid = "" if raw_id is None else str(raw_id).strip()
+    if not cid:
+        errors["customer_id"] = "required"
+    elif len(cid) > MAX_ID_LENGTH or _CONTROL.search(cid):
+        errors["customer_id"] = f"1-{MAX_ID_LENGTH} printable characters"
+    values: dict[str, str | None] = {}
+    if "email" in record:
+        email = record["email"]
+        if email is None or str(email).strip() == "":
+            values["email"] = values["email_normalized"] = None
+        elif (norm := normalize_email(str(email))) is None:
+            errors["email"] = "not an email address"
+        else:
+            values["email"], values["email_normalized"] = str(email).strip(), norm
+    if "phone" in record:
+        phone = record["phone"]
+        if phone is None or str(phone).strip() == "":
+            values["phone"] = values["phone_normalized"] = None
+        elif (norm := normalize_phone(str(phone))) is None:
+            errors["phone"] = "not a phone number (5-15 digits, optional leading +)"
+        else:
+            values["phone"], values["phone_normalized"] = str(phone).strip(), norm
+    if "name" in record:
+        name = record["name"]
+        text = None if name is None else str(name).strip() or None
+        if text is not None and (len(text) > MAX_NAME_LENGTH or _CONTROL.search(text)):
+            errors["name"] = f"at most {MAX_NAME_LENGTH} printable characters"
+        values["name"] = text
+    identities: list[tuple[str, str]] = []
+    for i, ident in enumerate(record.get("identities") or []):
+        chan = str(ident.get("channel") or "").strip().lower()
+        ext = str(ident.get("external_id") or "").strip()
+        if not _CHANNEL.fullmatch(chan):
+            errors[f"identities.{i}.channel"] = "1-32 characters: letters, digits, '_', '.', '-'"
+        if not ext or len(ext) > MAX_ID_LENGTH or _CONTROL.search(ext):
+            errors[f"identities.{i}.external_id"] = f"1-{MAX_ID_LENGTH} printable characters"
+        identities.append((chan, ext))
+    if errors:
+        return None, errors
+    return Profile(cid, values, identities), {}

@@ -1,0 +1,81 @@
+"""Connections to PostgreSQL: resolving the DSN and building the connection pool."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from crm_service.config import Settings
+from crm_service.errors import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """Return the DSN in use: ``DATABASE_URL``, or the embedded server (started on demand)."""
+    if settings.database_url:
+        return settings.database_url
+    from crm_service.embedded import start_embedded
+
+    return start_embedded(settings.data_dir)
+
+
+def _configure(statement_timeout_ms: int):
+    def configure(conn: psycopg.Connection) -> None:
+        # Sessions run in UTC; the reporting zone is applied explicitly where it matters.
+        conn.execute(
+            "SELECT set_config('timezone', 'UTC', false), "
+            "set_config('statement_timeout', %s, false)",
+            (str(statement_timeout_ms),),
+        )
+        conn.commit()
+
+    return configure
+
+
+def create_pool(dsn: str, settings: Settings, *, name: str = "crm") -> ConnectionPool:
+    """Open a connection pool and wait until one connection works.
+
+    Raises
+    ------
+    DatabaseUnavailableError
+        If no connection can be made within the pool timeout.
+    """
+    pool = ConnectionPool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout_seconds,
+        configure=_configure(settings.statement_timeout_ms),
+        name=name,
+        open=False,
+    )
+    try:
+        pool.open(wait=settings.pool_min_size > 0, timeout=settings.pool_timeout_seconds)
+    except Exception as exc:
+        pool.close()
+        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+    return pool
+
+
+def connect(dsn: str, settings: Settings, **kwargs) -> psycopg.Connection:
+    """One connection outside the pool (CLI commands, migrations)."""
+    try:
+        conn = psycopg.connect(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+    _configure(settings.statement_timeout_ms)(conn)
+    return conn
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password replaced, for logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    if info.get("password"):
+        info["password"] = "***"
+    return psycopg.conninfo.make_conninfo(**info)

@@ -1,0 +1,73 @@
+"""The embedded PostgreSQL used when no ``DATABASE_URL`` is configured.
+
+A private server from the ``pgserver`` package (PostgreSQL binaries shipped in a wheel) keeps its
+cluster under ``CRM_DATA_DIR/pg`` and listens on a Unix socket only, so it never collides with
+another PostgreSQL on the machine. The server stops when the last process that started or
+attached to it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+from psycopg import sql
+
+from crm_service.errors import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "crm"
+
+
+def start_embedded(data_dir: Path, database: str = DATABASE_NAME) -> str:
+    """Start (or attach to) the embedded server and return a DSN for ``database``.
+
+    The database is created on first use.
+    """
+    pgdata = (data_dir / "pg").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here, so silence it locally.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises bare exceptions from pg_ctl
+            raise DatabaseUnavailableError(
+                f"could not start the embedded PostgreSQL in {pgdata}: {exc}; "
+                "check the log in that directory, or set DATABASE_URL to use an external server"
+            ) from exc
+    admin_dsn = server.get_uri()
+    ensure_database(admin_dsn, database)
+    return with_database(admin_dsn, database)
+
+
+def with_database(dsn: str, database: str) -> str:
+    """Return ``dsn`` pointing at another database on the same server (URL form)."""
+    parts = urlsplit(dsn)
+    return parts._replace(path="/" + database).geturl()
+
+
+def socket_dir(dsn: str) -> str | None:
+    """The Unix-socket directory in a ``?host=/path`` DSN, if any."""
+    return parse_qs(urlsplit(dsn).query).get("host", [None])[0]
+
+
+def ensure_database(admin_dsn: str, database: str) -> None:
+    """Create ``database`` if it does not exist yet (safe against a concurrent creator)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+        if exists:
+            return
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            log.info("created database %s", database)
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            pass

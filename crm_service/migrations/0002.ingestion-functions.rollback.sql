@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS crm_parse_timestamp(text, text);
