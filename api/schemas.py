@@ -31,8 +31,9 @@ class OrderInSchema(Schema):
         "example": 129.9, "description": ">= 0, at most 2 decimals; string or number"})
     currency = fields.String(allow_none=True, metadata={
         "example": "USD", "description": "defaults to CRM_CURRENCY; any other is rejected"})
-    status = fields.String(allow_none=True, validate=validate.OneOf(
-        ["paid", "refunded", "cancelled"]), metadata={"example": "paid"})
+    status = fields.String(allow_none=True, metadata={
+        "example": "paid", "enum": ["paid", "refunded", "cancelled"],
+        "description": "default paid; case-insensitive"})
 
 
 class OrderBatchSchema(Schema):

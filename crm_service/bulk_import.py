@@ -16,15 +16,16 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import psycopg
+from typing import IO, TYPE_CHECKING, Any
 
 from crm_service import customer_store, order_store
 from crm_service.config import Settings
 from crm_service.customers import check_customer
 from crm_service.errors import ValidationError
 from crm_service.ingestion import OrderRules, iter_checked
+
+if TYPE_CHECKING:
+    import psycopg
 
 ORDER_REQUIRED = ("order_id", "customer_id", "ordered_at", "amount")
 ORDER_OPTIONAL = ("channel", "currency", "status")

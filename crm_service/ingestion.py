@@ -12,14 +12,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-import psycopg
 
 from crm_service import order_store
 from crm_service.config import Settings
 from crm_service.errors import BatchTooLargeError
+
+if TYPE_CHECKING:
+    import psycopg
 
 ORDER_STATUSES = ("paid", "refunded", "cancelled")
 MAX_ID_LENGTH = 128

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
 import psycopg
 
 # (seq, (order_id, customer_id, channel, ordered_at ISO text, amount text, currency, status))

@@ -1,0 +1,299 @@
+"""The ``crm-service`` command line (also ``python -m crm_service``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from crm_service import __version__, api_keys, bulk_import, schema
+from crm_service.config import Settings, load_settings
+from crm_service.db import connect, redact, resolve_dsn
+from crm_service.errors import ConfigError, CrmError
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn service errors into one clear line on stderr and a non-zero exit."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(exc.detail, 2)
+        except CrmError as exc:
+            _fail(exc.detail, 1)
+
+    return wrapper
+
+
+class Context:
+    """Settings and the DSN, resolved lazily (the embedded server starts on first use)."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._dsn: str | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def dsn(self) -> str:
+        if self._dsn is None:
+            self._dsn = resolve_dsn(self.settings)
+        return self._dsn
+
+    def upgraded_dsn(self) -> str:
+        """The DSN, after applying any pending migration."""
+        schema.upgrade(self.dsn)
+        return self.dsn
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="crm-service")
+def main() -> None:
+    """Customer lifecycle and CRM segmentation service."""
+
+
+# --- db --------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema and connection."""
+
+
+@db.command("upgrade")
+@pass_ctx
+@handles_errors
+def db_upgrade(ctx: Context) -> None:
+    """Apply pending migrations (idempotent; safe from two processes at once)."""
+    applied = schema.upgrade(ctx.dsn)
+    click.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied)
+                                                          if applied else "; schema up to date"))
+
+
+@db.command("url")
+@click.option("--redact-password", is_flag=True, help="Hide the password.")
+@pass_ctx
+@handles_errors
+def db_url(ctx: Context, redact_password: bool) -> None:
+    """Print the DSN in use (embedded or DATABASE_URL), e.g. ``psql "$(crm-service db url)"``."""
+    click.echo(redact(ctx.dsn) if redact_password else ctx.dsn)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--scopes", required=True,
+              help="Comma-separated: " + ", ".join(api_keys.SCOPES))
+@click.option("--json", "as_json", is_flag=True, help='Print {"id": ..., "key": ...}.')
+@pass_ctx
+@handles_errors
+def keys_create(ctx: Context, name: str, scopes: str, as_json: bool) -> None:
+    """Mint an API key; it is printed once and stored only as a hash."""
+    wanted = api_keys.parse_scopes(scopes)
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        key, token = api_keys.create_key(conn, name, wanted)
+        conn.commit()
+    if as_json:
+        click.echo(json.dumps({"id": key.id, "key": token, "name": key.name,
+                               "scopes": key.scopes}))
+    else:
+        click.echo(f"created key {key.id} ({key.name}) with scopes {','.join(key.scopes)}")
+        click.echo(f"key: {token}")
+        click.echo("store it now: it cannot be shown again", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handles_errors
+def keys_list(ctx: Context, as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        rows = api_keys.list_keys(conn)
+    if as_json:
+        click.echo(json.dumps([{
+            "id": k.id, "name": k.name, "scopes": k.scopes,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        } for k in rows]))
+        return
+    for k in rows:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        click.echo(f"{k.id}  {k.name:<24} {','.join(k.scopes):<40} {state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+@handles_errors
+def keys_revoke(ctx: Context, key_id: str) -> None:
+    """Revoke a key by id; requests with it get 401 from then on."""
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        key = api_keys.revoke_key(conn, key_id)
+        conn.commit()
+    click.echo(f"revoked key {key.id} ({key.name})")
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+@main.group("import")
+def import_() -> None:
+    """Bulk-load CSV files."""
+
+
+def _progress(path: Path, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    bar = click.progressbar(length=bulk_import.file_size(path) or 1, label=f"importing {path.name}",
+                            file=sys.stderr)
+    state = {"done": 0}
+
+    def update(consumed: int) -> None:
+        bar.update(consumed - state["done"])
+        state["done"] = consumed
+
+    return bar, update
+
+
+def _report(summary: bulk_import.ImportSummary, as_json: bool) -> None:
+    if as_json:
+        click.echo(bulk_import.summary_json(summary))
+        return
+    click.echo(f"{summary.rows} rows: {summary.inserted} inserted, {summary.updated} updated, "
+               f"{summary.duplicates} duplicates, {summary.rejected} rejected")
+    if summary.report:
+        click.echo(f"rejected rows with line numbers and reasons: {summary.report}")
+
+
+@import_.command("orders")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--channel", help="Channel for rows without a channel column/value.")
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Where to write rejected rows (default FILE.rejects.csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_ctx
+@handles_errors
+def import_orders(ctx: Context, file: Path, channel: str | None, report: Path | None,
+                  as_json: bool) -> None:
+    """Import orders: header order_id,customer_id,ordered_at,amount[,channel,currency,status]."""
+    bar, update = _progress(file, as_json)
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        if bar is not None:
+            with bar:
+                summary = bulk_import.import_orders(conn, ctx.settings, file, channel=channel,
+                                                    report_path=report, progress=update)
+        else:
+            summary = bulk_import.import_orders(conn, ctx.settings, file, channel=channel,
+                                                report_path=report)
+    _report(summary, as_json)
+
+
+@import_.command("customers")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Where to write rejected rows (default FILE.rejects.csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_ctx
+@handles_errors
+def import_customers(ctx: Context, file: Path, report: Path | None, as_json: bool) -> None:
+    """Import profiles: header customer_id[,email,phone,name]; empty cells change nothing."""
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        summary = bulk_import.import_customers(conn, ctx.settings, file, report_path=report)
+    _report(summary, as_json)
+
+
+# --- serve / demo ----------------------------------------------------------------------------
+
+# Path only (%(U)s), never the query string: searches carry emails and phones.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+
+
+def _serve(ctx: Context, host: str, port: int, workers: int) -> int:
+    dsn = ctx.upgraded_dsn()
+    env = dict(os.environ, DATABASE_URL=dsn)
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
+           str(workers), "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+           "--graceful-timeout", "10", "api.wsgi:app"]
+    # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
+    # it when the server exits.
+    child = subprocess.Popen(cmd, env=env)  # noqa: S603 - fixed argv, no shell
+
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return child.wait()
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (CRM_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (CRM_PORT, default 8000).")
+@click.option("--workers", type=int, default=None, help="gunicorn workers (CRM_WORKERS).")
+@pass_ctx
+@handles_errors
+def serve(ctx: Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the HTTP API with gunicorn (migrations are applied first)."""
+    s = ctx.settings
+    sys.exit(_serve(ctx, host or s.host, port or s.port, workers or s.workers))
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--no-serve", is_flag=True, help="Load the demo data and exit.")
+@pass_ctx
+@handles_errors
+def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> None:
+    """Load the CDNOW demo orders shipped with lifetimes, mint an admin key, and serve."""
+    from crm_service.demo import load_cdnow_sample
+
+    s = ctx.settings
+    dsn = ctx.upgraded_dsn()
+    with connect(dsn, s) as conn:
+        summary = load_cdnow_sample(conn, s)
+        key, token = api_keys.create_key(conn, "demo-admin", ["admin"])
+        conn.commit()
+    host, port = host or s.host, port or s.port
+    base = f"http://{host}:{port}"
+    click.echo(f"demo data: CDNOW sample, {summary.rows} orders "
+               f"({summary.inserted} new, {summary.duplicates} already loaded)")
+    click.echo(f"admin API key (shown once): {token}")
+    click.echo(f"API:  {base}/v1   docs: {base}/docs   OpenAPI: {base}/openapi.json")
+    click.echo(f"try:  curl -H 'Authorization: Bearer {token}' {base}/readyz")
+    if not no_serve:
+        sys.exit(_serve(ctx, host, port, s.workers))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,102 @@
+"""Fixtures: one real PostgreSQL (the embedded one, or TEST_DATABASE_URL) for the whole run.
+
+Each test starts from empty tables (TRUNCATE), so tests are independent and order-free.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from crm_service import api_keys, schema
+from crm_service.config import Settings, load_settings
+from crm_service.embedded import ensure_database, start_embedded, with_database
+
+TABLES = "idempotency_records, customer_identities, orders, customers, api_keys"
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """DSN of the test server's maintenance database."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        return external
+    data_dir = tmp_path_factory.mktemp("crm-data")
+    return with_database(start_embedded(data_dir), "postgres")
+
+
+@pytest.fixture(scope="session")
+def dsn(server_dsn: str) -> str:
+    """A migrated test database."""
+    ensure_database(server_dsn, "crm_test")
+    url = with_database(server_dsn, "crm_test")
+    schema.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory, dsn: str) -> Settings:
+    """Settings as a deployment with DATABASE_URL would have them."""
+    return load_settings({"DATABASE_URL": dsn,
+                          "CRM_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+                          "CRM_POOL_MIN_SIZE": "1", "CRM_POOL_MAX_SIZE": "4"})
+
+
+@pytest.fixture()
+def conn(dsn: str) -> Iterator[psycopg.Connection]:
+    """A connection to an emptied database."""
+    with psycopg.connect(dsn) as c:
+        c.execute(f"TRUNCATE {TABLES}")
+        c.commit()
+        yield c
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, dsn: str):
+    from api import create_app
+
+    return create_app(settings, dsn=dsn)
+
+
+@pytest.fixture()
+def client(app, conn):
+    return app.test_client()
+
+
+@pytest.fixture()
+def make_token(conn: psycopg.Connection):
+    def make(*scopes: str) -> str:
+        _, token = api_keys.create_key(conn, "test", list(scopes) or ["admin"])
+        conn.commit()
+        return token
+
+    return make
+
+
+@pytest.fixture()
+def auth(make_token) -> dict[str, str]:
+    """Headers of an admin key."""
+    return {"Authorization": f"Bearer {make_token('admin')}"}
+
+
+@pytest.fixture()
+def cli_env(dsn: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for CLI runs against the test database."""
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.setenv("CRM_DATA_DIR", str(settings.data_dir))
+    return {"DATABASE_URL": dsn, "CRM_DATA_DIR": str(settings.data_dir)}
+
+
+def count(conn: psycopg.Connection, sql: str, *params) -> int:
+    row = conn.execute(sql, params).fetchone()
+    conn.commit()
+    return int(row[0])
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,155 @@
+"""POST /v1/orders through the app, against the real database."""
+
+import json
+
+import pytest
+
+from tests.conftest import count
+
+PROBLEM = "application/problem+json"
+
+
+def order(i=1, **kw):
+    base = {"order_id": f"O{i}", "customer_id": f"C{i}", "channel": "tmall",
+            "ordered_at": "2024-05-01T10:00:00+08:00", "amount": "99.90"}
+    base.update(kw)
+    return base
+
+
+def post(client, auth, orders, **headers):
+    return client.post("/v1/orders", json={"orders": orders}, headers={**auth, **headers})
+
+
+def test_outcomes_per_record_and_totals(client, auth, conn):
+    r = post(client, auth, [order(1), order(2, amount="-5"), order(3)])
+    assert r.status_code == 200
+    assert [x["outcome"] for x in r.json["results"]] == ["inserted", "rejected", "inserted"]
+    assert r.json["results"][1] == {"index": 1, "outcome": "rejected",
+                                    "errors": {"amount": "must be >= 0"}}
+    assert r.json["totals"] == {"inserted": 2, "updated": 0, "duplicate": 0, "rejected": 1}
+    assert count(conn, "SELECT count(*) FROM orders") == 2
+    assert count(conn, "SELECT count(*) FROM customers") == 2  # created with their orders
+
+
+def test_resend_is_duplicate_and_refund_is_update(client, auth, conn):
+    post(client, auth, [order(1)])
+    r = post(client, auth, [order(1)])
+    assert r.json["results"][0]["outcome"] == "duplicate"
+    r = post(client, auth, [order(1, status="refunded")])
+    assert r.json["results"][0]["outcome"] == "updated"
+    r = post(client, auth, [order(1, status="refunded", amount="50.00")])
+    assert r.json["results"][0]["outcome"] == "updated"
+    row = conn.execute("SELECT status, amount FROM orders").fetchone()
+    assert row[0] == "refunded" and str(row[1]) == "50.00"
+
+
+def test_same_order_twice_in_one_batch_is_applied_in_order(client, auth, conn):
+    r = post(client, auth, [order(1), order(1, status="refunded"), order(1, status="refunded")])
+    assert [x["outcome"] for x in r.json["results"]] == ["inserted", "updated", "duplicate"]
+    assert conn.execute("SELECT status FROM orders").fetchone()[0] == "refunded"
+
+
+def test_channel_is_part_of_the_identity(client, auth, conn):
+    r = post(client, auth, [order(1, channel="tmall"), order(1, channel="JD")])
+    assert [x["outcome"] for x in r.json["results"]] == ["inserted", "inserted"]
+    assert count(conn, "SELECT count(*) FROM orders WHERE channel = 'jd'") == 1
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("ordered_at", "2999-01-01", "more than one day in the future"),
+    ("ordered_at", "1989-06-01", "before 1990-01-01"),
+    ("ordered_at", "01/05/2024", "not an ISO 8601"),
+    ("currency", "EUR", "must be USD (CRM_CURRENCY)"),
+    ("amount", "1.999", "at most 2 decimal places"),
+    ("status", "lost", "must be one of paid, refunded, cancelled"),
+    ("order_id", 17, "Not a valid string."),
+])
+def test_bad_records_are_rejected_without_blocking_others(client, auth, conn, field, value,
+                                                          reason):
+    r = post(client, auth, [order(1, **{field: value}), order(2)])
+    assert r.status_code == 200
+    first, second = r.json["results"]
+    assert first["outcome"] == "rejected" and reason in first["errors"][field]
+    assert second["outcome"] == "inserted"
+    assert count(conn, "SELECT count(*) FROM orders") == 1
+
+
+def test_missing_fields_are_rejected(client, auth):
+    r = post(client, auth, [{"order_id": "X"}])
+    errors = r.json["results"][0]["errors"]
+    assert set(errors) >= {"customer_id", "channel", "ordered_at", "amount"}
+
+
+def test_more_than_1000_orders_is_413(client, auth, conn):
+    r = post(client, auth, [order(i) for i in range(1001)])
+    assert r.status_code == 413 and r.mimetype == PROBLEM
+    assert r.json["status"] == 413 and "limit is 1000" in r.json["detail"]
+    assert count(conn, "SELECT count(*) FROM orders") == 0
+
+
+def test_exactly_1000_orders_is_accepted(client, auth, conn):
+    r = post(client, auth, [order(i) for i in range(1000)])
+    assert r.json["totals"]["inserted"] == 1000
+
+
+def test_body_over_5mb_is_413(client, auth):
+    big = json.dumps({"orders": [order(1, order_id="x" * 100)] * 1, "pad": "y" * (5 << 20)})
+    r = client.post("/v1/orders", data=big, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.mimetype == PROBLEM
+
+
+def test_malformed_json_is_400(client, auth):
+    r = client.post("/v1/orders", data='{"orders": [', headers={
+        **auth, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.mimetype == PROBLEM
+    assert r.json["title"] == "Malformed JSON"
+
+
+def test_wrong_content_type_is_415(client, auth):
+    r = client.post("/v1/orders", data="order_id=1", headers={
+        **auth, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.mimetype == PROBLEM
+
+
+@pytest.mark.parametrize("body", [
+    {"orders": [order(1)], "extra": 1},
+    {"orders": [order(1), order(2, colour="red")]},
+])
+def test_unknown_fields_are_422_and_nothing_is_written(client, auth, conn, body):
+    r = client.post("/v1/orders", json=body, headers=auth)
+    assert r.status_code == 422 and r.mimetype == PROBLEM
+    assert "unknown field" in r.json["detail"]
+    assert count(conn, "SELECT count(*) FROM orders") == 0
+
+
+@pytest.mark.parametrize("body", [[], {"orders": "nope"}, {"orders": [1, 2]}, {}])
+def test_wrong_envelope_is_422(client, auth, body):
+    r = client.post("/v1/orders", json=body, headers=auth)
+    assert r.status_code == 422 and r.mimetype == PROBLEM
+
+
+def test_missing_and_invalid_keys_are_401(client, conn):
+    r = client.post("/v1/orders", json={"orders": [order(1)]})
+    assert r.status_code == 401 and r.mimetype == PROBLEM
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = client.post("/v1/orders", json={"orders": [order(1)]},
+                    headers={"Authorization": "Bearer crm_nope_nope"})
+    assert r.status_code == 401
+    assert count(conn, "SELECT count(*) FROM orders") == 0
+
+
+def test_wrong_scope_is_403(client, make_token, conn):
+    token = make_token("customers:read")
+    r = client.post("/v1/orders", json={"orders": [order(1)]},
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403 and r.json["required_scope"] == "orders:write"
+    ok = make_token("orders:write")
+    r = client.post("/v1/orders", json={"orders": [order(1)]},
+                    headers={"Authorization": f"Bearer {ok}"})
+    assert r.status_code == 200
+
+
+def test_unknown_route_and_method_are_problems(client, auth):
+    assert client.get("/v1/nowhere").mimetype == PROBLEM
+    r = client.get("/v1/orders", headers=auth)
+    assert r.status_code == 405 and r.mimetype == PROBLEM

@@ -1,0 +1,38 @@
+import pytest
+
+from crm_service.config import load_settings
+from crm_service.errors import ConfigError
+
+
+def test_defaults():
+    s = load_settings({})
+    assert s.database_url is None and s.embedded
+    assert s.timezone == "UTC" and s.currency == "USD"
+    assert str(s.data_dir) == ".crm-data"
+    assert s.max_batch_orders == 1000 and s.max_body_bytes == 5 * 1024 * 1024
+    assert s.idempotency_ttl_hours == 24
+
+
+def test_values_are_read_and_normalised():
+    s = load_settings({"CRM_TIMEZONE": "Asia/Shanghai", "CRM_CURRENCY": "cny",
+                       "CRM_POOL_MAX_SIZE": "20", "DATABASE_URL": "postgresql://u@h/db"})
+    assert s.timezone == "Asia/Shanghai" and s.currency == "CNY" and s.pool_max_size == 20
+    assert not s.embedded
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"CRM_TIMEZONE": "Mars/Olympus"}, "CRM_TIMEZONE='Mars/Olympus' is not an IANA"),
+    ({"CRM_CURRENCY": "dollars"}, "CRM_CURRENCY='DOLLARS' is not an ISO 4217"),
+    ({"CRM_POOL_MAX_SIZE": "ten"}, "CRM_POOL_MAX_SIZE='ten' is not an integer"),
+    ({"CRM_POOL_MAX_SIZE": "0"}, "CRM_POOL_MAX_SIZE=0 is out of range"),
+    ({"CRM_POOL_MIN_SIZE": "5", "CRM_POOL_MAX_SIZE": "2"}, "must be at least CRM_POOL_MIN_SIZE"),
+    ({"CRM_POOL_TIMEOUT": "soon"}, "CRM_POOL_TIMEOUT='soon' is not a number"),
+    ({"CRM_IDEMPOTENCY_TTL_HOURS": "1"}, "CRM_IDEMPOTENCY_TTL_HOURS=1 is out of range"),
+    ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL must be a PostgreSQL URL"),
+    ({"CRM_LOG_LEVEL": "LOUD"}, "CRM_LOG_LEVEL='LOUD'"),
+    ({"CRM_PORT": "70000"}, "CRM_PORT=70000 is out of range"),
+])
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert message in str(info.value)
