@@ -1,0 +1,65 @@
+"""POST /v1/customers: profile upserts and channel identities."""
+
+from tests.conftest import count
+
+
+def post(client, auth, customers, **headers):
+    return client.post("/v1/customers", json={"customers": customers},
+                       headers={**auth, **headers})
+
+
+def test_upsert_normalises_for_lookup(client, auth, conn):
+    r = post(client, auth, [{"customer_id": "C1", "email": " Li.Wei@Example.COM",
+                             "phone": "+86 138-0013-8000", "name": "Li Wei"}])
+    assert r.status_code == 200 and r.json["results"][0]["outcome"] == "inserted"
+    row = conn.execute("SELECT email, email_normalized, phone_normalized, name FROM customers"
+                       ).fetchone()
+    assert row == ("Li.Wei@Example.COM", "li.wei@example.com", "+8613800138000", "Li Wei")
+
+
+def test_absent_fields_unchanged_null_clears_identical_is_duplicate(client, auth, conn):
+    post(client, auth, [{"customer_id": "C1", "email": "a@b.co", "name": "A"}])
+    r = post(client, auth, [{"customer_id": "C1", "name": "B"}])
+    assert r.json["results"][0]["outcome"] == "updated"
+    assert conn.execute("SELECT email, name FROM customers").fetchone() == ("a@b.co", "B")
+    r = post(client, auth, [{"customer_id": "C1", "name": "B"}])
+    assert r.json["results"][0]["outcome"] == "duplicate"
+    post(client, auth, [{"customer_id": "C1", "email": None}])
+    assert conn.execute("SELECT email, email_normalized FROM customers").fetchone() == (None, None)
+
+
+def test_identities_link_and_conflicts_are_rejected(client, auth, conn):
+    r = post(client, auth, [
+        {"customer_id": "C1", "identities": [{"channel": "JD", "external_id": "jd_1"}]},
+        {"customer_id": "C2", "identities": [{"channel": "jd", "external_id": "jd_1"}]},
+    ])
+    assert [x["outcome"] for x in r.json["results"]] == ["inserted", "rejected"]
+    assert "already belongs to another customer" in r.json["results"][1]["errors"][
+        "identities.0"]
+    assert conn.execute("SELECT channel, external_id, customer_id FROM customer_identities"
+                        ).fetchall() == [("jd", "jd_1", "C1")]
+    # Same link again: nothing new.
+    r = post(client, auth, [{"customer_id": "C1",
+                             "identities": [{"channel": "jd", "external_id": "jd_1"}]}])
+    assert r.json["results"][0]["outcome"] == "duplicate"
+
+
+def test_bad_profiles_rejected_per_record(client, auth, conn):
+    r = post(client, auth, [{"customer_id": "C1", "email": "nope"},
+                            {"customer_id": "C2", "phone": "12"},
+                            {"customer_id": "C3"}])
+    assert [x["outcome"] for x in r.json["results"]] == ["rejected", "rejected", "inserted"]
+    assert count(conn, "SELECT count(*) FROM customers") == 1
+
+
+def test_unknown_fields_and_scope(client, make_token, auth, conn):
+    r = post(client, auth, [{"customer_id": "C1", "age": 3}])
+    assert r.status_code == 422
+    read_only = {"Authorization": f"Bearer {make_token('customers:read')}"}
+    assert post(client, read_only, [{"customer_id": "C1"}]).status_code == 403
+    assert count(conn, "SELECT count(*) FROM customers") == 0
+
+
+def test_customer_batch_limit(client, auth):
+    r = post(client, auth, [{"customer_id": f"C{i}"} for i in range(1001)])
+    assert r.status_code == 413

@@ -1,0 +1,38 @@
+"""Probes and the OpenAPI document."""
+
+from api import create_app
+from crm_service.config import load_settings
+
+
+def test_healthz_and_readyz(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_readyz_is_503_without_database(tmp_path):
+    settings = load_settings({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+                              "CRM_POOL_MIN_SIZE": "0", "CRM_POOL_TIMEOUT": "1"})
+    app = create_app(settings, dsn=settings.database_url)
+    c = app.test_client()
+    assert c.get("/healthz").status_code == 200
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.mimetype == "application/problem+json"
+
+
+def test_openapi_document(client):
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    assert {"/v1/orders", "/v1/customers", "/healthz", "/readyz"} <= set(spec["paths"])
+    post = spec["paths"]["/v1/orders"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OrderBatch"}
+    assert {"200", "401", "413", "422"} <= set(post["responses"])
+    assert any(p["name"] == "Idempotency-Key" for p in post["parameters"])
+    schemas = spec["components"]["schemas"]
+    assert {"OrderBatch", "OrderIn", "CustomerBatch", "BatchResult"} <= set(schemas)
+    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+def test_docs_page(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and b"swagger" in r.data.lower()
