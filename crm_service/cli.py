@@ -290,7 +290,10 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
                f"({summary.inserted} new, {summary.duplicates} already loaded)")
     click.echo(f"admin API key (shown once): {token}")
     click.echo(f"API:  {base}/v1   docs: {base}/docs   OpenAPI: {base}/openapi.json")
-    click.echo(f"try:  curl -H 'Authorization: Bearer {token}' {base}/readyz")
+    click.echo("try:  curl -X POST " + base + "/v1/orders -H 'Authorization: Bearer " + token
+               + "' -H 'Content-Type: application/json' -d '{\"orders\": [{\"order_id\": "
+               "\"T-1\", \"customer_id\": \"C-1\", \"channel\": \"tmall\", "
+               "\"ordered_at\": \"2024-05-01T10:30:00+08:00\", \"amount\": \"129.90\"}]}'")
     if not no_serve:
         sys.exit(_serve(ctx, host, port, s.workers))
 

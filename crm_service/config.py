@@ -98,6 +98,11 @@ def _currency(env: Mapping[str, str]) -> str:
 def _database_url(env: Mapping[str, str]) -> str | None:
     raw = (env.get("DATABASE_URL") or "").strip()
     if not raw:
+        if (env.get("CRM_REQUIRE_DATABASE_URL") or "").strip() in {"1", "true", "yes"}:
+            raise ConfigError(
+                "DATABASE_URL is required here (CRM_REQUIRE_DATABASE_URL is set, as in the "
+                "container image); e.g. postgresql://crm:secret@db:5432/crm"
+            )
         return None
     if not raw.startswith(("postgresql://", "postgres://")) and "=" not in raw:
         raise ConfigError(

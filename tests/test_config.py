@@ -36,3 +36,10 @@ def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert message in str(info.value)
+
+
+def test_image_requires_database_url():
+    with pytest.raises(ConfigError, match="DATABASE_URL is required"):
+        load_settings({"CRM_REQUIRE_DATABASE_URL": "1"})
+    assert load_settings({"CRM_REQUIRE_DATABASE_URL": "1",
+                          "DATABASE_URL": "postgresql://u@h/db"}).database_url

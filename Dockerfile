@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Production image: gunicorn serving api.wsgi:app against an external PostgreSQL (DATABASE_URL).
+# Run migrations once per deploy:  docker run --rm -e DATABASE_URL=... IMAGE crm-service db upgrade
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY crm_service ./crm_service
+COPY api ./api
+RUN /opt/venv/bin/pip install --upgrade pip && /opt/venv/bin/pip install .
+
+FROM python:3.11-slim AS runtime
+RUN groupadd --system crm && useradd --system --gid crm --home-dir /app --shell /usr/sbin/nologin crm
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    CRM_REQUIRE_DATABASE_URL=1 \
+    CRM_DATA_DIR=/app/data \
+    CRM_WORKERS=2
+WORKDIR /app
+USER crm
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
+# Access log: path only (%(U)s), never query strings, which may carry emails or phones.
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --access-logfile - --access-logformat '%(h)s \"%(m)s %(U)s\" %(s)s %(b)s %(M)sms' api.wsgi:app"]
