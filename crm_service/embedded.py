@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 
 DATABASE_NAME = "crm"
 
+# initdb's defaults (128 MB buffers, a checkpoint every 1 GB of WAL) make bulk loads spend their
+# time flushing. These suit a developer machine or a single-box deployment; an external server
+# is the operator's to tune.
+TUNING = {
+    "shared_buffers": "256MB",
+    "wal_buffers": "16MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "work_mem": "32MB",
+    "maintenance_work_mem": "256MB",
+}
+
 
 def start_embedded(data_dir: Path, database: str = DATABASE_NAME) -> str:
     """Start (or attach to) the embedded server and return a DSN for ``database``.
@@ -37,6 +49,11 @@ def start_embedded(data_dir: Path, database: str = DATABASE_NAME) -> str:
             import pgserver
 
             server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            if _tune(server.get_uri()):
+                # Some settings only apply at start. Restarting is only possible when no other
+                # process holds the server; otherwise they apply at its next start.
+                server.cleanup()
+                server = pgserver.get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # pgserver raises bare exceptions from pg_ctl
             raise DatabaseUnavailableError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}; "
@@ -45,6 +62,24 @@ def start_embedded(data_dir: Path, database: str = DATABASE_NAME) -> str:
     admin_dsn = server.get_uri()
     ensure_database(admin_dsn, database)
     return with_database(admin_dsn, database)
+
+
+def _tune(admin_dsn: str) -> bool:
+    """Apply :data:`TUNING`; return True when a restart is needed for it to take effect."""
+    restart = False
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name, value in TUNING.items():
+            current, context, pending = conn.execute(
+                "SELECT current_setting(name), context, pending_restart FROM pg_settings"
+                " WHERE name = %s", (name,)).fetchone()  # type: ignore[misc]
+            if current == value:
+                continue
+            if not pending:
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                    sql.Identifier(name), sql.Literal(value)))
+            restart = restart or context == "postmaster"
+        conn.execute("SELECT pg_reload_conf()")
+    return restart
 
 
 def with_database(dsn: str, database: str) -> str:

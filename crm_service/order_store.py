@@ -143,10 +143,19 @@ def merge_orders(
     return result
 
 
-# Bulk path. ON CONFLICT's speculative insertion costs ~50% more per row than a plain INSERT, so
-# bulk loads update the existing keys first and then plain-insert the new ones in key order (btree
-# locality). A concurrent writer inserting one of the same keys in between makes the plain INSERT
-# fail; the savepoint then falls back to the ON CONFLICT statement, which is always correct.
+# Bulk path, one chunk of a file at a time while the caller parses the next one.
+#
+# The fast path is a plain INSERT of the whole chunk in key order: the unique index does the
+# existence check for free, and btree inserts in key order stay cheap. ON CONFLICT would cost ~50%
+# more per row (speculative insertion). If any key already exists, or repeats within the chunk,
+# the INSERT fails with a unique violation; the savepoint undoes it and the careful path runs:
+# number the repeats, UPDATE existing keys, INSERT the new ones, pass by pass.
+_FAST_INSERT = """
+INSERT INTO orders (channel, order_id, customer_id, ordered_at, amount, currency, status)
+SELECT channel, order_id, customer_id, ordered_at, amount, currency, status
+FROM order_staging ORDER BY channel, order_id
+"""
+
 _BULK_UPDATE = """
 UPDATE orders o
    SET customer_id = s.customer_id, ordered_at = s.ordered_at, amount = s.amount,
@@ -169,48 +178,58 @@ ORDER BY channel, order_id
 _BULK_CUSTOMERS = """
 INSERT INTO customers (customer_id)
 SELECT s.customer_id FROM order_staging s
-WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id)
 GROUP BY s.customer_id
 ORDER BY s.customer_id
+ON CONFLICT DO NOTHING
 """
 
 
-def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[str]) -> MergeResult:
-    """Merge pre-formatted COPY text blocks in the open transaction.
+def _merge_chunk_carefully(conn: psycopg.Connection, cur: psycopg.Cursor,
+                           result: MergeResult) -> None:
+    cur.execute("ANALYZE order_staging")
+    cur.execute(_NUMBER_PASSES)
+    cur.execute("SELECT coalesce(max(pass), 0) FROM order_staging")
+    passes = cur.fetchone()[0]  # type: ignore[index]
+    for n in range(1, passes + 1):
+        cur.execute(_BULK_UPDATE, {"pass": n})
+        result.updated += cur.rowcount
+        try:
+            with conn.transaction():
+                cur.execute(_BULK_INSERT, {"pass": n})
+                result.inserted += cur.rowcount
+        except psycopg.errors.UniqueViolation:
+            # A concurrent writer inserted one of these keys meanwhile: the upsert is exact.
+            cur.execute(_UPSERT_COUNTS, {"pass": n})
+            ins, upd = cur.fetchone()  # type: ignore[misc]
+            result.inserted += ins
+            result.updated += upd
 
-    Blocks hold lines ``seq\torder_id\tcustomer_id\tchannel\tordered_at\tamount\tcurrency\t
-    status``. They stream into one COPY while the caller produces the next block, then the
-    staged rows are merged with one UPDATE and one INSERT per pass (each a single join against
-    ``orders``, not one per block).
+
+def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[str]) -> MergeResult:
+    """Merge pre-formatted COPY text blocks, in order, in the open transaction.
+
+    Each block holds lines ``seq\torder_id\tcustomer_id\tchannel\tordered_at\tamount\t
+    currency\tstatus`` and is staged and merged before the next is read, so a key repeated
+    across blocks keeps the file's order.
     """
     result = MergeResult()
     with conn.cursor() as cur:
+        # Per-chunk joins against the growing tables must probe their indexes; a hash join would
+        # rescan the whole table for every chunk.
+        cur.execute("SET LOCAL enable_hashjoin = off")
+        cur.execute("SET LOCAL enable_mergejoin = off")
         cur.execute(_CREATE_STAGING)
-        with cur.copy(_COPY_STAGING) as copy:
-            for block in blocks:
+        for block in blocks:
+            cur.execute("TRUNCATE order_staging")
+            with cur.copy(_COPY_STAGING) as copy:
                 copy.write(block)
-        cur.execute("SELECT count(*) FROM order_staging")
-        result.staged = cur.fetchone()[0]  # type: ignore[index]
-        cur.execute("ANALYZE order_staging")
-        cur.execute(_NUMBER_PASSES)
-        cur.execute("SELECT coalesce(max(pass), 0) FROM order_staging")
-        passes = cur.fetchone()[0]  # type: ignore[index]
-        try:
-            with conn.transaction():
-                cur.execute(_BULK_CUSTOMERS)
-        except psycopg.errors.UniqueViolation:
-            cur.execute(_INSERT_CUSTOMERS)
-        for n in range(1, passes + 1):
-            cur.execute(_BULK_UPDATE, {"pass": n})
-            result.updated += cur.rowcount
+            result.staged += block.count("\n")
+            cur.execute(_BULK_CUSTOMERS)
             try:
                 with conn.transaction():
-                    cur.execute(_BULK_INSERT, {"pass": n})
+                    cur.execute(_FAST_INSERT)
                     result.inserted += cur.rowcount
             except psycopg.errors.UniqueViolation:
-                cur.execute(_UPSERT_COUNTS, {"pass": n})
-                ins, upd = cur.fetchone()  # type: ignore[misc]
-                result.inserted += ins
-                result.updated += upd
+                _merge_chunk_carefully(conn, cur, result)
         cur.execute("DROP TABLE order_staging")
     return result
