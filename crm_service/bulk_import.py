@@ -247,6 +247,8 @@ def import_orders(
                     seen.clear()
                 return order_store.OrderBlock(text, ids)
 
+            # A small first chunk gets the database working sooner.
+            limit = max(1, chunk_rows // 4)
             for line, row, errors in iter_checked(rules, rows, columns, channel):
                 summary.rows += 1
                 if row is None:
@@ -256,8 +258,9 @@ def import_orders(
                 if row[1] not in seen:
                     seen.add(row[1])
                     fresh.append(row[1])
-                if len(keyed) >= chunk_rows:
+                if len(keyed) >= limit:
                     yield block()
+                    limit = chunk_rows
             if keyed:
                 yield block()
 
