@@ -151,6 +151,16 @@ def _rows(fh: IO[str], width: int, rejects: _Rejects, progress: Progress | None,
         progress(consumed)
 
 
+def _finish(summary: ImportSummary, merged: Any, rejects: _Rejects) -> ImportSummary:
+    """Fill the summary from the merge's counts and the reject report."""
+    summary.rows += rejects.malformed
+    summary.inserted, summary.updated = merged.inserted, merged.updated
+    summary.duplicates = merged.duplicates
+    summary.rejected = rejects.count
+    summary.report = str(rejects.path) if rejects.count else None
+    return summary
+
+
 def default_report_path(path: Path) -> Path:
     """Where rejects of ``path`` are written unless told otherwise: ``FILE.rejects.csv``."""
     return path.with_name(path.name + ".rejects.csv")
@@ -276,12 +286,7 @@ def import_orders(
         finally:
             sys.setswitchinterval(interval)
             rejects.close()
-    summary.rows += rejects.malformed
-    summary.inserted, summary.updated = merged.inserted, merged.updated
-    summary.duplicates = merged.duplicates
-    summary.rejected = rejects.count
-    summary.report = str(report_path) if rejects.count else None
-    return summary
+    return _finish(summary, merged, rejects)
 
 
 def import_customers(
@@ -317,12 +322,7 @@ def import_customers(
                 merged = customer_store.merge_customers(conn, staged())
         finally:
             rejects.close()
-    summary.rows += rejects.malformed
-    summary.inserted, summary.updated = merged.inserted, merged.updated
-    summary.duplicates = merged.duplicates
-    summary.rejected = rejects.count
-    summary.report = str(report_path) if rejects.count else None
-    return summary
+    return _finish(summary, merged, rejects)
 
 
 def file_size(path: Path) -> int:

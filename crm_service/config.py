@@ -11,11 +11,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_service.errors import ConfigError
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+T = TypeVar("T", int, float)
 
 
 @dataclass(frozen=True)
@@ -51,27 +53,17 @@ class Settings:
         return not self.database_url
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+def _number(env: Mapping[str, str], name: str, default: T, lo: T, hi: T) -> T:
+    """``env[name]`` as the type of ``default`` (int or float), within ``lo..hi``."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
+    kind = type(default)
     try:
-        value = int(raw.strip())
+        value = kind(raw.strip())
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer (expected {lo}..{hi})") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name}={value} is out of range (expected {lo}..{hi})")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number (expected {lo}..{hi})") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {what} (expected {lo}..{hi})") from None
     if not lo <= value <= hi:
         raise ConfigError(f"{name}={value} is out of range (expected {lo}..{hi})")
     return value
@@ -128,8 +120,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         If any variable holds a value that cannot be used.
     """
     env = os.environ if env is None else env
-    pool_min = _int(env, "CRM_POOL_MIN_SIZE", 1, 0, 100)
-    pool_max = _int(env, "CRM_POOL_MAX_SIZE", 10, 1, 200)
+    pool_min = _number(env, "CRM_POOL_MIN_SIZE", 1, 0, 100)
+    pool_max = _number(env, "CRM_POOL_MAX_SIZE", 10, 1, 200)
     if pool_max < max(pool_min, 1):
         raise ConfigError(
             f"CRM_POOL_MAX_SIZE={pool_max} must be at least CRM_POOL_MIN_SIZE={pool_min}"
@@ -141,14 +133,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         currency=_currency(env),
         pool_min_size=pool_min,
         pool_max_size=pool_max,
-        pool_timeout_seconds=_float(env, "CRM_POOL_TIMEOUT", 10.0, 0.1, 600.0),
-        statement_timeout_ms=_int(env, "CRM_STATEMENT_TIMEOUT_MS", 60_000, 100, 86_400_000),
-        max_batch_orders=_int(env, "CRM_MAX_BATCH_ORDERS", 1000, 1, 1000),
-        max_body_bytes=_int(env, "CRM_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 5 * 1024 * 1024),
-        idempotency_ttl_hours=_int(env, "CRM_IDEMPOTENCY_TTL_HOURS", 24, 24, 24 * 90),
-        idempotency_stale_seconds=_int(env, "CRM_IDEMPOTENCY_STALE_SECONDS", 120, 1, 3600),
+        pool_timeout_seconds=_number(env, "CRM_POOL_TIMEOUT", 10.0, 0.1, 600.0),
+        statement_timeout_ms=_number(env, "CRM_STATEMENT_TIMEOUT_MS", 60_000, 100, 86_400_000),
+        max_batch_orders=_number(env, "CRM_MAX_BATCH_ORDERS", 1000, 1, 1000),
+        max_body_bytes=_number(env, "CRM_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 5 * 1024 * 1024),
+        idempotency_ttl_hours=_number(env, "CRM_IDEMPOTENCY_TTL_HOURS", 24, 24, 24 * 90),
+        idempotency_stale_seconds=_number(env, "CRM_IDEMPOTENCY_STALE_SECONDS", 120, 1, 3600),
         log_level=_log_level(env),
         host=(env.get("CRM_HOST") or "127.0.0.1").strip(),
-        port=_int(env, "CRM_PORT", 8000, 1, 65535),
-        workers=_int(env, "CRM_WORKERS", 2, 1, 64),
+        port=_number(env, "CRM_PORT", 8000, 1, 65535),
+        workers=_number(env, "CRM_WORKERS", 2, 1, 64),
     )

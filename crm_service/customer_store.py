@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import psycopg
 
 from crm_service.customers import Profile
+from crm_service.staging import MergeResult
 
 StagedCustomer = tuple[int, Profile]
 
@@ -64,26 +64,11 @@ JOIN customer_staging s ON s.customer_id = up.customer_id AND s.pass = %(pass)s
 """
 
 
-@dataclass
-class CustomerMergeResult:
-    """What a profile merge did, in total and per staged ``seq``."""
-
-    staged: int = 0
-    inserted: int = 0
-    updated: int = 0
-    per_row: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def duplicates(self) -> int:
-        """Staged profiles that changed nothing."""
-        return self.staged - self.inserted - self.updated
-
-
 def merge_customers(
     conn: psycopg.Connection, rows: Iterable[StagedCustomer]
-) -> CustomerMergeResult:
+) -> MergeResult:
     """Stage profiles with COPY and upsert them in the caller's transaction."""
-    result = CustomerMergeResult()
+    result = MergeResult()
     with conn.cursor() as cur:
         cur.execute(_CREATE_STAGING)
         with cur.copy(_COPY) as copy:
@@ -101,12 +86,7 @@ def merge_customers(
             passes = cur.fetchone()[0]  # type: ignore[index]
             for n in range(1, passes + 1):
                 cur.execute(_UPSERT, {"pass": n})
-                for seq, inserted in cur.fetchall():
-                    result.per_row[seq] = "inserted" if inserted else "updated"
-                    if inserted:
-                        result.inserted += 1
-                    else:
-                        result.updated += 1
+                result.record(cur.fetchall())
         cur.execute("DROP TABLE customer_staging")
     return result
 

@@ -39,6 +39,12 @@ def normalize_phone(value: str) -> str | None:
     return text
 
 
+_CONTACTS = (
+    ("email", normalize_email, "not an email address"),
+    ("phone", normalize_phone, "not a phone number (5-15 digits, optional leading +)"),
+)
+
+
 @dataclass
 class Profile:
     """A validated profile update: only the fields present in the input are changed."""
@@ -65,22 +71,17 @@ def check_customer(record: Mapping[str, Any]) -> tuple[Profile | None, dict[str,
     elif len(cid) > MAX_ID_LENGTH or _CONTROL.search(cid):
         errors["customer_id"] = f"1-{MAX_ID_LENGTH} printable characters"
     values: dict[str, str | None] = {}
-    if "email" in record:
-        email = record["email"]
-        if email is None or str(email).strip() == "":
-            values["email"] = values["email_normalized"] = None
-        elif (norm := normalize_email(str(email))) is None:
-            errors["email"] = "not an email address"
+    for name, normalize, problem in _CONTACTS:
+        if name not in record:
+            continue
+        raw = record[name]
+        text = "" if raw is None else str(raw).strip()
+        if not text:
+            values[name] = values[f"{name}_normalized"] = None
+        elif (norm := normalize(text)) is None:
+            errors[name] = problem
         else:
-            values["email"], values["email_normalized"] = str(email).strip(), norm
-    if "phone" in record:
-        phone = record["phone"]
-        if phone is None or str(phone).strip() == "":
-            values["phone"] = values["phone_normalized"] = None
-        elif (norm := normalize_phone(str(phone))) is None:
-            errors["phone"] = "not a phone number (5-15 digits, optional leading +)"
-        else:
-            values["phone"], values["phone_normalized"] = str(phone).strip(), norm
+            values[name], values[f"{name}_normalized"] = text, norm
     if "name" in record:
         name = record["name"]
         text = None if name is None else str(name).strip() or None

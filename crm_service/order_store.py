@@ -6,10 +6,11 @@ Everything happens in the caller's transaction, so a batch or a file lands whole
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import psycopg
+
+from crm_service.staging import MergeResult
 
 # (seq, (order_id, customer_id, channel, ordered_at ISO text, amount text, currency, status))
 StagedOrder = tuple[int, tuple[str, str, str, str, str, str, str]]
@@ -89,21 +90,6 @@ JOIN order_staging s
 """
 
 
-@dataclass
-class MergeResult:
-    """What a merge did: counts, and for small batches the outcome per staged ``seq``."""
-
-    staged: int = 0
-    inserted: int = 0
-    updated: int = 0
-    per_row: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def duplicates(self) -> int:
-        """Staged rows that changed nothing."""
-        return self.staged - self.inserted - self.updated
-
-
 def merge_orders(
     conn: psycopg.Connection, rows: Iterable[StagedOrder], *, per_row: bool = False
 ) -> MergeResult:
@@ -129,12 +115,7 @@ def merge_orders(
         for n in range(1, passes + 1):
             if per_row:
                 cur.execute(_UPSERT_ROWS, {"pass": n})
-                for seq, inserted in cur.fetchall():
-                    result.per_row[seq] = "inserted" if inserted else "updated"
-                    if inserted:
-                        result.inserted += 1
-                    else:
-                        result.updated += 1
+                result.record(cur.fetchall())
             else:
                 cur.execute(_UPSERT_COUNTS, {"pass": n})
                 ins, upd = cur.fetchone()  # type: ignore[misc]
