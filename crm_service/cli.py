@@ -49,12 +49,14 @@ class Context:
 
     @property
     def settings(self) -> Settings:
+        """Validated settings from the environment."""
         if self._settings is None:
             self._settings = load_settings()
         return self._settings
 
     @property
     def dsn(self) -> str:
+        """The DSN in use; starts the embedded server when needed."""
         if self._dsn is None:
             self._dsn = resolve_dsn(self.settings)
         return self._dsn

@@ -83,11 +83,11 @@ def check_customer(record: Mapping[str, Any]) -> tuple[Profile | None, dict[str,
         else:
             values[name], values[f"{name}_normalized"] = text, norm
     if "name" in record:
-        name = record["name"]
-        text = None if name is None else str(name).strip() or None
-        if text is not None and (len(text) > MAX_NAME_LENGTH or _CONTROL.search(text)):
+        raw_name = record["name"]
+        full = None if raw_name is None else str(raw_name).strip() or None
+        if full is not None and (len(full) > MAX_NAME_LENGTH or _CONTROL.search(full)):
             errors["name"] = f"at most {MAX_NAME_LENGTH} printable characters"
-        values["name"] = text
+        values["name"] = full
     identities: list[tuple[str, str]] = []
     for i, ident in enumerate(record.get("identities") or []):
         chan = str(ident.get("channel") or "").strip().lower()

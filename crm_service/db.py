@@ -78,4 +78,4 @@ def redact(dsn: str) -> str:
         return "<unparseable DSN>"
     if info.get("password"):
         info["password"] = "***"  # noqa: S105 - a mask, not a secret
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo("", **info)

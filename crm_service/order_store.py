@@ -208,7 +208,7 @@ def _merge_chunk_carefully(conn: psycopg.Connection, cur: psycopg.Cursor,
 
 def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
                        ) -> MergeResult:
-    """Merge pre-formatted COPY text blocks, in order, in the open transaction.
+    r"""Merge pre-formatted COPY text blocks, in order, in the open transaction.
 
     Each block holds lines ``seq\torder_id\tcustomer_id\tchannel\tordered_at\tamount\t
     currency\tstatus`` and is staged and merged before the next is read, so a key repeated
