@@ -1,0 +1,44 @@
+"""Customer lifetime value from a purchase model and a spend model (DESIGN.md §2).
+
+CLV over ``months`` = sum over months k of E[spend per occasion] x E[purchases in month k],
+discounted at ``monthly_discount`` per month, a month being ``days_per_month`` days. This is the
+discrete-time form lifetimes uses (``customer_lifetime_value``), so the two agree exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from models.beta_geo import BetaGeoModel
+
+
+def customer_lifetime_value(
+    purchase_model: BetaGeoModel,
+    frequency: ArrayLike,
+    recency: ArrayLike,
+    T: ArrayLike,  # noqa: N803
+    expected_spend: ArrayLike,
+    *,
+    months: int = 12,
+    monthly_discount: float = 0.01,
+    days_per_month: float = 30.0,
+    time_unit_days: float = 1.0,
+) -> NDArray[np.float64]:
+    """Discounted CLV per customer.
+
+    ``time_unit_days`` is the length of the model's time unit in days (1 for a model fitted in
+    days, 7 for weeks).
+    """
+    if months < 1 or monthly_discount < 0 or days_per_month <= 0:
+        raise ValueError("months >= 1, monthly_discount >= 0 and days_per_month > 0 required")
+    spend = np.asarray(expected_spend, dtype=np.float64)
+    step = days_per_month / time_unit_days
+    clv = np.zeros(np.broadcast(np.asarray(frequency), spend).shape)
+    previous = np.zeros_like(clv)
+    for k in range(1, months + 1):
+        cumulative = purchase_model.conditional_expected_purchases(k * step, frequency, recency,
+                                                                   T)
+        clv += spend * (cumulative - previous) / (1 + monthly_discount) ** k
+        previous = cumulative
+    return clv
