@@ -9,7 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 
-from flask import Flask
+from flask import Flask, send_from_directory
 from flask_smorest import Api
 
 from api import health, ingestion
@@ -20,7 +20,9 @@ from crm_service import __version__
 from crm_service.config import Settings, load_settings
 from crm_service.db import create_pool, resolve_dsn
 
-SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+# Swagger UI's assets come from the swagger-ui-bundle package and are served locally, so the docs
+# page works on machines without internet access.
+SWAGGER_UI_ASSETS = "/docs/assets/"
 
 
 def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> Flask:
@@ -37,7 +39,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_URL,
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_ASSETS,
         API_SPEC_OPTIONS={
             "info": {"description": "Customer lifecycle and CRM segmentation. Errors are RFC "
                                     "9457 application/problem+json."},
@@ -55,4 +57,14 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(health.blp)
     api.register_blueprint(ingestion.blp)
     register_error_handlers(app)
+    _serve_swagger_assets(app)
     return app
+
+
+def _serve_swagger_assets(app: Flask) -> None:
+    from swagger_ui_bundle import swagger_ui_path
+
+    def swagger_asset(filename: str):
+        return send_from_directory(str(swagger_ui_path), filename, max_age=86400)
+
+    app.add_url_rule(SWAGGER_UI_ASSETS + "<path:filename>", "swagger_asset", swagger_asset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, json, request
+from flask import Flask, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from crm_service import errors as e
@@ -22,6 +22,7 @@ _STATUS: list[tuple[type[e.CrmError], int, str]] = [
     (e.NotFoundError, 404, "not-found"),
     (e.ValidationError, 422, "invalid-input"),
     (e.DatabaseUnavailableError, 503, "database-unavailable"),
+    (e.IngestionBusyError, 503, "ingestion-busy"),
 ]
 
 
@@ -65,7 +66,12 @@ def register_error_handlers(app: Flask) -> None:
     def _domain(exc: e.CrmError) -> Response:
         for cls, status, slug in _STATUS:
             if isinstance(exc, cls):
-                return problem(status, exc.title, exc.detail, slug=slug, **exc.extra)
+                extra = dict(exc.extra)
+                retry_after = extra.pop("retry_after", None)
+                resp = problem(status, exc.title, exc.detail, slug=slug, **extra)
+                if retry_after is not None:
+                    resp.headers["Retry-After"] = str(retry_after)
+                return resp
         log.exception("unmapped service error")
         return problem(500, "Internal error", "an unexpected error occurred")
 
@@ -78,9 +84,12 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(data, dict) and "messages" in data:
             extra["errors"] = data["messages"]
         detail = exc.description
+        slug = None
         if status == 413:
-            detail = "request body is larger than the limit"
-        resp = problem(status, exc.name, detail, **extra)
+            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"request body is larger than the limit of {limit} bytes"
+            slug, extra["limit_bytes"] = "body-too-large", limit
+        resp = problem(status, exc.name, detail, slug=slug, **extra)
         if status == 405 and exc.get_response().headers.get("Allow"):
             resp.headers["Allow"] = exc.get_response().headers["Allow"]
         return resp

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import Schema, ValidationError, fields, validate
+
+_MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
+    "invalid": "must be a string", "null": "must not be null", "required": "required"}
+
+
+def _text(**kwargs) -> fields.String:
+    """A string field whose type errors read like the service's own."""
+    return fields.String(error_messages=_MESSAGES, **kwargs)
 
 
 class AmountField(fields.Field):
     """A JSON number or numeric string; the service checks sign and decimals."""
+
+    default_error_messages = {"null": "must not be null"}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -20,18 +32,18 @@ class AmountField(fields.Field):
 class OrderInSchema(Schema):
     """One order in a batch. Identity is (channel, order_id)."""
 
-    order_id = fields.String(required=True, metadata={"example": "TM20240501-0001"})
-    customer_id = fields.String(required=True, metadata={"example": "C-10023"})
-    channel = fields.String(required=True, metadata={
+    order_id = _text(required=True, metadata={"example": "TM20240501-0001", "maxLength": 128})
+    customer_id = _text(required=True, metadata={"example": "C-10023", "maxLength": 128})
+    channel = _text(required=True, metadata={
         "example": "tmall", "description": "tmall, jd, pinduoduo, web, store, ..."})
-    ordered_at = fields.String(required=True, metadata={
+    ordered_at = _text(required=True, metadata={
         "example": "2024-05-01T10:30:00+08:00",
         "description": "ISO 8601 date or datetime; without an offset it is CRM_TIMEZONE time"})
     amount = AmountField(required=True, metadata={
         "example": 129.9, "description": ">= 0, at most 2 decimals; string or number"})
-    currency = fields.String(allow_none=True, metadata={
+    currency = _text(allow_none=True, metadata={
         "example": "USD", "description": "defaults to CRM_CURRENCY; any other is rejected"})
-    status = fields.String(allow_none=True, metadata={
+    status = _text(allow_none=True, metadata={
         "example": "paid", "enum": ["paid", "refunded", "cancelled"],
         "description": "default paid; case-insensitive"})
 
@@ -45,17 +57,17 @@ class OrderBatchSchema(Schema):
 class IdentitySchema(Schema):
     """A customer's account on one channel."""
 
-    channel = fields.String(required=True, metadata={"example": "jd"})
-    external_id = fields.String(required=True, metadata={"example": "jd_88231"})
+    channel = _text(required=True, metadata={"example": "jd"})
+    external_id = _text(required=True, metadata={"example": "jd_88231", "maxLength": 128})
 
 
 class CustomerInSchema(Schema):
     """A profile upsert; an absent field is left unchanged, null clears it."""
 
-    customer_id = fields.String(required=True, metadata={"example": "C-10023"})
-    email = fields.String(allow_none=True, metadata={"example": "li.wei@example.com"})
-    phone = fields.String(allow_none=True, metadata={"example": "+86 138 0013 8000"})
-    name = fields.String(allow_none=True, metadata={"example": "Li Wei"})
+    customer_id = _text(required=True, metadata={"example": "C-10023", "maxLength": 128})
+    email = _text(allow_none=True, metadata={"example": "li.wei@example.com"})
+    phone = _text(allow_none=True, metadata={"example": "+86 138 0013 8000"})
+    name = _text(allow_none=True, metadata={"example": "Li Wei", "maxLength": 200})
     identities = fields.List(fields.Nested(IdentitySchema), allow_none=True)
 
 

@@ -62,20 +62,22 @@ class ImportSummary:
 class _Rejects:
     """Writes rejected rows to the report file, created on the first reject only."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: str) -> None:
         self.path = path
+        self.key = key
         self.count = 0
         self.malformed = 0  # rows rejected for their shape, before any field check
         self._fh: IO[str] | None = None
         self._writer: Any = None
 
-    def add(self, line: int, errors: dict[str, str]) -> None:
+    def add(self, line: int, errors: dict[str, str], key: str = "") -> None:
+        """Record one rejected row: every failed field on its own report line."""
         if self._fh is None:
             self._fh = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
             self._writer = csv.writer(self._fh)
-            self._writer.writerow(["line", "field", "reason"])
+            self._writer.writerow(["line", self.key, "field", "reason"])
         for name, reason in errors.items():
-            self._writer.writerow([line, name, reason])
+            self._writer.writerow([line, key, name, reason])
         self.count += 1
 
     def close(self) -> None:
@@ -117,8 +119,8 @@ def _read_header(fh: IO[str], path: Path, required: tuple[str, ...],
     return {name: i for i, name in enumerate(names)}
 
 
-def _rows(fh: IO[str], width: int, rejects: _Rejects, progress: Progress | None,
-          path: Path) -> Iterator[tuple[int, list[str]]]:
+def _rows(fh: IO[str], width: int, key_index: int, rejects: _Rejects,
+          progress: Progress | None, path: Path) -> Iterator[tuple[int, list[str]]]:
     """CSV records as (line number, fields); rows of the wrong width go to the report."""
     consumed = 0
 
@@ -136,7 +138,8 @@ def _rows(fh: IO[str], width: int, rejects: _Rejects, progress: Progress | None,
             if len(fields) != width:
                 if not fields or fields == [""]:
                     continue  # blank line
-                rejects.add(line, {"_row": f"expected {width} fields, found {len(fields)}"})
+                key = fields[key_index].strip() if key_index < len(fields) else ""
+                rejects.add(line, {"_row": f"expected {width} fields, found {len(fields)}"}, key)
                 rejects.malformed += 1
                 continue
             yield line, fields
@@ -234,14 +237,14 @@ def import_orders(
             raise ValidationError(
                 f"{path} has no channel column; pass --channel (e.g. --channel tmall)"
             )
-        rejects = _Rejects(report_path)
+        rejects = _Rejects(report_path, "order_id")
         summary = ImportSummary()
 
         def blocks() -> Iterator[order_store.OrderBlock]:
             # The parser has CPU to spare while PostgreSQL merges, so it takes work off the
             # database: it sorts each chunk by key (cheap presorted btree inserts) and sends
             # customer ids only the first time this import sees them.
-            rows = _rows(fh, len(columns), rejects, progress, path)
+            rows = _rows(fh, len(columns), columns["order_id"], rejects, progress, path)
             keyed: list[tuple[str, str, str]] = []
             seen: set[str] = set()
             fresh: list[str] = []
@@ -259,10 +262,10 @@ def import_orders(
 
             # A small first chunk gets the database working sooner.
             limit = max(1, chunk_rows // 4)
-            for line, row, errors in iter_checked(rules, rows, columns, channel):
+            for line, row, errors, raw_id in iter_checked(rules, rows, columns, channel):
                 summary.rows += 1
                 if row is None:
-                    rejects.add(line, errors)
+                    rejects.add(line, errors, raw_id.strip())
                     continue
                 keyed.append((row[2], row[0], _copy_line(line, row)))
                 if row[1] not in seen:
@@ -301,11 +304,12 @@ def import_customers(
     report_path = report_path or default_report_path(path)
     with _open_csv(path) as fh:
         columns = _read_header(fh, path, CUSTOMER_REQUIRED, CUSTOMER_OPTIONAL)
-        rejects = _Rejects(report_path)
+        rejects = _Rejects(report_path, "customer_id")
         summary = ImportSummary()
 
         def staged() -> Iterator[customer_store.StagedCustomer]:
-            for line, fields in _rows(fh, len(columns), rejects, progress, path):
+            for line, fields in _rows(fh, len(columns), columns["customer_id"], rejects,
+                                      progress, path):
                 summary.rows += 1
                 record = {
                     name: fields[i] for name, i in columns.items() if fields[i].strip() != ""
@@ -313,7 +317,7 @@ def import_customers(
                 record.setdefault("customer_id", "")
                 profile, errors = check_customer(record)
                 if profile is None:
-                    rejects.add(line, errors)
+                    rejects.add(line, errors, record.get("customer_id", "").strip())
                 else:
                     yield line, profile
 

@@ -11,15 +11,12 @@ from crm_service.staging import MergeResult
 
 StagedCustomer = tuple[int, Profile]
 
-_COLUMNS = ("email", "email_normalized", "phone", "phone_normalized", "name")
-
 _CREATE_STAGING = """
 CREATE TEMP TABLE customer_staging (
-    seq bigint NOT NULL, customer_id text NOT NULL,
+    seq bigint NOT NULL, customer_id text COLLATE "C" NOT NULL,
     set_email boolean NOT NULL, email text, email_normalized text,
     set_phone boolean NOT NULL, phone text, phone_normalized text,
-    set_name boolean NOT NULL, name text,
-    pass integer NOT NULL DEFAULT 1
+    set_name boolean NOT NULL, name text
 ) ON COMMIT DROP
 """
 
@@ -28,46 +25,69 @@ _COPY = (
     " phone, phone_normalized, set_name, name) FROM STDIN"
 )
 
-_NUMBER_PASSES = """
-UPDATE customer_staging s SET pass = d.rn
-FROM (
-    SELECT seq, row_number() OVER (PARTITION BY customer_id ORDER BY seq) AS rn
-    FROM customer_staging
-    WHERE customer_id IN (SELECT customer_id FROM customer_staging GROUP BY 1 HAVING count(*) > 1)
-) d
-WHERE s.seq = d.seq AND d.rn > 1
+# Several records for one customer collapse into one change: each field takes its value from the
+# last record that set it.
+_COLLAPSE = """
+CREATE TEMP TABLE customer_change ON COMMIT DROP AS
+SELECT customer_id, min(seq) AS first_seq, max(seq) AS last_seq,
+       bool_or(set_email) AS set_email,
+       (array_agg(email ORDER BY seq DESC) FILTER (WHERE set_email))[1] AS email,
+       (array_agg(email_normalized ORDER BY seq DESC) FILTER (WHERE set_email))[1]
+           AS email_normalized,
+       bool_or(set_phone) AS set_phone,
+       (array_agg(phone ORDER BY seq DESC) FILTER (WHERE set_phone))[1] AS phone,
+       (array_agg(phone_normalized ORDER BY seq DESC) FILTER (WHERE set_phone))[1]
+           AS phone_normalized,
+       bool_or(set_name) AS set_name,
+       (array_agg(name ORDER BY seq DESC) FILTER (WHERE set_name))[1] AS name
+FROM customer_staging GROUP BY customer_id
 """
 
-# Fields not named in the input keep their stored value (LEFT JOIN on the current row).
-_UPSERT = """
-WITH up AS (
-    INSERT INTO customers AS c
-        (customer_id, email, email_normalized, phone, phone_normalized, name)
-    SELECT s.customer_id,
-           CASE WHEN s.set_email THEN s.email ELSE e.email END,
-           CASE WHEN s.set_email THEN s.email_normalized ELSE e.email_normalized END,
-           CASE WHEN s.set_phone THEN s.phone ELSE e.phone END,
-           CASE WHEN s.set_phone THEN s.phone_normalized ELSE e.phone_normalized END,
-           CASE WHEN s.set_name THEN s.name ELSE e.name END
-    FROM customer_staging s LEFT JOIN customers e ON e.customer_id = s.customer_id
-    WHERE s.pass = %(pass)s
-    ON CONFLICT (customer_id) DO UPDATE
-        SET email = EXCLUDED.email, email_normalized = EXCLUDED.email_normalized,
-            phone = EXCLUDED.phone, phone_normalized = EXCLUDED.phone_normalized,
-            name = EXCLUDED.name, updated_at = now()
-        WHERE (c.email, c.phone, c.name) IS DISTINCT FROM (EXCLUDED.email, EXCLUDED.phone,
-                                                           EXCLUDED.name)
-    RETURNING c.customer_id, (c.xmax = 0) AS inserted
-)
-SELECT s.seq, up.inserted FROM up
-JOIN customer_staging s ON s.customer_id = up.customer_id AND s.pass = %(pass)s
+# Existing rows are locked in key order first, so concurrent batches cannot deadlock.
+_LOCK_EXISTING = """
+SELECT 1 FROM customers c JOIN customer_change k USING (customer_id)
+ORDER BY c.customer_id FOR UPDATE OF c
+"""
+
+_INSERT_NEW = """
+INSERT INTO customers (customer_id, email, email_normalized, phone, phone_normalized, name)
+SELECT customer_id, email, email_normalized, phone, phone_normalized, name
+FROM customer_change ORDER BY customer_id
+ON CONFLICT DO NOTHING
+RETURNING customer_id
+"""
+
+# Fields the input did not name keep the stored row's *current* value (the UPDATE re-reads a
+# row that changed while it waited for the lock), so a concurrent change is never undone.
+_UPDATE_EXISTING = """
+UPDATE customers c
+   SET email = CASE WHEN k.set_email THEN k.email ELSE c.email END,
+       email_normalized = CASE WHEN k.set_email THEN k.email_normalized
+                               ELSE c.email_normalized END,
+       phone = CASE WHEN k.set_phone THEN k.phone ELSE c.phone END,
+       phone_normalized = CASE WHEN k.set_phone THEN k.phone_normalized
+                               ELSE c.phone_normalized END,
+       name = CASE WHEN k.set_name THEN k.name ELSE c.name END,
+       updated_at = now()
+  FROM customer_change k
+ WHERE c.customer_id = k.customer_id
+   AND NOT (c.customer_id = ANY(%(inserted)s::text[]))
+   AND (CASE WHEN k.set_email THEN k.email ELSE c.email END,
+        CASE WHEN k.set_phone THEN k.phone ELSE c.phone END,
+        CASE WHEN k.set_name THEN k.name ELSE c.name END)
+       IS DISTINCT FROM (c.email, c.phone, c.name)
+RETURNING c.customer_id
 """
 
 
 def merge_customers(
     conn: psycopg.Connection, rows: Iterable[StagedCustomer]
 ) -> MergeResult:
-    """Stage profiles with COPY and upsert them in the caller's transaction."""
+    """Stage profiles with COPY and upsert them in the caller's transaction.
+
+    Per record: a new customer's first record is ``inserted``; a stored customer that changed
+    has its last record ``updated``; all other records are duplicates.
+    """
     result = MergeResult()
     with conn.cursor() as cur:
         cur.execute(_CREATE_STAGING)
@@ -81,12 +101,20 @@ def merge_customers(
                 ))
                 result.staged += 1
         if result.staged:
-            cur.execute(_NUMBER_PASSES)
-            cur.execute("SELECT max(pass) FROM customer_staging")
-            passes = cur.fetchone()[0]  # type: ignore[index]
-            for n in range(1, passes + 1):
-                cur.execute(_UPSERT, {"pass": n})
-                result.record(cur.fetchall())
+            cur.execute(_COLLAPSE)
+            cur.execute(_LOCK_EXISTING)
+            cur.execute(_INSERT_NEW)
+            inserted = [r[0] for r in cur.fetchall()]
+            cur.execute(_UPDATE_EXISTING, {"inserted": inserted})
+            updated = [r[0] for r in cur.fetchall()]
+            cur.execute(
+                "SELECT first_seq, 'inserted' FROM customer_change"
+                " WHERE customer_id = ANY(%(i)s::text[])"
+                " UNION ALL SELECT last_seq, 'updated' FROM customer_change"
+                " WHERE customer_id = ANY(%(u)s::text[])",
+                {"i": inserted, "u": updated})
+            result.record_outcomes(cur.fetchall())
+            cur.execute("DROP TABLE customer_change")
         cur.execute("DROP TABLE customer_staging")
     return result
 
@@ -94,9 +122,20 @@ def merge_customers(
 def identity_owners(
     conn: psycopg.Connection, identities: list[tuple[str, str]]
 ) -> dict[tuple[str, str], str]:
-    """The customer each known (channel, external_id) belongs to."""
+    """The customer each known (channel, external_id) belongs to.
+
+    Each identity is first locked (a transaction-scoped advisory lock on its hash, taken in a
+    fixed order), so two batches claiming the same identity run one after the other and the
+    second sees the first's claim.
+    """
     if not identities:
         return {}
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT"
+        " hashtextextended(c || '/' || e, 0) AS k"
+        " FROM unnest(%s::text[], %s::text[]) AS q(c, e) ORDER BY 1) locks",
+        ([c for c, _ in identities], [e for _, e in identities]),
+    ).fetchall()
     rows = conn.execute(
         "SELECT i.channel, i.external_id, i.customer_id FROM customer_identities i"
         " JOIN unnest(%s::text[], %s::text[]) AS q(channel, external_id)"

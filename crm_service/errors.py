@@ -40,6 +40,12 @@ class BatchTooLargeError(CrmError):
     title = "Batch too large"
 
 
+class IngestionBusyError(CrmError):
+    """Writers are paused by a bulk import holding the ingestion lock."""
+
+    title = "Ingestion busy"
+
+
 class NotFoundError(CrmError):
     """The addressed resource does not exist."""
 

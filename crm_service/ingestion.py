@@ -195,6 +195,11 @@ def check_order(
     return (oid, cid, chan, when, amt, cur, stat), {}
 
 
+def _echo(record: Mapping[str, Any], *names: str) -> dict[str, str]:
+    """The record's identifying fields, when they are strings, so a rejection can be matched."""
+    return {n: record[n] for n in names if isinstance(record.get(n), str)}
+
+
 @dataclass
 class BatchResult:
     """Outcome of one REST batch: one entry per record, by index, and the totals."""
@@ -233,9 +238,6 @@ def ingest_order_batch(
     outcomes: dict[int, dict[str, Any]] = {}
     valid: list[tuple[int, OrderRow]] = []
     for index, record in enumerate(records):
-        if index in pre_rejected:
-            outcomes[index] = {"outcome": "rejected", "errors": pre_rejected[index]}
-            continue
         row, errors = check_order(
             rules,
             record.get("order_id"),
@@ -246,12 +248,16 @@ def ingest_order_batch(
             record.get("currency"),
             record.get("status"),
         )
+        if index in pre_rejected:
+            # Report every problem at once: the caller's type errors, and the rule checks.
+            row, errors = None, {**errors, **pre_rejected[index]}
         if row is None:
-            outcomes[index] = {"outcome": "rejected", "errors": errors}
+            outcomes[index] = {"outcome": "rejected", "errors": errors,
+                               **_echo(record, "channel", "order_id")}
         else:
             valid.append((index, row))
     if valid:
-        merged = order_store.merge_orders(conn, valid, per_row=True)
+        merged = order_store.merge_orders(conn, valid)
         for index, row in valid:
             outcome = merged.per_row.get(index, "duplicate")
             outcomes[index] = {"outcome": outcome, "channel": row[2], "order_id": row[0]}
@@ -264,8 +270,11 @@ def ingest_order_batch(
 def iter_checked(
     rules: OrderRules, rows: Iterable[tuple[int, list[str]]], columns: Mapping[str, int],
     default_channel: str | None,
-) -> Iterator[tuple[int, OrderRow | None, dict[str, str]]]:
-    """Check CSV rows ``(line_number, fields)`` whose header maps names to ``columns``."""
+) -> Iterator[tuple[int, OrderRow | None, dict[str, str], str]]:
+    """Check CSV rows ``(line_number, fields)`` whose header maps names to ``columns``.
+
+    Yields ``(line, row or None, errors, raw order_id)``.
+    """
     i_oid, i_cid, i_at, i_amt = (columns[c] for c in ("order_id", "customer_id", "ordered_at",
                                                     "amount"))
     i_chan = columns.get("channel")
@@ -285,7 +294,7 @@ def iter_checked(
             fields[i_cur] if i_cur is not None else None,
             fields[i_stat] if i_stat is not None else None,
         )
-        yield line, row, errors
+        yield line, row, errors, fields[i_oid]
 
 
 def ingest_customer_batch(
@@ -311,11 +320,13 @@ def ingest_customer_batch(
     valid = []
     for index, record in enumerate(records):
         if index in pre_rejected:
-            outcomes[index] = {"outcome": "rejected", "errors": pre_rejected[index]}
+            outcomes[index] = {"outcome": "rejected", "errors": pre_rejected[index],
+                               **_echo(record, "customer_id")}
             continue
         profile, errors = check_customer(record)
         if profile is None:
-            outcomes[index] = {"outcome": "rejected", "errors": errors}
+            outcomes[index] = {"outcome": "rejected", "errors": errors,
+                               **_echo(record, "customer_id")}
         else:
             valid.append((index, profile))
     owners = customer_store.identity_owners(
@@ -330,7 +341,8 @@ def ingest_customer_batch(
             if claimed.get((chan, ext), profile.customer_id) != profile.customer_id
         }
         if clash:
-            outcomes[index] = {"outcome": "rejected", "errors": clash}
+            outcomes[index] = {"outcome": "rejected", "errors": clash,
+                               "customer_id": profile.customer_id}
             continue
         for ident in profile.identities:
             claimed[ident] = profile.customer_id

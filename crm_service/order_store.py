@@ -1,6 +1,16 @@
 """SQL for merging validated orders: COPY into a staging table, then upsert by (channel, order_id).
 
 Everything happens in the caller's transaction, so a batch or a file lands whole or not at all.
+
+Several records for one order in a batch or file are collapsed: the last one is what gets stored,
+so sending [paid, refunded] twice stores "refunded" and changes nothing the second time. Outcomes
+are reported per record: for a new order, its first record is ``inserted`` and each later record
+that differs from the one before it ``updated``; for a stored order that changed, the last record
+is ``updated``; everything else is ``duplicate``.
+
+Writers coordinate with one advisory lock: REST batches take it shared (they run side by side,
+each locking rows in key order), a bulk import takes it exclusively, so an import never
+interleaves its row locks with a batch's and cannot deadlock with one.
 """
 
 from __future__ import annotations
@@ -10,22 +20,25 @@ from typing import NamedTuple
 
 import psycopg
 
+from crm_service.errors import IngestionBusyError
 from crm_service.staging import MergeResult
 
 # (seq, (order_id, customer_id, channel, ordered_at ISO text, amount text, currency, status))
 StagedOrder = tuple[int, tuple[str, str, str, str, str, str, str]]
 
+# "crm-ordr" in ASCII.
+_WRITERS_LOCK = 0x63726D2D6F726472
+
 _CREATE_STAGING = """
 CREATE TEMP TABLE order_staging (
     seq         bigint NOT NULL,
-    order_id    text NOT NULL,
-    customer_id text NOT NULL,
-    channel     text NOT NULL,
+    order_id    text COLLATE "C" NOT NULL,
+    customer_id text COLLATE "C" NOT NULL,
+    channel     text COLLATE "C" NOT NULL,
     ordered_at  timestamptz NOT NULL,
     amount      numeric(14, 2) NOT NULL,
     currency    char(3) NOT NULL,
-    status      text NOT NULL,
-    pass        integer NOT NULL DEFAULT 1
+    status      text NOT NULL
 ) ON COMMIT DROP
 """
 
@@ -34,35 +47,24 @@ _COPY_STAGING = (
     " FROM STDIN"
 )
 
-# A key sent twice in one batch is merged in `pass` order: the n-th occurrence in pass n. One
-# INSERT .. ON CONFLICT cannot touch the same row twice, and this keeps the sender's order.
-_NUMBER_PASSES = """
-UPDATE order_staging s SET pass = d.rn
-FROM (
-    SELECT seq, row_number() OVER (PARTITION BY channel, order_id ORDER BY seq) AS rn
-    FROM order_staging
-    WHERE (channel, order_id) IN (
-        SELECT channel, order_id FROM order_staging GROUP BY 1, 2 HAVING count(*) > 1
-    )
-) d
-WHERE s.seq = d.seq AND d.rn > 1
-"""
-
 _INSERT_CUSTOMERS = """
 INSERT INTO customers (customer_id)
 SELECT DISTINCT s.customer_id FROM order_staging s
 WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id)
+ORDER BY 1
 ON CONFLICT DO NOTHING
 """
 
-# xmax = 0 on the returned row version means it was freshly inserted, not updated. An identical
-# resend matches no row in the DO UPDATE's WHERE and is not returned at all: a duplicate.
-_UPSERT = """
+# The last record per key is upserted (in key order, so concurrent batches lock rows in the same
+# order). xmax = 0 on a returned row means it was inserted; an unchanged order is not returned.
+# Each staged record then gets its outcome as described in the module docstring.
+_MERGE = """
 WITH up AS (
     INSERT INTO orders AS o
         (channel, order_id, customer_id, ordered_at, amount, currency, status)
     SELECT channel, order_id, customer_id, ordered_at, amount, currency, status
-    FROM order_staging WHERE pass = %(pass)s
+    FROM (SELECT DISTINCT ON (channel, order_id) * FROM order_staging
+          ORDER BY channel, order_id, seq DESC) last
     ORDER BY channel, order_id
     ON CONFLICT (channel, order_id) DO UPDATE
         SET customer_id = EXCLUDED.customer_id,
@@ -76,51 +78,75 @@ WITH up AS (
               (EXCLUDED.customer_id, EXCLUDED.ordered_at, EXCLUDED.amount,
                EXCLUDED.currency, EXCLUDED.status)
     RETURNING o.channel, o.order_id, (o.xmax = 0) AS inserted
+),
+occurrences AS (
+    SELECT seq, channel, order_id,
+           row_number() OVER (PARTITION BY channel, order_id ORDER BY seq) AS first_rank,
+           row_number() OVER (PARTITION BY channel, order_id ORDER BY seq DESC) AS last_rank,
+           (customer_id, ordered_at, amount, currency, status) IS DISTINCT FROM (
+               lag(customer_id) OVER w, lag(ordered_at) OVER w, lag(amount) OVER w,
+               lag(currency) OVER w, lag(status) OVER w) AS changed
+    FROM order_staging
+    WINDOW w AS (PARTITION BY channel, order_id ORDER BY seq)
+),
+outcomes AS (
+    SELECT s.seq,
+           CASE
+               WHEN up.inserted AND s.first_rank = 1 THEN 'inserted'
+               WHEN up.inserted AND s.changed THEN 'updated'
+               WHEN NOT up.inserted AND s.last_rank = 1 THEN 'updated'
+               ELSE 'duplicate'
+           END AS outcome
+    FROM occurrences s LEFT JOIN up USING (channel, order_id)
 )
 """
 
-_UPSERT_COUNTS = _UPSERT + """
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up
+_MERGE_ROWS = _MERGE + "SELECT seq, outcome FROM outcomes WHERE outcome <> 'duplicate'"
+_MERGE_COUNTS = _MERGE + """
+SELECT count(*) FILTER (WHERE outcome = 'inserted'), count(*) FILTER (WHERE outcome = 'updated')
+FROM outcomes
 """
 
-_UPSERT_ROWS = _UPSERT + """
-SELECT s.seq, up.inserted FROM up
-JOIN order_staging s
-  ON s.channel = up.channel AND s.order_id = up.order_id AND s.pass = %(pass)s
-"""
+
+def _lock_shared(cur: psycopg.Cursor, wait_seconds: float) -> None:
+    """Join the REST writers; give up with IngestionBusyError if an import holds the lock."""
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(wait_seconds * 1000)}",))
+    try:
+        with cur.connection.transaction():
+            cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_WRITERS_LOCK,))
+    except psycopg.errors.LockNotAvailable:
+        raise IngestionBusyError(
+            "a bulk import is writing orders; retry in a few seconds", retry_after=5
+        ) from None
+    finally:
+        cur.execute("SELECT set_config('lock_timeout', '0', true)")
+
+
+def lock_exclusive(conn: psycopg.Connection) -> None:
+    """Take the writers' lock alone (bulk imports), waiting for running batches to finish."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITERS_LOCK,))
 
 
 def merge_orders(
-    conn: psycopg.Connection, rows: Iterable[StagedOrder], *, per_row: bool = False
+    conn: psycopg.Connection, rows: Iterable[StagedOrder], *, lock_wait_seconds: float = 10.0
 ) -> MergeResult:
-    """Stage ``rows`` with COPY and upsert them into ``orders`` within the open transaction.
+    """Stage ``rows`` with COPY and merge them into ``orders`` within the open transaction.
 
-    Customers referenced by the orders are created when missing. With ``per_row`` the result
-    maps each staged ``seq`` that was inserted or updated to its outcome (for REST batches).
+    Customers referenced by the orders are created when missing. The result maps each staged
+    ``seq`` that inserted or updated an order to its outcome; the rest are duplicates.
     """
     result = MergeResult()
     with conn.cursor() as cur:
+        _lock_shared(cur, lock_wait_seconds)
         cur.execute(_CREATE_STAGING)
         with cur.copy(_COPY_STAGING) as copy:
             for seq, row in rows:
                 copy.write_row((seq, *row))
                 result.staged += 1
-        if result.staged == 0:
-            cur.execute("DROP TABLE order_staging")
-            return result
-        cur.execute(_NUMBER_PASSES)
-        cur.execute("SELECT max(pass) FROM order_staging")
-        passes = cur.fetchone()[0]  # type: ignore[index]
-        cur.execute(_INSERT_CUSTOMERS)
-        for n in range(1, passes + 1):
-            if per_row:
-                cur.execute(_UPSERT_ROWS, {"pass": n})
-                result.record(cur.fetchall())
-            else:
-                cur.execute(_UPSERT_COUNTS, {"pass": n})
-                ins, upd = cur.fetchone()  # type: ignore[misc]
-                result.inserted += ins
-                result.updated += upd
+        if result.staged:
+            cur.execute(_INSERT_CUSTOMERS)
+            cur.execute(_MERGE_ROWS)
+            result.record_outcomes(cur.fetchall())
         cur.execute("DROP TABLE order_staging")
     return result
 
@@ -130,46 +156,22 @@ def merge_orders(
 # The fast path is a plain INSERT of the whole chunk in key order: the unique index does the
 # existence check for free, and btree inserts in key order stay cheap. ON CONFLICT would cost ~50%
 # more per row (speculative insertion). If any key already exists, or repeats within the chunk,
-# the INSERT fails with a unique violation; the savepoint undoes it and the careful path runs:
-# number the repeats, UPDATE existing keys, INSERT the new ones, pass by pass.
+# the INSERT fails with a unique violation and the savepoint undoes it. From then on the import
+# is careful: that chunk and every later one stay staged, and one collapsing merge (_MERGE) runs
+# over all of them at the end, so repeats anywhere in the file resolve to the file's last record.
 _FAST_INSERT = """
 INSERT INTO orders (channel, order_id, customer_id, ordered_at, amount, currency, status)
 SELECT channel, order_id, customer_id, ordered_at, amount, currency, status
 FROM order_staging ORDER BY channel, order_id
 """
 
-_BULK_UPDATE = """
-UPDATE orders o
-   SET customer_id = s.customer_id, ordered_at = s.ordered_at, amount = s.amount,
-       currency = s.currency, status = s.status, updated_at = now()
-  FROM order_staging s
- WHERE s.pass = %(pass)s AND o.channel = s.channel AND o.order_id = s.order_id
-   AND (o.customer_id, o.ordered_at, o.amount, o.currency, o.status)
-       IS DISTINCT FROM (s.customer_id, s.ordered_at, s.amount, s.currency, s.status)
-"""
-
-_BULK_INSERT = """
-INSERT INTO orders (channel, order_id, customer_id, ordered_at, amount, currency, status)
-SELECT channel, order_id, customer_id, ordered_at, amount, currency, status
-FROM order_staging s
-WHERE s.pass = %(pass)s
-  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.channel = s.channel AND o.order_id = s.order_id)
-ORDER BY channel, order_id
-"""
-
-# New customers of a chunk. The plain INSERT (with its NOT EXISTS probe) is ~40% cheaper than
-# ON CONFLICT DO NOTHING; the latter only runs if a concurrent writer got in between.
+# New customers of a chunk. A plain INSERT with a NOT EXISTS probe is ~40% cheaper than ON
+# CONFLICT DO NOTHING; it is safe here because the import holds the writers' lock exclusively.
 _BULK_CUSTOMERS = """
 INSERT INTO customers (customer_id)
 SELECT s.customer_id FROM customer_id_staging s
 WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id)
 ORDER BY s.customer_id
-"""
-
-_BULK_CUSTOMERS_SAFE = """
-INSERT INTO customers (customer_id)
-SELECT customer_id FROM customer_id_staging ORDER BY customer_id
-ON CONFLICT DO NOTHING
 """
 
 
@@ -185,36 +187,17 @@ class OrderBlock(NamedTuple):
     customer_ids: str
 
 
-def _merge_chunk_carefully(conn: psycopg.Connection, cur: psycopg.Cursor,
-                           result: MergeResult) -> None:
-    cur.execute("ANALYZE order_staging")
-    cur.execute(_NUMBER_PASSES)
-    cur.execute("SELECT coalesce(max(pass), 0) FROM order_staging")
-    passes = cur.fetchone()[0]  # type: ignore[index]
-    for n in range(1, passes + 1):
-        cur.execute(_BULK_UPDATE, {"pass": n})
-        result.updated += cur.rowcount
-        try:
-            with conn.transaction():
-                cur.execute(_BULK_INSERT, {"pass": n})
-                result.inserted += cur.rowcount
-        except psycopg.errors.UniqueViolation:
-            # A concurrent writer inserted one of these keys meanwhile: the upsert is exact.
-            cur.execute(_UPSERT_COUNTS, {"pass": n})
-            ins, upd = cur.fetchone()  # type: ignore[misc]
-            result.inserted += ins
-            result.updated += upd
-
-
 def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
                        ) -> MergeResult:
     r"""Merge pre-formatted COPY text blocks, in order, in the open transaction.
 
     Each block holds lines ``seq\torder_id\tcustomer_id\tchannel\tordered_at\tamount\t
-    currency\tstatus`` and is staged and merged before the next is read, so a key repeated
-    across blocks keeps the file's order.
+    currency\tstatus``, ``seq`` increasing through the file. Takes the writers' lock
+    exclusively for the rest of the transaction.
     """
     result = MergeResult()
+    lock_exclusive(conn)
+    careful = False
     with conn.cursor() as cur:
         # Per-chunk joins against the growing tables must probe their indexes; a hash join would
         # rescan the whole table for every chunk.
@@ -225,23 +208,28 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
                     " ON COMMIT DROP")
         rebuild = _defer_secondary_index(cur)
         for block in blocks:
-            cur.execute("TRUNCATE order_staging, customer_id_staging")
+            cur.execute("TRUNCATE customer_id_staging" if careful
+                        else "TRUNCATE order_staging, customer_id_staging")
             with cur.copy("COPY customer_id_staging FROM STDIN") as copy:
                 copy.write(block.customer_ids)
             with cur.copy(_COPY_STAGING) as copy:
                 copy.write(block.orders)
             result.staged += block.orders.count("\n")
-            try:
-                with conn.transaction():
-                    cur.execute(_BULK_CUSTOMERS)
-            except psycopg.errors.UniqueViolation:
-                cur.execute(_BULK_CUSTOMERS_SAFE)
+            cur.execute(_BULK_CUSTOMERS)
+            if careful:
+                continue
             try:
                 with conn.transaction():
                     cur.execute(_FAST_INSERT)
                     result.inserted += cur.rowcount
             except psycopg.errors.UniqueViolation:
-                _merge_chunk_carefully(conn, cur, result)
+                careful = True
+        if careful:
+            cur.execute("ANALYZE order_staging")
+            cur.execute(_MERGE_COUNTS)
+            inserted, updated = cur.fetchone()  # type: ignore[misc]
+            result.inserted += inserted
+            result.updated += updated
         if rebuild:
             cur.execute(_CUSTOMER_INDEX)
         cur.execute("DROP TABLE order_staging, customer_id_staging")

@@ -20,11 +20,11 @@ class MergeResult:
         """Staged rows that changed nothing."""
         return self.staged - self.inserted - self.updated
 
-    def record(self, rows: Iterable[tuple[int, bool]]) -> None:
-        """Count ``(seq, inserted)`` rows returned by an upsert, keeping each row's outcome."""
-        for seq, inserted in rows:
-            self.per_row[seq] = "inserted" if inserted else "updated"
-            if inserted:
+    def record_outcomes(self, rows: Iterable[tuple[int, str]]) -> None:
+        """Keep ``(seq, outcome)`` pairs ("inserted"/"updated") and count them."""
+        for seq, outcome in rows:
+            self.per_row[seq] = outcome
+            if outcome == "inserted":
                 self.inserted += 1
             else:
                 self.updated += 1

@@ -24,8 +24,8 @@ def test_outcomes_per_record_and_totals(client, auth, conn):
     r = post(client, auth, [order(1), order(2, amount="-5"), order(3)])
     assert r.status_code == 200
     assert [x["outcome"] for x in r.json["results"]] == ["inserted", "rejected", "inserted"]
-    assert r.json["results"][1] == {"index": 1, "outcome": "rejected",
-                                    "errors": {"amount": "must be >= 0"}}
+    assert r.json["results"][1] == {"index": 1, "outcome": "rejected", "channel": "tmall",
+                                    "order_id": "O2", "errors": {"amount": "must be >= 0"}}
     assert r.json["totals"] == {"inserted": 2, "updated": 0, "duplicate": 0, "rejected": 1}
     assert count(conn, "SELECT count(*) FROM orders") == 2
     assert count(conn, "SELECT count(*) FROM customers") == 2  # created with their orders
@@ -43,10 +43,29 @@ def test_resend_is_duplicate_and_refund_is_update(client, auth, conn):
     assert row[0] == "refunded" and str(row[1]) == "50.00"
 
 
-def test_same_order_twice_in_one_batch_is_applied_in_order(client, auth, conn):
-    r = post(client, auth, [order(1), order(1, status="refunded"), order(1, status="refunded")])
+def test_same_order_twice_in_one_batch_collapses_to_the_last(client, auth, conn):
+    batch = [order(1), order(1, status="refunded"), order(1, status="refunded")]
+    r = post(client, auth, batch)
     assert [x["outcome"] for x in r.json["results"]] == ["inserted", "updated", "duplicate"]
     assert conn.execute("SELECT status FROM orders").fetchone()[0] == "refunded"
+    # Resending the whole batch changes nothing: no flip back to "paid" and forward again.
+    before = conn.execute("SELECT updated_at FROM orders").fetchone()[0]
+    conn.commit()
+    r = post(client, auth, batch)
+    assert [x["outcome"] for x in r.json["results"]] == ["duplicate"] * 3
+    assert conn.execute("SELECT updated_at FROM orders").fetchone()[0] == before
+
+
+def test_stored_order_changed_by_a_batch_reports_the_last_record(client, auth, conn):
+    post(client, auth, [order(1)])
+    r = post(client, auth, [order(1, status="refunded"), order(1, status="cancelled")])
+    assert [x["outcome"] for x in r.json["results"]] == ["duplicate", "updated"]
+    assert conn.execute("SELECT status FROM orders").fetchone()[0] == "cancelled"
+
+
+def test_every_problem_of_a_record_is_reported_at_once(client, auth):
+    r = post(client, auth, [order(1, customer_id=12345, amount="ten")])
+    assert set(r.json["results"][0]["errors"]) == {"customer_id", "amount"}
 
 
 def test_channel_is_part_of_the_identity(client, auth, conn):
@@ -62,7 +81,7 @@ def test_channel_is_part_of_the_identity(client, auth, conn):
     ("currency", "EUR", "must be USD (CRM_CURRENCY)"),
     ("amount", "1.999", "at most 2 decimal places"),
     ("status", "lost", "must be one of paid, refunded, cancelled"),
-    ("order_id", 17, "Not a valid string."),
+    ("order_id", 17, "must be a string"),
 ])
 def test_bad_records_are_rejected_without_blocking_others(client, auth, conn, field, value,
                                                           reason):
