@@ -7,10 +7,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import require
 from api.errors import ApiProblem
@@ -42,16 +43,53 @@ _SIMPLE_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 
+def read_body() -> bytes:
+    """The raw body, at most MAX_CONTENT_LENGTH bytes, also for chunked uploads.
+
+    Werkzeug answers 413 itself when Content-Length is too large; without one (chunked
+    uploads) it hands out a stream silently cut at the limit, so the server's own decoded
+    stream is read here, one byte past the limit.
+    """
+    cached = g.get("raw_body")
+    if cached is not None:
+        return cached
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None:
+        raw = request.get_data(cache=True)
+    else:
+        raw = request.environ["wsgi.input"].read(limit + 1)
+        if len(raw) > limit:
+            raise RequestEntityTooLarge()
+    g.raw_body = raw
+    return raw
+
+
+def _unknown_fields(schema: Schema, record: dict) -> list[str]:
+    """Names in ``record`` (and in nested lists of objects) that ``schema`` does not define."""
+    names = sorted(set(record) - set(schema.fields))
+    for name, field in schema.fields.items():
+        inner = getattr(getattr(field, "inner", None), "schema", None)
+        value = record.get(name)
+        if inner is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    names += [f"{name}.{i}.{n}" for n in _unknown_fields(inner, item)]
+    return names
+
+
 def _parse_batch(envelope: str, record_schema: Schema) -> tuple[list[dict], dict[int, dict]]:
     """Parse the raw body into records; whole-request problems raise, record problems return."""
-    raw = request.get_data(cache=True)
     if request.mimetype != "application/json":
         raise ApiProblem(415, "Unsupported Media Type", "send Content-Type: application/json",
                          slug="unsupported-media-type")
+    raw = read_body()
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiProblem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
+                         slug="malformed-json") from None
+    except RecursionError:
+        raise ApiProblem(400, "Malformed JSON", "the body nests too deeply",
                          slug="malformed-json") from None
     if not isinstance(body, dict):
         raise ApiProblem(422, "Invalid request", f'expected an object {{"{envelope}": [...]}}',
@@ -69,8 +107,8 @@ def _parse_batch(envelope: str, record_schema: Schema) -> tuple[list[dict], dict
         raise ApiProblem(413, "Batch too large",
                          f"{len(records)} records in one request; the limit is {limit}",
                          slug="batch-too-large", limit=limit)
-    known = set(record_schema.fields)
-    unknown = {i: sorted(set(r) - known) for i, r in enumerate(records) if set(r) - known}
+    unknown = {i: names for i, r in enumerate(records)
+               if (names := _unknown_fields(record_schema, r))}
     if unknown:
         raise ApiProblem(
             422, "Invalid request", "unknown field(s) in records; nothing was written",
@@ -104,7 +142,7 @@ def _run_batch(envelope: str, record_schema: Schema,
     key_id = g.api_key.id
     if key is not None:
         fingerprint = idempotency.request_fingerprint(request.method, request.path,
-                                                      request.get_data(cache=True))
+                                                      read_body())
         with svc.pool.connection() as conn:
             stored = idempotency.claim(
                 conn, key_id, key, fingerprint, ttl_hours=svc.settings.idempotency_ttl_hours,

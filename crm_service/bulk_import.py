@@ -70,34 +70,61 @@ class _Rejects:
         self._fh: IO[str] | None = None
         self._writer: Any = None
 
+    @property
+    def _partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
     def add(self, line: int, errors: dict[str, str], key: str = "") -> None:
         """Record one rejected row: every failed field on its own report line."""
         if self._fh is None:
-            self._fh = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._fh = open(self._partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
             self._writer = csv.writer(self._fh)
             self._writer.writerow(["line", self.key, "field", "reason"])
         for name, reason in errors.items():
             self._writer.writerow([line, key, name, reason])
         self.count += 1
 
-    def close(self) -> None:
+    def close(self, *, committed: bool) -> None:
+        """Publish the report if the import committed; otherwise leave no report behind.
+
+        A report from an earlier run of the same file is replaced, or removed when this run
+        rejected nothing, so the report on disk always describes the last import.
+        """
         if self._fh is not None:
             self._fh.close()
+        if committed and self.count:
+            os.replace(self._partial, self.path)
+            return
+        self._partial.unlink(missing_ok=True)
+        if committed:
+            self.path.unlink(missing_ok=True)
 
 
-def _open_csv(path: Path) -> IO[str]:
+def _open_csv(path: Path) -> IO[bytes]:
     try:
-        return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
     except OSError as exc:
         raise ValidationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if fh.read(3) != b"\xef\xbb\xbf":  # skip a UTF-8 byte-order mark
+        fh.seek(0)
+    return fh
 
 
-def _read_header(fh: IO[str], path: Path, required: tuple[str, ...],
+def _decoded(fh: IO[bytes], path: Path, first_line: int) -> Iterator[str]:
+    """Lines of ``fh`` as text, decoded one by one so an encoding error names its line."""
+    for number, raw in enumerate(fh, start=first_line):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(
+                f"{path} is not UTF-8 text: line {number} has an invalid byte at column "
+                f"{exc.start + 1}; save the file as UTF-8"
+            ) from None
+
+
+def _read_header(fh: IO[bytes], path: Path, required: tuple[str, ...],
                  optional: tuple[str, ...]) -> dict[str, int]:
-    try:
-        first = fh.readline()
-    except UnicodeDecodeError as exc:
-        raise ValidationError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+    first = next(_decoded(fh, path, 1), "")
     if not first.strip():
         raise ValidationError(f"{path} is empty; expected a header line: {','.join(required)}")
     names = [n.strip().lower() for n in next(csv.reader([first]))]
@@ -119,22 +146,26 @@ def _read_header(fh: IO[str], path: Path, required: tuple[str, ...],
     return {name: i for i, name in enumerate(names)}
 
 
-def _rows(fh: IO[str], width: int, key_index: int, rejects: _Rejects,
+def _rows(fh: IO[bytes], width: int, key_index: int, rejects: _Rejects,
           progress: Progress | None, path: Path) -> Iterator[tuple[int, list[str]]]:
-    """CSV records as (line number, fields); rows of the wrong width go to the report."""
+    """CSV records as (line number where the record starts, fields).
+
+    Rows of the wrong width go to the report.
+    """
     consumed = 0
 
     def lines() -> Iterator[str]:
         nonlocal consumed
-        for text in fh:
+        for text in _decoded(fh, path, 2):
             consumed += len(text)
             yield text
 
     reader = csv.reader(lines())
     line = 1
+    ended = 1  # physical lines consumed so far, header included
     try:
         for fields in reader:
-            line = reader.line_num + 1  # +1: the header was read before the reader started
+            line, ended = ended + 1, reader.line_num + 1
             if len(fields) != width:
                 if not fields or fields == [""]:
                     continue  # blank line
@@ -145,11 +176,8 @@ def _rows(fh: IO[str], width: int, key_index: int, rejects: _Rejects,
             yield line, fields
             if progress is not None and line % 50_000 == 0:
                 progress(consumed)
-    except UnicodeDecodeError as exc:
-        raise ValidationError(f"{path} is not UTF-8 text near line {line + 1}: {exc.reason}") \
-            from exc
     except csv.Error as exc:
-        raise ValidationError(f"{path}: malformed CSV near line {line + 1}: {exc}") from exc
+        raise ValidationError(f"{path}: malformed CSV at line {ended + 1}: {exc}") from exc
     if progress is not None:
         progress(consumed)
 
@@ -282,13 +310,14 @@ def import_orders(
         # made COPY twice as slow. A shorter interval for the import's duration fixes it.
         interval = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
+        committed = False
         try:
             with conn.transaction():
-                conn.execute("SET LOCAL synchronous_commit = off")
                 merged = order_store.merge_order_blocks(conn, _blocks_in_background(blocks))
+            committed = True
         finally:
             sys.setswitchinterval(interval)
-            rejects.close()
+            rejects.close(committed=committed)
     return _finish(summary, merged, rejects)
 
 
@@ -321,11 +350,14 @@ def import_customers(
                 else:
                     yield line, profile
 
+        committed = False
         try:
             with conn.transaction():
+                customer_store.lock_writers(conn)
                 merged = customer_store.merge_customers(conn, staged())
+            committed = True
         finally:
-            rejects.close()
+            rejects.close(committed=committed)
     return _finish(summary, merged, rejects)
 
 

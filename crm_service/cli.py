@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,8 +18,8 @@ import click
 
 from crm_service import __version__, api_keys, bulk_import, schema
 from crm_service.config import Settings, load_settings
-from crm_service.db import connect, redact, resolve_dsn
-from crm_service.errors import ConfigError, CrmError
+from crm_service.db import DatabaseError, connect, redact, resolve_dsn
+from crm_service.errors import ConfigError, CrmError, ValidationError
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -36,6 +38,10 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(exc.detail, 2)
         except CrmError as exc:
             _fail(exc.detail, 1)
+        except DatabaseError as exc:
+            # Nothing was committed: every command writes in one transaction.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _fail(f"database error, nothing was changed: {first}", 1)
 
     return wrapper
 
@@ -99,8 +105,25 @@ def db_upgrade(ctx: Context) -> None:
 @pass_ctx
 @handles_errors
 def db_url(ctx: Context, redact_password: bool) -> None:
-    """Print the DSN in use (embedded or DATABASE_URL), e.g. ``psql "$(crm-service db url)"``."""
+    """Print the DSN in use (embedded or DATABASE_URL).
+
+    The embedded server runs only while a crm-service process (serve, demo, db psql) holds it.
+    """
     click.echo(redact(ctx.dsn) if redact_password else ctx.dsn)
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+@handles_errors
+def db_psql(ctx: Context, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the database in use; the embedded server stays up while it runs."""
+    from crm_service.embedded import psql_executable
+
+    exe = shutil.which("psql") or psql_executable()
+    if exe is None:
+        raise ValidationError("psql is not installed; install the PostgreSQL client")
+    sys.exit(subprocess.call([exe, ctx.dsn, *psql_args]))  # noqa: S603 - argv, no shell
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -120,7 +143,10 @@ def keys() -> None:
 @handles_errors
 def keys_create(ctx: Context, name: str, scopes: str, as_json: bool) -> None:
     """Mint an API key; it is printed once and stored only as a hash."""
-    wanted = api_keys.parse_scopes(scopes)
+    try:
+        wanted = api_keys.parse_scopes(scopes)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.detail, param_hint="--scopes") from None
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
         key, token = api_keys.create_key(conn, name, wanted)
         conn.commit()
@@ -148,9 +174,10 @@ def keys_list(ctx: Context, as_json: bool) -> None:
             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
         } for k in rows]))
         return
+    click.echo(f"{'ID':<12}  {'NAME':<24} {'SCOPES':<40} STATE")
     for k in rows:
         state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
-        click.echo(f"{k.id}  {k.name:<24} {','.join(k.scopes):<40} {state}")
+        click.echo(f"{k.id:<12}  {k.name:<24} {','.join(k.scopes):<40} {state}")
 
 
 @keys.command("revoke")
@@ -160,9 +187,14 @@ def keys_list(ctx: Context, as_json: bool) -> None:
 def keys_revoke(ctx: Context, key_id: str) -> None:
     """Revoke a key by id; requests with it get 401 from then on."""
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        before = {k.id: k for k in api_keys.list_keys(conn)}.get(key_id)
         key = api_keys.revoke_key(conn, key_id)
         conn.commit()
-    click.echo(f"revoked key {key.id} ({key.name})")
+    if before is not None and before.revoked_at is not None:
+        click.echo(f"key {key.id} ({key.name}) was already revoked at "
+                   f"{before.revoked_at:%Y-%m-%d %H:%M}")
+    else:
+        click.echo(f"revoked key {key.id} ({key.name})")
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -192,7 +224,7 @@ def _report(summary: bulk_import.ImportSummary, as_json: bool) -> None:
         click.echo(bulk_import.summary_json(summary))
         return
     click.echo(f"{summary.rows} rows: {summary.inserted} inserted, {summary.updated} updated, "
-               f"{summary.duplicates} duplicates, {summary.rejected} rejected")
+               f"{summary.duplicates} unchanged, {summary.rejected} rejected")
     if summary.report:
         click.echo(f"rejected rows with line numbers and reasons: {summary.report}")
 
@@ -229,23 +261,46 @@ def import_orders(ctx: Context, file: Path, channel: str | None, report: Path | 
 @handles_errors
 def import_customers(ctx: Context, file: Path, report: Path | None, as_json: bool) -> None:
     """Import profiles: header customer_id[,email,phone,name]; empty cells change nothing."""
+    bar, update = _progress(file, as_json)
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
-        summary = bulk_import.import_customers(conn, ctx.settings, file, report_path=report)
+        if bar is not None:
+            with bar:
+                summary = bulk_import.import_customers(conn, ctx.settings, file,
+                                                       report_path=report, progress=update)
+        else:
+            summary = bulk_import.import_customers(conn, ctx.settings, file, report_path=report)
     _report(summary, as_json)
 
 
 # --- serve / demo ----------------------------------------------------------------------------
 
 # Path only (%(U)s), never the query string: searches carry emails and phones.
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+ACCESS_LOG_FORMAT = '%(t)s %(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+# Longer than CRM_STATEMENT_TIMEOUT_MS's default, so a slow request ends in a problem+json
+# answer from the app rather than gunicorn killing the worker.
+WORKER_TIMEOUT_SECONDS = 120
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValidationError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); another server may be "
+                "running there: stop it, or pick another port with --port or CRM_PORT"
+            ) from None
 
 
 def _serve(ctx: Context, host: str, port: int, workers: int) -> int:
+    _check_port_free(host, port)
     dsn = ctx.upgraded_dsn()
     env = dict(os.environ, DATABASE_URL=dsn)
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
            str(workers), "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
-           "--graceful-timeout", "10", "api.wsgi:app"]
+           "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
+           "--no-control-socket", "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
     # it when the server exits.
     child = subprocess.Popen(cmd, env=env)  # noqa: S603 - fixed argv, no shell
@@ -271,33 +326,46 @@ def serve(ctx: Context, host: str | None, port: int | None, workers: int | None)
 
 
 @main.command()
-@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--host", default=None, help="Bind address (CRM_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (CRM_PORT, default 8000).")
 @click.option("--no-serve", is_flag=True, help="Load the demo data and exit.")
 @pass_ctx
 @handles_errors
 def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> None:
-    """Load the CDNOW demo orders shipped with lifetimes, mint an admin key, and serve."""
+    """Load the CDNOW demo orders shipped with lifetimes, mint an admin key, and serve.
+
+    Each run replaces the previous demo admin key (the old one is revoked).
+    """
     from crm_service.demo import load_cdnow_sample
 
     s = ctx.settings
+    host, port = host or s.host, port or s.port
+    if not no_serve:
+        _check_port_free(host, port)
     dsn = ctx.upgraded_dsn()
     with connect(dsn, s) as conn:
         summary = load_cdnow_sample(conn, s)
-        key, token = api_keys.create_key(conn, "demo-admin", ["admin"])
+        for old in api_keys.list_keys(conn):
+            if old.name == DEMO_KEY_NAME and old.revoked_at is None:
+                api_keys.revoke_key(conn, old.id)
+        key, token = api_keys.create_key(conn, DEMO_KEY_NAME, ["admin"])
         conn.commit()
-    host, port = host or s.host, port or s.port
     base = f"http://{host}:{port}"
     click.echo(f"demo data: CDNOW sample, {summary.rows} orders "
                f"({summary.inserted} new, {summary.duplicates} already loaded)")
-    click.echo(f"admin API key (shown once): {token}")
+    click.echo(f"admin API key (shown once; replaces earlier demo keys): {token}")
+    if no_serve:
+        click.echo("start the API with: crm-service serve")
+        return
     click.echo(f"API:  {base}/v1   docs: {base}/docs   OpenAPI: {base}/openapi.json")
     click.echo("try:  curl -X POST " + base + "/v1/orders -H 'Authorization: Bearer " + token
                + "' -H 'Content-Type: application/json' -d '{\"orders\": [{\"order_id\": "
                "\"T-1\", \"customer_id\": \"C-1\", \"channel\": \"tmall\", "
                "\"ordered_at\": \"2024-05-01T10:30:00+08:00\", \"amount\": \"129.90\"}]}'")
-    if not no_serve:
-        sys.exit(_serve(ctx, host, port, s.workers))
+    sys.exit(_serve(ctx, host, port, s.workers))
+
+
+DEMO_KEY_NAME = "demo-admin"
 
 
 if __name__ == "__main__":  # pragma: no cover

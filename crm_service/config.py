@@ -36,6 +36,7 @@ class Settings:
     max_body_bytes: int = 5 * 1024 * 1024
     idempotency_ttl_hours: int = 24
     idempotency_stale_seconds: int = 120
+    ingest_lock_wait_seconds: float = 10.0
     log_level: str = "INFO"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -139,6 +140,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_number(env, "CRM_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 5 * 1024 * 1024),
         idempotency_ttl_hours=_number(env, "CRM_IDEMPOTENCY_TTL_HOURS", 24, 24, 24 * 90),
         idempotency_stale_seconds=_number(env, "CRM_IDEMPOTENCY_STALE_SECONDS", 120, 1, 3600),
+        ingest_lock_wait_seconds=_number(env, "CRM_INGEST_LOCK_WAIT_SECONDS", 10.0, 0.1, 50.0),
         log_level=_log_level(env),
         host=(env.get("CRM_HOST") or "127.0.0.1").strip(),
         port=_number(env, "CRM_PORT", 8000, 1, 65535),

@@ -7,7 +7,10 @@ from collections.abc import Iterable
 import psycopg
 
 from crm_service.customers import Profile
+from crm_service.locks import lock_exclusive as lock_writers
 from crm_service.staging import MergeResult
+
+__all__ = ["lock_writers", "merge_customers", "identity_owners", "add_identities"]
 
 StagedCustomer = tuple[int, Profile]
 

@@ -15,8 +15,12 @@ from crm_service.ingestion import _CHANNEL, MAX_ID_LENGTH
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE_SEPARATORS = re.compile(r"[\s\-().\u00a0/]")
-_PHONE = re.compile(r"\+?\d{5,15}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PHONE = re.compile(r"\+?[0-9]{5,15}")  # ASCII digits only: lookups compare digit strings
+
+
+def _printable(text: str) -> bool:
+    """No control characters, NUL or lone surrogates (which PostgreSQL cannot store)."""
+    return text.isprintable()
 PROFILE_FIELDS = ("email", "phone", "name")
 MAX_NAME_LENGTH = 200
 
@@ -24,7 +28,7 @@ MAX_NAME_LENGTH = 200
 def normalize_email(value: str) -> str | None:
     """Lower-cased, trimmed email, or None when it is not an address."""
     text = value.strip().lower()
-    if len(text) > 254 or not _EMAIL.fullmatch(text):
+    if len(text) > 254 or not _EMAIL.fullmatch(text) or not _printable(text):
         return None
     return text
 
@@ -68,7 +72,7 @@ def check_customer(record: Mapping[str, Any]) -> tuple[Profile | None, dict[str,
     cid = "" if raw_id is None else str(raw_id).strip()
     if not cid:
         errors["customer_id"] = "required"
-    elif len(cid) > MAX_ID_LENGTH or _CONTROL.search(cid):
+    elif len(cid) > MAX_ID_LENGTH or not _printable(cid):
         errors["customer_id"] = f"1-{MAX_ID_LENGTH} printable characters"
     values: dict[str, str | None] = {}
     for name, normalize, problem in _CONTACTS:
@@ -85,7 +89,7 @@ def check_customer(record: Mapping[str, Any]) -> tuple[Profile | None, dict[str,
     if "name" in record:
         raw_name = record["name"]
         full = None if raw_name is None else str(raw_name).strip() or None
-        if full is not None and (len(full) > MAX_NAME_LENGTH or _CONTROL.search(full)):
+        if full is not None and (len(full) > MAX_NAME_LENGTH or not _printable(full)):
             errors["name"] = f"at most {MAX_NAME_LENGTH} printable characters"
         values["name"] = full
     identities: list[tuple[str, str]] = []
@@ -94,7 +98,7 @@ def check_customer(record: Mapping[str, Any]) -> tuple[Profile | None, dict[str,
         ext = str(ident.get("external_id") or "").strip()
         if not _CHANNEL.fullmatch(chan):
             errors[f"identities.{i}.channel"] = "1-32 characters: letters, digits, '_', '.', '-'"
-        if not ext or len(ext) > MAX_ID_LENGTH or _CONTROL.search(ext):
+        if not ext or len(ext) > MAX_ID_LENGTH or not _printable(ext):
             errors[f"identities.{i}.external_id"] = f"1-{MAX_ID_LENGTH} printable characters"
         identities.append((chan, ext))
     if errors:

@@ -12,6 +12,9 @@ from crm_service.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
+# What callers outside the storage modules catch for "the database said no".
+DatabaseError = psycopg.Error
+
 
 def resolve_dsn(settings: Settings) -> str:
     """Return the DSN in use: ``DATABASE_URL``, or the embedded server (started on demand)."""

@@ -106,3 +106,12 @@ def ensure_database(admin_dsn: str, database: str) -> None:
             log.info("created database %s", database)
         except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             pass
+
+
+def psql_executable() -> str | None:
+    """The psql binary shipped with the embedded server, if present."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    exe = Path(pgserver.POSTGRES_BIN_PATH) / "psql"  # type: ignore[attr-defined]
+    return str(exe) if exe.exists() else None

@@ -8,6 +8,7 @@ writes it describes, so a replay can never describe writes that were rolled back
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -15,6 +16,8 @@ import psycopg
 from crm_service.errors import IdempotencyConflictError, IdempotencyMismatchError
 
 MAX_KEY_LENGTH = 255
+PURGE_EVERY_SECONDS = 600.0
+_last_purge = 0.0  # per process: purging is idempotent, so processes need not coordinate
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,13 @@ def claim(
     Returns the stored response when the same request already finished (replay). Raises
     :class:`IdempotencyMismatchError` for a different body and :class:`IdempotencyConflictError`
     while the first request is still running. An expired record, or a claim abandoned for longer
-    than ``stale_seconds`` (its process died), is taken over.
+    than ``stale_seconds`` (its process died), is taken over. Every ten minutes a process also
+    deletes all expired records, so the table stays bounded.
     """
+    global _last_purge
+    if time.monotonic() - _last_purge > PURGE_EVERY_SECONDS:
+        _last_purge = time.monotonic()
+        purge_expired(conn, ttl_hours)
     with conn.transaction():
         row = conn.execute(
             """

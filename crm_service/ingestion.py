@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from crm_service import order_store
 from crm_service.config import Settings
 from crm_service.errors import BatchTooLargeError
+from crm_service.locks import lock_shared
 
 if TYPE_CHECKING:
     import psycopg
@@ -27,13 +28,16 @@ ORDER_STATUSES = ("paid", "refunded", "cancelled")
 MAX_ID_LENGTH = 128
 EARLIEST_ORDER = date(1990, 1, 1)
 
-_AMOUNT = re.compile(r"\d{1,12}(?:\.\d{1,2})?")
-_NEGATIVE_AMOUNT = re.compile(r"-\d+(?:\.\d+)?")
+# [0-9], not \d: \d also matches Arabic-Indic or full-width digits, which PostgreSQL rejects.
+_AMOUNT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,2})?")
+_NEGATIVE_AMOUNT = re.compile(r"-[0-9]+(?:\.[0-9]+)?")
 _CHANNEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _ISO_DATETIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+    r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?"
 )
+_MAX_OFFSET = timedelta(hours=15, minutes=59)  # PostgreSQL's limit for a UTC offset
 
 # One normalised order, in the column order of the staging table.
 OrderRow = tuple[str, str, str, str, str, str, str]
@@ -124,6 +128,9 @@ def _parse_ordered_at(value: Any, rules: OrderRules, errors: dict[str, str]) -> 
         # Naive values (and bare dates, at midnight) are local time in CRM_TIMEZONE.
         parsed = parsed.replace(tzinfo=rules.zone)
         text = parsed.isoformat()
+    elif abs(parsed.utcoffset() or timedelta(0)) > _MAX_OFFSET:
+        errors["ordered_at"] = "UTC offset out of range (at most +/-15:59)"
+        return None
     # Cheap year test first; exact comparison only near the edges of the window.
     year = parsed.year
     if year <= rules.earliest.year or year >= rules.latest.year:
@@ -153,7 +160,7 @@ def _parse_amount(value: Any, errors: dict[str, str]) -> str:
         errors["amount"] = "required"
     elif _NEGATIVE_AMOUNT.fullmatch(text):
         errors["amount"] = "must be >= 0"
-    elif re.fullmatch(r"\d+\.\d{3,}", text):
+    elif re.fullmatch(r"[0-9]+\.[0-9]{3,}", text):
         errors["amount"] = "at most 2 decimal places"
     else:
         errors["amount"] = "not a decimal number (e.g. 129.90)"
@@ -257,7 +264,8 @@ def ingest_order_batch(
         else:
             valid.append((index, row))
     if valid:
-        merged = order_store.merge_orders(conn, valid)
+        merged = order_store.merge_orders(conn, valid,
+                                          lock_wait_seconds=settings.ingest_lock_wait_seconds)
         for index, row in valid:
             outcome = merged.per_row.get(index, "duplicate")
             outcomes[index] = {"outcome": outcome, "channel": row[2], "order_id": row[0]}
@@ -316,6 +324,7 @@ def ingest_customer_batch(
             f"{len(records)} customers in one batch; the limit is {settings.max_batch_orders}"
         )
     pre_rejected = pre_rejected or {}
+    lock_shared(conn, settings.ingest_lock_wait_seconds)
     outcomes: dict[int, dict[str, Any]] = {}
     valid = []
     for index, record in enumerate(records):

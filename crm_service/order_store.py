@@ -8,9 +8,7 @@ are reported per record: for a new order, its first record is ``inserted`` and e
 that differs from the one before it ``updated``; for a stored order that changed, the last record
 is ``updated``; everything else is ``duplicate``.
 
-Writers coordinate with one advisory lock: REST batches take it shared (they run side by side,
-each locking rows in key order), a bulk import takes it exclusively, so an import never
-interleaves its row locks with a batch's and cannot deadlock with one.
+Writers coordinate through :mod:`crm_service.locks`.
 """
 
 from __future__ import annotations
@@ -20,14 +18,11 @@ from typing import NamedTuple
 
 import psycopg
 
-from crm_service.errors import IngestionBusyError
+from crm_service.locks import lock_exclusive, lock_shared
 from crm_service.staging import MergeResult
 
 # (seq, (order_id, customer_id, channel, ordered_at ISO text, amount text, currency, status))
 StagedOrder = tuple[int, tuple[str, str, str, str, str, str, str]]
-
-# "crm-ordr" in ASCII.
-_WRITERS_LOCK = 0x63726D2D6F726472
 
 _CREATE_STAGING = """
 CREATE TEMP TABLE order_staging (
@@ -108,25 +103,6 @@ FROM outcomes
 """
 
 
-def _lock_shared(cur: psycopg.Cursor, wait_seconds: float) -> None:
-    """Join the REST writers; give up with IngestionBusyError if an import holds the lock."""
-    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(wait_seconds * 1000)}",))
-    try:
-        with cur.connection.transaction():
-            cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_WRITERS_LOCK,))
-    except psycopg.errors.LockNotAvailable:
-        raise IngestionBusyError(
-            "a bulk import is writing orders; retry in a few seconds", retry_after=5
-        ) from None
-    finally:
-        cur.execute("SELECT set_config('lock_timeout', '0', true)")
-
-
-def lock_exclusive(conn: psycopg.Connection) -> None:
-    """Take the writers' lock alone (bulk imports), waiting for running batches to finish."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITERS_LOCK,))
-
-
 def merge_orders(
     conn: psycopg.Connection, rows: Iterable[StagedOrder], *, lock_wait_seconds: float = 10.0
 ) -> MergeResult:
@@ -137,7 +113,7 @@ def merge_orders(
     """
     result = MergeResult()
     with conn.cursor() as cur:
-        _lock_shared(cur, lock_wait_seconds)
+        lock_shared(conn, lock_wait_seconds)
         cur.execute(_CREATE_STAGING)
         with cur.copy(_COPY_STAGING) as copy:
             for seq, row in rows:

@@ -63,3 +63,54 @@ def test_unknown_fields_and_scope(client, make_token, auth, conn):
 def test_customer_batch_limit(client, auth):
     r = post(client, auth, [{"customer_id": f"C{i}"} for i in range(1001)])
     assert r.status_code == 413
+
+
+def test_unknown_fields_in_identities_are_422(client, auth, conn):
+    r = post(client, auth, [{"customer_id": "C1", "identities": [
+        {"channel": "jd", "external_id": "e1", "extra": 1}]}])
+    assert r.status_code == 422 and "customers.0" in r.json["errors"]
+    assert count(conn, "SELECT count(*) FROM customers") == 0
+
+
+def test_unstorable_text_is_rejected_per_record(client, auth, conn):
+    import json
+
+    body = json.dumps({"customers": [{"customer_id": "C1", "email": "a\u0000b@x.com"},
+                                     {"customer_id": "C2", "name": "\ud800"},
+                                     {"customer_id": "C3", "phone": "١٢٣٤٥٦٧"},
+                                     {"customer_id": "C4", "name": "李伟"}]})
+    r = client.post("/v1/customers", data=body,
+                    headers={**auth, "Content-Type": "application/json"})
+    assert [x["outcome"] for x in r.json["results"]] == ["rejected"] * 3 + ["inserted"]
+
+
+def test_a_concurrent_change_to_another_field_is_not_undone(client, auth, conn, dsn):
+    """The upsert keeps the *current* value of fields the request does not name."""
+    import threading
+
+    import psycopg
+
+    post(client, auth, [{"customer_id": "LU1", "email": "old@x.com"}])
+    other = psycopg.connect(dsn)
+    other.execute("UPDATE customers SET email = 'new@x.com' WHERE customer_id = 'LU1'")
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", post(client, auth, [{"customer_id": "LU1", "phone": "+8613800138000"}])))
+    t.start()
+    t.join(0.5)  # the request now waits for the row lock held by `other`
+    other.commit()
+    other.close()
+    t.join(10)
+    assert result["r"].json["results"][0]["outcome"] == "updated"
+    assert conn.execute("SELECT email, phone_normalized FROM customers").fetchone() == (
+        "new@x.com", "+8613800138000")
+
+
+def test_same_customer_twice_collapses_and_resend_is_unchanged(client, auth, conn):
+    batch = [{"customer_id": "C1", "email": "a@x.co"}, {"customer_id": "C1", "name": "A"}]
+    r = post(client, auth, batch)
+    assert [x["outcome"] for x in r.json["results"]] == ["inserted", "duplicate"]
+    assert conn.execute("SELECT email, name FROM customers").fetchone() == ("a@x.co", "A")
+    conn.commit()
+    r = post(client, auth, batch)
+    assert [x["outcome"] for x in r.json["results"]] == ["duplicate", "duplicate"]

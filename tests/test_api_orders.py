@@ -172,3 +172,51 @@ def test_unknown_route_and_method_are_problems(client, auth):
     assert client.get("/v1/nowhere").mimetype == PROBLEM
     r = client.get("/v1/orders", headers=auth)
     assert r.status_code == 405 and r.mimetype == PROBLEM
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("amount", "١٢٣", "not a decimal number"),          # Arabic-Indic digits
+    ("amount", "１２", "not a decimal number"),          # full-width digits
+    ("ordered_at", "2024-05-01T10:00+20:00", "UTC offset out of range"),
+    ("order_id", "a\x00b", "control characters"),
+    ("customer_id", "\ud800", "control characters"),    # lone surrogate
+])
+def test_values_postgres_cannot_store_are_rejected_per_record(client, auth, conn, field, value,
+                                                             reason):
+    import json as _json
+
+    body = _json.dumps({"orders": [order(1, **{field: value}), order(2)]})
+    r = client.post("/v1/orders", data=body, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert reason in r.json["results"][0]["errors"][field]
+    assert r.json["results"][1]["outcome"] == "inserted"
+
+
+def test_deeply_nested_json_is_400(client, auth):
+    body = '{"orders": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = client.post("/v1/orders", data=body, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.mimetype == PROBLEM
+
+
+def test_batches_wait_for_a_bulk_import_then_get_503(settings, dsn, conn, make_token):
+    """A bulk import holds the writers' lock exclusively; a batch gives up with 503."""
+    import dataclasses
+
+    from api import create_app
+    from crm_service.locks import lock_exclusive
+
+    app = create_app(dataclasses.replace(settings, ingest_lock_wait_seconds=0.3), dsn=dsn)
+    headers = {"Authorization": f"Bearer {make_token('orders:write')}"}
+    with psycopg_connect(dsn) as importer:
+        lock_exclusive(importer)
+        r = app.test_client().post("/v1/orders", json={"orders": [order(1)]}, headers=headers)
+        assert r.status_code == 503 and r.mimetype == PROBLEM
+        assert r.headers["Retry-After"] == "5" and "bulk import" in r.json["detail"]
+    r = app.test_client().post("/v1/orders", json={"orders": [order(1)]}, headers=headers)
+    assert r.json["totals"]["inserted"] == 1
+
+
+def psycopg_connect(dsn):
+    import psycopg
+
+    return psycopg.connect(dsn)

@@ -167,3 +167,34 @@ def test_repeats_across_and_within_chunks_keep_file_order(tmp_path, conn, cli_en
     got = conn.execute("SELECT order_id, status, amount::text FROM orders ORDER BY 1").fetchall()
     assert got == [("O1", "refunded", "4.00"), ("O2", "cancelled", "5.00"),
                    ("O3", "paid", "1.00")]
+
+
+def test_unstorable_values_go_to_the_report_not_a_crash(tmp_path, conn, cli_env):
+    f = write(tmp_path / "o.csv", HEADER + "B1,C1,2024-05-01,١٢٣,web,paid\n"
+              "B2,C1,2024-05-01T10:00:00+20:00,5,web,paid\nB3,C1,2024-05-01,5,web,paid\n")
+    out = json.loads(run("import", "orders", str(f), "--json").output)
+    assert (out["inserted"], out["rejected"]) == (1, 2)
+
+
+def test_failed_import_leaves_no_report_and_a_clean_run_removes_a_stale_one(tmp_path, conn,
+                                                                            cli_env):
+    f = tmp_path / "o.csv"
+    f.write_bytes(HEADER.encode() + b"O1,C1,2024-01-05,-1,tmall,paid\n"
+                  + b"O2,C1,2024-01-05,1,tmall,paid\n" * 3 + b"O3,C\xe9,2024-01-05,1,web,paid\n")
+    r = run("import", "orders", str(f))
+    assert r.exit_code == 1 and "line 6 has an invalid byte" in r.output
+    assert not (tmp_path / "o.csv.rejects.csv").exists()
+    assert not list(tmp_path.glob("*.partial"))
+    stale = write(tmp_path / "p.csv.rejects.csv", "old report\n")
+    g = write(tmp_path / "p.csv", HEADER + "O1,C1,2024-01-05,1,tmall,paid\n")
+    assert run("import", "orders", str(g)).exit_code == 0
+    assert not stale.exists()
+
+
+def test_multiline_record_is_reported_at_its_first_line(tmp_path, conn, cli_env):
+    f = write(tmp_path / "o.csv", HEADER + 'O1,"C\n1",2024-01-05,1,tmall,paid\n'
+              "O2,C2,2024-01-05,-1,tmall,paid\n")
+    out = json.loads(run("import", "orders", str(f), "--json").output)
+    assert out["rejected"] == 2
+    lines = [x.split(",")[0] for x in (tmp_path / "o.csv.rejects.csv").read_text().splitlines()]
+    assert lines[1:] == ["2", "4"]

@@ -93,3 +93,18 @@ def test_failed_request_does_not_burn_the_key(client, auth):
                                                      "Idempotency-Key": "k-6"})
     assert r.status_code == 400
     assert send(client, auth, [order(1)], "k-6").status_code == 200
+
+
+def test_expired_records_are_purged(client, auth, conn):
+    from crm_service import idempotency
+
+    key_id = auth["Authorization"].split("_")[1]
+    conn.execute(
+        "INSERT INTO idempotency_records (api_key_id, idempotency_key, request_hash, state,"
+        " created_at) VALUES (%s, 'old', %s, 'done', now() - interval '30 hours')",
+        (key_id, hashlib.sha256(b"x").digest()))
+    conn.commit()
+    idempotency._last_purge = 0.0
+    assert send(client, auth, [order(1)], "new").status_code == 200
+    keys = [r[0] for r in conn.execute("SELECT idempotency_key FROM idempotency_records")]
+    assert keys == ["new"]

@@ -36,7 +36,7 @@ def test_key_lifecycle(client, conn, cli_env):
 
 def test_key_errors(conn, cli_env):
     r = run("keys", "create", "--name", "x", "--scopes", "orders:write,everything")
-    assert r.exit_code == 1 and "unknown scope(s): everything" in r.output
+    assert r.exit_code == 2 and "unknown scope(s): everything" in r.output  # usage error
     r = run("keys", "revoke", "nope")
     assert r.exit_code == 1 and "no API key with id 'nope'" in r.output
     assert count(conn, "SELECT count(*) FROM api_keys") == 0

@@ -39,9 +39,10 @@ def server(dsn, conn, tmp_path):
     yield base, proc
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.communicate()
 
 
 def call(url, body=None, token=None, method="GET"):
@@ -71,6 +72,36 @@ def test_serve_over_real_http(server, conn):
     assert status == 401 and ctype == "application/problem+json"
     proc.terminate()
     out, _ = proc.communicate(timeout=20)
+    proc.stdout = None  # read: nothing left for the fixture to drain
     # Access log shows paths only, never bearer tokens or query strings.
     assert '"POST /v1/orders" 200' in out
     assert token not in out
+
+
+def test_chunked_body_over_the_limit_is_413(server, conn):
+    import http.client
+
+    base, _ = server
+    _, token = api_keys.create_key(conn, "e2e", ["orders:write"])
+    conn.commit()
+    host, port = base.removeprefix("http://").split(":")
+
+    def chunks():
+        yield b'{"orders": [], "pad": "'
+        for _ in range(6):
+            yield b"x" * (1 << 20)
+        yield b'"}'
+
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        c.request("POST", "/v1/orders", body=chunks(), encode_chunked=True,
+                  headers={"Authorization": f"Bearer {token}",
+                           "Content-Type": "application/json"})
+        resp = c.getresponse()
+        assert resp.status == 413
+        assert resp.getheader("Content-Type") == "application/problem+json"
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may close the connection after refusing the body: also a refusal
+    finally:
+        c.close()
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
