@@ -25,4 +25,5 @@ USER crm
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
 # Access log: path only (%(U)s), never query strings, which may carry emails or phones.
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --access-logfile - --access-logformat '%(h)s \"%(m)s %(U)s\" %(s)s %(b)s %(M)sms' api.wsgi:app"]
+# --timeout exceeds the 60 s statement timeout, so slow requests end in a problem+json answer.
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --timeout 120 --graceful-timeout 10 --no-control-socket --access-logfile - --access-logformat '%(t)s %(h)s \"%(m)s %(U)s\" %(s)s %(b)s %(M)sms' api.wsgi:app"]
