@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import date, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,45 @@ def import_customers(ctx: Context, file: Path, report: Path | None, as_json: boo
     _report(summary, as_json)
 
 
+# --- score ----------------------------------------------------------------------------------
+
+
+def _today(settings: Settings) -> date:
+    return datetime.now(settings.zone).date()
+
+
+@main.command()
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Scoring date (orders up to the end of that day count); default today.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@pass_ctx
+@handles_errors
+def score(ctx: Context, as_of: datetime | None, as_json: bool) -> None:
+    """Run one full scoring run and publish it atomically."""
+    from crm_service.scoring import run_scoring
+
+    day = as_of.date() if as_of else _today(ctx.settings)
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        result = run_scoring(conn, ctx.settings, as_of=day)
+    _print_run(result.as_dict(), as_json)
+
+
+def _print_run(run: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(run, sort_keys=True))
+        return
+    bg = run["models"]["bgnbd"]
+    gg = run["models"]["gamma_gamma"]["params"]
+    counts = run["counts"]
+    click.echo(f"run {run['run_id']} published: {counts['customers']} customers "
+               f"({counts['repeat_buyers']} repeat buyers) as of {run['as_of']}")
+    click.echo("BG/NBD (days): " + ", ".join(f"{k}={v:.4g}" for k, v in bg["params"].items())
+               + f"; holdout MAE {bg['holdout']['mae']:.3f} purchases/customer")
+    click.echo("Gamma-Gamma: " + ", ".join(f"{k}={v:.4g}" for k, v in gg.items()))
+    click.echo(f"expected purchases next 90 days: {counts['expected_purchases_90']:,.0f}; "
+               f"12-month CLV total: {counts['clv_12m_total']:,.0f}")
+
+
 # --- serve / demo ----------------------------------------------------------------------------
 
 # Path only (%(U)s), never the query string: searches carry emails and phones.
@@ -336,7 +376,8 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
 
     Each run replaces the previous demo admin key (the old one is revoked).
     """
-    from crm_service.demo import load_cdnow_sample
+    from crm_service.demo import CDNOW_AS_OF, load_cdnow_sample
+    from crm_service.scoring import run_scoring
 
     s = ctx.settings
     host, port = host or s.host, port or s.port
@@ -345,6 +386,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     dsn = ctx.upgraded_dsn()
     with connect(dsn, s) as conn:
         summary = load_cdnow_sample(conn, s)
+        run = run_scoring(conn, s, as_of=CDNOW_AS_OF)
         for old in api_keys.list_keys(conn):
             if old.name == DEMO_KEY_NAME and old.revoked_at is None:
                 api_keys.revoke_key(conn, old.id)
@@ -353,6 +395,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     base = f"http://{host}:{port}"
     click.echo(f"demo data: CDNOW sample, {summary.rows} orders "
                f"({summary.inserted} new, {summary.duplicates} already loaded)")
+    _print_run(run.as_dict(), as_json=False)
     click.echo(f"admin API key (shown once; replaces earlier demo keys): {token}")
     if no_serve:
         click.echo("start the API with: crm-service serve")

@@ -8,6 +8,7 @@ amount. It is converted to the service's CSV format and loaded through the norma
 from __future__ import annotations
 
 import csv
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     import psycopg
 
 CHANNEL = "web"
+# The CDNOW cohort's purchases run to 1998-06-30; the demo scores as of that day.
+CDNOW_AS_OF = date(1998, 6, 30)
 
 
 def cdnow_sample_path() -> Path:

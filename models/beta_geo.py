@@ -121,6 +121,18 @@ class BetaGeoModel:
                                                          - np.log(alpha + t_x))
         return np.where(repeat, np.exp(-np.logaddexp(0.0, log_ratio)), 1.0)
 
+    def median_time_to_next_purchase(self, frequency: ArrayLike, recency: ArrayLike,
+                                     T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
+        """Median time from T to the next purchase of a customer who is still alive.
+
+        While alive, purchases are Poisson with rate lambda ~ Gamma(r+x, alpha+T) a posteriori,
+        so P(no purchase within t) = ((alpha+T)/(alpha+T+t))^(r+x); setting it to 1/2 gives
+        t = (alpha+T) (2^(1/(r+x)) - 1).
+        """
+        r, alpha, _a, _b = self._params()
+        x, _t_x, big_t = check_rfm(frequency, recency, T)
+        return (alpha + big_t) * np.expm1(np.log(2.0) / (r + x))
+
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
         """E[X(t)] for a customer just acquired (FHL 2005, eq. 7)."""
         r, alpha, a, b = self._params()

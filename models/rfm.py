@@ -92,4 +92,5 @@ def compress(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike,  # noqa: N8
     stacked = np.stack([x, t_x, big_t], axis=1)
     unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
     counts = np.bincount(inverse.ravel(), weights=w, minlength=unique.shape[0])
-    return RFMHistogram(unique[:, 0].copy(), unique[:, 1].copy(), unique[:, 2].copy(), counts)
+    return RFMHistogram(unique[:, 0].copy(), unique[:, 1].copy(), unique[:, 2].copy(),
+                        counts.astype(np.float64))

@@ -16,7 +16,7 @@ from crm_service import api_keys, schema
 from crm_service.config import Settings, load_settings
 from crm_service.embedded import ensure_database, start_embedded, with_database
 
-TABLES = "idempotency_records, customer_identities, orders, customers, api_keys"
+TABLES = "idempotency_records, customer_identities, orders, customers, api_keys, customer_scores"
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +50,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory, dsn: str) -> Settings:
 def conn(dsn: str) -> Iterator[psycopg.Connection]:
     """A connection to an emptied database."""
     with psycopg.connect(dsn) as c:
+        c.execute("UPDATE scoring_state SET active_run_id = NULL")
         c.execute(f"TRUNCATE {TABLES}")
+        c.execute("DELETE FROM scoring_runs")  # referenced by scoring_state: no TRUNCATE
         c.commit()
         yield c
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STORAGE = {"db", "embedded", "schema", "order_store", "customer_store", "api_keys", "locks",
-           "idempotency"}
+           "score_store", "idempotency"}
 
 
 def runtime_imports(path: Path) -> set[str]:

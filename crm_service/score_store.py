@@ -1,0 +1,151 @@
+"""SQL for scoring runs: the per-customer summary, run records, score rows and publishing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import psycopg
+from numpy.typing import NDArray
+
+# Purchase occasions (DESIGN.md §2): a customer's paid orders on one calendar day in the
+# reporting zone are one occasion, their amounts summed; cancelled and refunded orders do not
+# count. Only orders up to the end of `as_of` (local) are seen.
+_SUMMARY = """
+WITH occasions AS (
+    SELECT customer_id, (ordered_at AT TIME ZONE %(tz)s)::date AS day, sum(amount) AS amount
+    FROM orders
+    WHERE status = 'paid' AND ordered_at < (%(as_of)s::date + 1)::timestamp AT TIME ZONE %(tz)s
+    GROUP BY customer_id, day
+),
+numbered AS (
+    SELECT customer_id, day, amount,
+           row_number() OVER (PARTITION BY customer_id ORDER BY day) AS k
+    FROM occasions
+)
+SELECT customer_id,
+       count(*) - 1                                   AS frequency,
+       max(day) - min(day)                            AS recency,
+       %(as_of)s::date - min(day)                     AS t,
+       coalesce(avg(amount) FILTER (WHERE k > 1), 0)  AS monetary_value,
+       sum(amount)                                    AS historic_spend,
+       min(day)                                       AS first_purchase,
+       max(day)                                       AS last_purchase
+FROM numbered
+GROUP BY customer_id
+ORDER BY customer_id
+"""
+
+
+@dataclass
+class Summary:
+    """Per-customer RFM summary as numpy arrays (one entry per customer, sorted by id)."""
+
+    customer_id: list[str]
+    frequency: NDArray[np.float64]
+    recency: NDArray[np.float64]
+    T: NDArray[np.float64]  # noqa: N815 - the literature's notation
+    monetary_value: NDArray[np.float64]
+    historic_spend: NDArray[np.float64]
+    first_purchase: list[date]
+    last_purchase: list[date]
+
+    @property
+    def size(self) -> int:
+        """Number of customers."""
+        return len(self.customer_id)
+
+
+def load_summary(conn: psycopg.Connection, as_of: date, timezone: str) -> Summary:
+    """Compute the summary in PostgreSQL; only one row per customer reaches Python."""
+    ids: list[str] = []
+    cols: list[list[Any]] = [[] for _ in range(7)]
+    with conn.cursor(name="rfm_summary") as cur:  # server-side cursor: streamed in batches
+        cur.itersize = 50_000
+        cur.execute(_SUMMARY, {"as_of": as_of, "tz": timezone})
+        for row in cur:
+            ids.append(row[0])
+            for i in range(7):
+                cols[i].append(row[i + 1])
+    return Summary(
+        customer_id=ids,
+        frequency=np.asarray(cols[0], dtype=np.float64),
+        recency=np.asarray(cols[1], dtype=np.float64),
+        T=np.asarray(cols[2], dtype=np.float64),
+        monetary_value=np.asarray([float(v) for v in cols[3]], dtype=np.float64),
+        historic_spend=np.asarray([float(v) for v in cols[4]], dtype=np.float64),
+        first_purchase=cols[5],
+        last_purchase=cols[6],
+    )
+
+
+def create_run(conn: psycopg.Connection, as_of: date, timezone: str) -> int:
+    """Record a new run as running; committed at once so a failure can be reported on it."""
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO scoring_runs (status, as_of, timezone) VALUES ('running', %s, %s)"
+            " RETURNING id", (as_of, timezone)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def fail_run(conn: psycopg.Connection, run_id: int, reason: str) -> None:
+    """Mark a run failed with its reason; the live run is untouched."""
+    with conn.transaction():
+        conn.execute("UPDATE scoring_runs SET status = 'failed', error = %s, finished_at = now()"
+                     " WHERE id = %s", (reason, run_id))
+
+
+SCORE_COLUMNS = (
+    "customer_id", "frequency", "recency_days", "t_days", "monetary_value", "historic_spend",
+    "first_purchase", "last_purchase", "avg_days_between_orders", "p_alive",
+    "expected_purchases_30", "expected_purchases_90", "expected_purchases_365",
+    "expected_next_order", "expected_spend", "clv_12m",
+)
+
+
+def publish_run(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple],
+                counts: dict[str, Any], models: dict[str, Any]) -> None:
+    """Write the run's scores with COPY and make it the live run, all in one transaction.
+
+    Readers switch from the previous run to this one at commit: they never see a mix.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        columns = ", ".join(SCORE_COLUMNS)
+        with cur.copy(f"COPY customer_scores (run_id, {columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((run_id, *row))
+        cur.execute(
+            "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
+            " models = %s WHERE id = %s",
+            (json.dumps(counts), json.dumps(models), run_id))
+        cur.execute("UPDATE scoring_state SET active_run_id = %s", (run_id,))
+
+
+def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
+    """The live run's record, or None before the first successful run."""
+    row = conn.execute(
+        "SELECT r.id, r.status, r.as_of, r.time_unit, r.timezone, r.created_at, r.finished_at,"
+        " r.counts, r.models FROM scoring_state s JOIN scoring_runs r ON r.id = s.active_run_id"
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("run_id", "status", "as_of", "time_unit", "timezone", "created_at", "finished_at",
+            "counts", "models")
+    return dict(zip(keys, row, strict=True))
+
+
+def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
+    """One run's record by id."""
+    row = conn.execute(
+        "SELECT id, status, as_of, time_unit, timezone, created_at, finished_at, error, counts,"
+        " models FROM scoring_runs WHERE id = %s", (run_id,)).fetchone()
+    if row is None:
+        return None
+    keys = ("run_id", "status", "as_of", "time_unit", "timezone", "created_at", "finished_at",
+            "error", "counts", "models")
+    return dict(zip(keys, row, strict=True))

@@ -1,0 +1,190 @@
+"""A scoring run: summary, model fits, backtest, per-customer scores, atomic publish.
+
+``run_scoring`` is the whole pipeline. A run is recorded before any work starts; if anything
+fails (too little data, a fit that does not converge), the run is marked failed with the reason
+and the previously published run stays live.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crm_service import score_store
+from crm_service.config import Settings
+from crm_service.errors import CrmError
+from models._fitting import ConvergenceError
+from models.beta_geo import BetaGeoModel
+from models.clv import customer_lifetime_value
+from models.gamma_gamma import GammaGammaModel
+from models.rfm import compress
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+MIN_CUSTOMERS = 30
+MIN_REPEAT_BUYERS = 10
+MIN_HISTORY_DAYS = 28
+HORIZONS = (30, 90, 365)
+
+
+class InsufficientHistoryError(CrmError):
+    """Too little purchase history to fit the models."""
+
+    title = "Insufficient history"
+
+
+class ScoringFailedError(CrmError):
+    """A scoring run failed; the previous run stays live."""
+
+    title = "Scoring run failed"
+
+
+@dataclass
+class RunResult:
+    """What ``crm-service score --json`` prints."""
+
+    run_id: int
+    as_of: date
+    counts: dict[str, Any]
+    models: dict[str, Any]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "time_unit": "days",
+                "counts": self.counts, "models": self.models,
+                "seconds": round(self.seconds, 3)}
+
+
+def _check_history(summary: score_store.Summary) -> None:
+    missing = []
+    if summary.size < MIN_CUSTOMERS:
+        missing.append(f"{summary.size} customers with a paid order (need {MIN_CUSTOMERS})")
+    repeat = int(np.count_nonzero(summary.frequency > 0))
+    if repeat < MIN_REPEAT_BUYERS:
+        missing.append(f"{repeat} repeat buyers (need {MIN_REPEAT_BUYERS})")
+    span = int(summary.T.max()) if summary.size else 0
+    if span < MIN_HISTORY_DAYS:
+        missing.append(f"{span} days of history (need {MIN_HISTORY_DAYS})")
+    if missing:
+        raise InsufficientHistoryError("not enough purchase history to score: "
+                                       + "; ".join(missing))
+
+
+def _fit_purchase_model(summary: score_store.Summary) -> BetaGeoModel:
+    return BetaGeoModel().fit(compress(summary.frequency, summary.recency, summary.T))
+
+
+def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
+             summary: score_store.Summary) -> dict[str, Any]:
+    """Backtest: fit on the first 3/4 of the history, predict the last 1/4, compare."""
+    span = int(summary.T.max())
+    holdout_days = max(span // 4, 1)
+    cal_end = as_of - timedelta(days=holdout_days)
+    cal = score_store.load_summary(conn, cal_end, settings.timezone)
+    _check_history(cal)
+    model = _fit_purchase_model(cal)
+    predicted = model.conditional_expected_purchases(holdout_days, cal.frequency, cal.recency,
+                                                     cal.T)
+    final = dict(zip(summary.customer_id, summary.frequency, strict=True))
+    actual = np.array([final[c] for c in cal.customer_id]) - cal.frequency
+    err = predicted - actual
+    return {
+        "calibration_end": cal_end.isoformat(), "holdout_days": holdout_days,
+        "customers": cal.size, "mae": float(np.mean(np.abs(err))),
+        "rmse": float(np.sqrt(np.mean(err ** 2))),
+        "actual_repeat_purchases": float(actual.sum()),
+        "predicted_repeat_purchases": float(predicted.sum()),
+    }
+
+
+def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "params": {k: float(v) for k, v in model.params_.items()},
+        "standard_errors": {k: float(v) for k, v in model.standard_errors_.items()},
+    }
+    if log_likelihood:
+        out["log_likelihood"] = float(model.log_likelihood_)
+    return out
+
+
+def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date) -> RunResult:
+    """Score every customer as of ``as_of`` and publish the run atomically.
+
+    Raises
+    ------
+    InsufficientHistoryError, ScoringFailedError
+        After recording the run as failed; the previous run stays live.
+    """
+    started = time.perf_counter()
+    run_id = score_store.create_run(conn, as_of, settings.timezone)
+    try:
+        summary = score_store.load_summary(conn, as_of, settings.timezone)
+        _check_history(summary)
+        holdout = _holdout(conn, settings, as_of, summary)
+        bg = _fit_purchase_model(summary)
+        repeat = (summary.frequency > 0) & (summary.monetary_value > 0)
+        gg = GammaGammaModel().fit(summary.frequency[repeat], summary.monetary_value[repeat])
+        rows, counts = _scores(summary, bg, gg, as_of)
+        models = {
+            "selected": "bgnbd",
+            "bgnbd": {**_params_json(bg), "holdout": holdout},
+            "gamma_gamma": _params_json(gg),
+            "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
+        }
+        score_store.publish_run(conn, run_id, rows, counts, models)
+    except InsufficientHistoryError as exc:
+        score_store.fail_run(conn, run_id, exc.detail)
+        raise
+    except (ConvergenceError, ValueError) as exc:
+        conn.rollback()
+        score_store.fail_run(conn, run_id, f"model fit failed: {exc}")
+        raise ScoringFailedError(f"run {run_id} failed: model fit failed: {exc}; the previous "
+                                 "run stays live") from exc
+    except BaseException as exc:
+        conn.rollback()
+        score_store.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    seconds = time.perf_counter() - started
+    log.info("scoring run %s published: %s customers in %.1f s", run_id, counts["customers"],
+             seconds)
+    return RunResult(run_id, as_of, counts, models, seconds)
+
+
+def _scores(summary: score_store.Summary, bg: BetaGeoModel, gg: GammaGammaModel,
+            as_of: date) -> tuple[list[tuple], dict[str, Any]]:
+    x, t_x, big_t, m = summary.frequency, summary.recency, summary.T, summary.monetary_value
+    alive = bg.probability_alive(x, t_x, big_t)
+    expected = {h: bg.conditional_expected_purchases(h, x, t_x, big_t) for h in HORIZONS}
+    spend = gg.conditional_expected_spend(x, m)
+    clv = customer_lifetime_value(bg, x, t_x, big_t, spend)
+    wait = bg.median_time_to_next_purchase(x, t_x, big_t)
+    rows = []
+    for i, cid in enumerate(summary.customer_id):
+        xi = int(x[i])
+        next_order = (as_of + timedelta(days=math.ceil(wait[i]))
+                      if alive[i] >= 0.5 and wait[i] < 3650 else None)
+        rows.append((
+            cid, xi, int(t_x[i]), int(big_t[i]), round(float(m[i]), 2),
+            round(float(summary.historic_spend[i]), 2), summary.first_purchase[i],
+            summary.last_purchase[i], float(t_x[i]) / xi if xi else None, float(alive[i]),
+            float(expected[30][i]), float(expected[90][i]), float(expected[365][i]),
+            next_order, float(spend[i]), float(clv[i]),
+        ))
+    counts = {
+        "customers": summary.size,
+        "repeat_buyers": int(np.count_nonzero(x > 0)),
+        "occasions": int(x.sum() + summary.size),
+        "expected_purchases_90": float(expected[90].sum()),
+        "clv_12m_total": float(clv.sum()),
+    }
+    return rows, counts

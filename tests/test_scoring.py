@@ -1,0 +1,93 @@
+"""Scoring runs on the real database: the CDNOW demo data end to end."""
+
+import json
+from datetime import date
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from crm_service.cli import main
+from crm_service.demo import load_cdnow_sample
+from crm_service.scoring import InsufficientHistoryError, run_scoring
+from models.beta_geo import BetaGeoModel
+from tests.cdnow import cdnow_rfm
+from tests.conftest import count
+
+
+@pytest.fixture()
+def cdnow_loaded(conn, settings):
+    load_cdnow_sample(conn, settings)
+    conn.commit()
+    return conn
+
+
+def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
+    """Calibration summary computed in PostgreSQL equals the pandas one (same definition)."""
+    from crm_service.score_store import load_summary
+
+    s = load_summary(cdnow_loaded, date(1997, 9, 30), settings.timezone)
+    ref = cdnow_rfm()
+    assert s.size == 2357
+    np.testing.assert_array_equal(s.frequency, ref["frequency"])
+    np.testing.assert_array_equal(s.recency, ref["recency"])
+    np.testing.assert_array_equal(s.T, ref["T"])
+    np.testing.assert_allclose(s.monetary_value, ref["monetary_value"], atol=0.005)
+
+
+def test_score_cli_publishes_a_run_with_published_cdnow_parameters(cdnow_loaded, cli_env):
+    r = CliRunner().invoke(main, ["score", "--as-of", "1997-09-30", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    run = json.loads(r.output)
+    assert run["time_unit"] == "days" and run["as_of"] == "1997-09-30"
+    assert run["counts"]["customers"] == 2357
+    bg = run["models"]["bgnbd"]["params"]
+    # FHL 2005 (weeks): r 0.243, alpha 4.414, a 0.793, b 2.426 -> alpha in days is x7.
+    assert bg["r"] == pytest.approx(0.243, rel=0.005)
+    assert bg["alpha"] / 7 == pytest.approx(4.414, rel=0.005)
+    assert bg["a"] == pytest.approx(0.793, rel=0.005)
+    assert bg["b"] == pytest.approx(2.426, rel=0.005)
+    gg = run["models"]["gamma_gamma"]["params"]
+    assert (gg["p"], gg["q"], gg["v"]) == pytest.approx((6.25, 3.74, 15.44), rel=0.005)
+    assert set(run["models"]["bgnbd"]["holdout"]) >= {"mae", "rmse", "calibration_end"}
+    assert len(json.dumps(run["models"])) < 10_000
+    assert count(cdnow_loaded, "SELECT count(*) FROM customer_scores") == 2357
+    assert count(cdnow_loaded, "SELECT active_run_id FROM scoring_state") == run["run_id"]
+
+
+def test_scores_equal_the_models(cdnow_loaded, settings):
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30))
+    model = BetaGeoModel.from_params(result.models["bgnbd"]["params"])
+    rows = cdnow_loaded.execute(
+        "SELECT frequency, recency_days, t_days, p_alive, expected_purchases_90,"
+        " expected_next_order, avg_days_between_orders FROM customer_scores"
+        " WHERE run_id = %s", (result.run_id,)).fetchall()
+    x, t_x, big_t, alive, e90 = (np.array([r[i] for r in rows], dtype=float) for i in range(5))
+    np.testing.assert_allclose(alive, model.probability_alive(x, t_x, big_t), rtol=1e-9)
+    np.testing.assert_allclose(e90, model.conditional_expected_purchases(90, x, t_x, big_t),
+                               rtol=1e-9)
+    for r in rows:
+        if r[3] < 0.5:  # next order date only for likely-alive customers ...
+            assert r[5] is None
+        elif r[5] is None:  # ... whose median wait is under ten years
+            assert model.median_time_to_next_purchase(r[0], r[1], r[2]) >= 3650
+        assert (r[6] is None) == (r[0] == 0)  # no interval without a repeat purchase
+
+
+def test_failed_run_keeps_the_previous_run_live(cdnow_loaded, settings):
+    first = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30))
+    with pytest.raises(InsufficientHistoryError, match="days of history"):
+        run_scoring(cdnow_loaded, settings, as_of=date(1997, 1, 10))
+    assert count(cdnow_loaded, "SELECT active_run_id FROM scoring_state") == first.run_id
+    status, error = cdnow_loaded.execute(
+        "SELECT status, error FROM scoring_runs ORDER BY id DESC LIMIT 1").fetchone()
+    assert status == "failed" and "need 28" in error
+    assert count(cdnow_loaded, "SELECT count(DISTINCT run_id) FROM customer_scores") == 1
+
+
+def test_empty_database_says_what_is_missing(conn, cli_env):
+    r = CliRunner().invoke(main, ["score", "--as-of", "2024-01-01"], catch_exceptions=False)
+    assert r.exit_code == 1
+    assert "0 customers with a paid order (need 30)" in r.output
+    assert "0 repeat buyers (need 10)" in r.output
