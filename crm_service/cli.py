@@ -312,6 +312,36 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
                f"12-month CLV total: {counts['clv_12m_total']:,.0f}")
 
 
+@main.group("export")
+def export_() -> None:
+    """Export results."""
+
+
+@export_.command("scores")
+@click.option("--horizon-days", type=click.IntRange(min=0), default=90, show_default=True,
+              help="Horizon of the expected_purchases column.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write to this file (default: standard output).")
+@pass_ctx
+@handles_errors
+def export_scores(ctx: Context, horizon_days: int, out: Path | None) -> None:
+    """CSV of the live scoring run, one row per customer."""
+    from crm_service.export import export_scores as write_scores
+
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        if out is None:
+            write_scores(conn, sys.stdout, horizon_days=horizon_days)
+            return
+        tmp = out.with_name(out.name + ".partial")
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                n = write_scores(conn, fh, horizon_days=horizon_days)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    click.echo(f"wrote {n} customers to {out}", err=True)
+
+
 # --- serve / demo ----------------------------------------------------------------------------
 
 # Path only (%(U)s), never the query string: searches carry emails and phones.

@@ -12,8 +12,9 @@ from crm_service.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
-# What callers outside the storage modules catch for "the database said no".
+# What callers outside the storage modules catch for "the database said no", and check.
 DatabaseError = psycopg.Error
+TransactionStatus = psycopg.pq.TransactionStatus
 
 
 def resolve_dsn(settings: Settings) -> str:

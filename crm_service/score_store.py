@@ -149,3 +149,14 @@ def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     keys = ("run_id", "status", "as_of", "time_unit", "timezone", "created_at", "finished_at",
             "error", "counts", "models")
     return dict(zip(keys, row, strict=True))
+
+
+def iter_active_scores(conn: psycopg.Connection, batch: int = 20_000):
+    """Stream the live run's score rows (server-side cursor), ordered by customer id."""
+    with conn.cursor(name="active_scores") as cur:
+        cur.itersize = batch
+        cur.execute(
+            "SELECT s.customer_id, s.frequency, s.recency_days, s.t_days, s.monetary_value,"
+            " s.p_alive, s.clv_12m FROM scoring_state st"
+            " JOIN customer_scores s ON s.run_id = st.active_run_id ORDER BY s.customer_id")
+        yield from cur

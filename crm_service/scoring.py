@@ -18,6 +18,7 @@ import numpy as np
 
 from crm_service import score_store
 from crm_service.config import Settings
+from crm_service.db import TransactionStatus
 from crm_service.errors import CrmError
 from models._fitting import ConvergenceError
 from models.beta_geo import BetaGeoModel
@@ -125,12 +126,17 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date) ->
     InsufficientHistoryError, ScoringFailedError
         After recording the run as failed; the previous run stays live.
     """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("run_scoring commits its own transactions; pass an idle connection")
     started = time.perf_counter()
     run_id = score_store.create_run(conn, as_of, settings.timezone)
     try:
-        summary = score_store.load_summary(conn, as_of, settings.timezone)
-        _check_history(summary)
-        holdout = _holdout(conn, settings, as_of, summary)
+        # Both summaries from one snapshot, so the backtest sees the same orders as the fit.
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            summary = score_store.load_summary(conn, as_of, settings.timezone)
+            _check_history(summary)
+            holdout = _holdout(conn, settings, as_of, summary)
         bg = _fit_purchase_model(summary)
         repeat = (summary.frequency > 0) & (summary.monetary_value > 0)
         gg = GammaGammaModel().fit(summary.frequency[repeat], summary.monetary_value[repeat])

@@ -91,3 +91,31 @@ def test_empty_database_says_what_is_missing(conn, cli_env):
     assert r.exit_code == 1
     assert "0 customers with a paid order (need 30)" in r.output
     assert "0 repeat buyers (need 10)" in r.output
+
+
+def test_export_scores_csv(cdnow_loaded, settings, cli_env, tmp_path):
+    import csv
+
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30))
+    out = tmp_path / "scores.csv"
+    r = CliRunner().invoke(main, ["export", "scores", "--horizon-days", "39", "--out", str(out)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2357
+    assert list(rows[0]) == ["customer_id", "tier", "value_segment", "rfm_segment", "frequency",
+                             "recency_days", "T_days", "monetary_value", "p_alive",
+                             "expected_purchases", "clv_12m", "churn_probability", "churn_risk",
+                             "recommended_action"]
+    model = BetaGeoModel.from_params(result.models["bgnbd"]["params"])
+    x, t_x, big_t = (np.array([float(r[k]) for r in rows])
+                     for k in ("frequency", "recency_days", "T_days"))
+    got = np.array([float(r["expected_purchases"]) for r in rows])
+    np.testing.assert_allclose(got, model.conditional_expected_purchases(39, x, t_x, big_t),
+                               atol=1e-6)
+
+
+def test_export_without_a_run_is_a_clear_error(conn, cli_env):
+    r = CliRunner().invoke(main, ["export", "scores"], catch_exceptions=False)
+    assert r.exit_code == 1 and "no scoring run has been published yet" in r.output
