@@ -110,3 +110,20 @@ class HealthSchema(Schema):
     """Liveness/readiness answer."""
 
     status = fields.String(metadata={"example": "ok"})
+
+
+class RunSchema(Schema):
+    """A scoring run and its fitted models (time unit: days)."""
+
+    run_id = fields.Integer()
+    status = fields.String(metadata={"enum": ["running", "succeeded", "failed"]})
+    as_of = fields.String(metadata={"example": "1998-06-30"})
+    time_unit = fields.String(metadata={"example": "days"})
+    timezone = fields.String()
+    created_at = fields.String()
+    finished_at = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    counts = fields.Dict(allow_none=True)
+    models = fields.Dict(allow_none=True, metadata={
+        "description": "bgnbd: params r, alpha, a, b, standard_errors, log_likelihood, holdout;"
+                       " gamma_gamma: params p, q, v"})

@@ -119,3 +119,22 @@ def test_export_scores_csv(cdnow_loaded, settings, cli_env, tmp_path):
 def test_export_without_a_run_is_a_clear_error(conn, cli_env):
     r = CliRunner().invoke(main, ["export", "scores"], catch_exceptions=False)
     assert r.exit_code == 1 and "no scoring run has been published yet" in r.output
+
+
+def test_models_and_runs_over_http(cdnow_loaded, settings, client, make_token):
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    r = client.get("/v1/models/active", headers=token)
+    assert r.status_code == 404 and r.mimetype == "application/problem+json"
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30))
+    r = client.get("/v1/models/active", headers=token)
+    assert r.status_code == 200 and r.json["run_id"] == result.run_id
+    assert r.json["time_unit"] == "days"
+    assert set(r.json["models"]["bgnbd"]["params"]) == {"r", "alpha", "a", "b"}
+    assert set(r.json["models"]["gamma_gamma"]["params"]) == {"p", "q", "v"}
+    with pytest.raises(InsufficientHistoryError):
+        run_scoring(cdnow_loaded, settings, as_of=date(1997, 1, 5))
+    failed = client.get(f"/v1/scoring-runs/{result.run_id + 1}", headers=token).json
+    assert failed["status"] == "failed" and "history" in failed["error"]
+    assert client.get("/v1/scoring-runs/999999", headers=token).status_code == 404
+    no_scope = {"Authorization": f"Bearer {make_token('orders:write')}"}
+    assert client.get("/v1/models/active", headers=no_scope).status_code == 403
