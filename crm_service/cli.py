@@ -300,13 +300,16 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(run, sort_keys=True))
         return
-    bg = run["models"]["bgnbd"]
-    gg = run["models"]["gamma_gamma"]["params"]
+    models = run["models"]
+    gg = models["gamma_gamma"]["params"]
     counts = run["counts"]
     click.echo(f"run {run['run_id']} published: {counts['customers']} customers "
                f"({counts['repeat_buyers']} repeat buyers) as of {run['as_of']}")
-    click.echo("BG/NBD (days): " + ", ".join(f"{k}={v:.4g}" for k, v in bg["params"].items())
-               + f"; holdout MAE {bg['holdout']['mae']:.3f} purchases/customer")
+    for name, label in (("bgnbd", "BG/NBD"), ("pareto_nbd", "Pareto/NBD")):
+        m = models[name]
+        mark = "  <- selected" if models["selected"] == name else ""
+        click.echo(f"{label} (days): " + ", ".join(f"{k}={v:.4g}" for k, v in m["params"].items())
+                   + f"; holdout MAE {m['holdout']['mae']:.4f}{mark}")
     click.echo("Gamma-Gamma: " + ", ".join(f"{k}={v:.4g}" for k, v in gg.items()))
     click.echo(f"expected purchases next 90 days: {counts['expected_purchases_90']:,.0f}; "
                f"12-month CLV total: {counts['clv_12m_total']:,.0f}")

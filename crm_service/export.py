@@ -9,7 +9,7 @@ import numpy as np
 
 from crm_service import score_store
 from crm_service.errors import NotFoundError
-from models.beta_geo import BetaGeoModel
+from models.purchase import purchase_model
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,7 +33,8 @@ def export_scores(conn: psycopg.Connection, out: IO[str], *, horizon_days: int =
     run = score_store.active_run(conn)
     if run is None:
         raise NotFoundError("no scoring run has been published yet; run `crm-service score`")
-    model = BetaGeoModel.from_params(run["models"]["bgnbd"]["params"])
+    selected = run["models"]["selected"]
+    model = purchase_model(selected, run["models"][selected]["params"])
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
     n = 0

@@ -24,12 +24,16 @@ from models._fitting import ConvergenceError
 from models.beta_geo import BetaGeoModel
 from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
+from models.pareto_nbd import ParetoNBDModel
+from models.purchase import PURCHASE_MODELS
 from models.rfm import compress
 
 if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger(__name__)
+
+PurchaseModelT = BetaGeoModel | ParetoNBDModel
 
 MIN_CUSTOMERS = 30
 MIN_REPEAT_BUYERS = 10
@@ -81,31 +85,34 @@ def _check_history(summary: score_store.Summary) -> None:
                                        + "; ".join(missing))
 
 
-def _fit_purchase_model(summary: score_store.Summary) -> BetaGeoModel:
-    return BetaGeoModel().fit(compress(summary.frequency, summary.recency, summary.T))
+def _fit_purchase_models(summary: score_store.Summary) -> dict[str, PurchaseModelT]:
+    hist = compress(summary.frequency, summary.recency, summary.T)
+    return {name: cls().fit(hist) for name, cls in PURCHASE_MODELS.items()}
 
 
 def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
-             summary: score_store.Summary) -> dict[str, Any]:
-    """Backtest: fit on the first 3/4 of the history, predict the last 1/4, compare."""
+             summary: score_store.Summary) -> dict[str, dict[str, Any]]:
+    """Backtest both purchase models: fit on the first 3/4 of the history, predict the rest."""
     span = int(summary.T.max())
     holdout_days = max(span // 4, 1)
     cal_end = as_of - timedelta(days=holdout_days)
     cal = score_store.load_summary(conn, cal_end, settings.timezone)
     _check_history(cal)
-    model = _fit_purchase_model(cal)
-    predicted = model.conditional_expected_purchases(holdout_days, cal.frequency, cal.recency,
-                                                     cal.T)
     final = dict(zip(summary.customer_id, summary.frequency, strict=True))
     actual = np.array([final[c] for c in cal.customer_id]) - cal.frequency
-    err = predicted - actual
-    return {
-        "calibration_end": cal_end.isoformat(), "holdout_days": holdout_days,
-        "customers": cal.size, "mae": float(np.mean(np.abs(err))),
-        "rmse": float(np.sqrt(np.mean(err ** 2))),
-        "actual_repeat_purchases": float(actual.sum()),
-        "predicted_repeat_purchases": float(predicted.sum()),
-    }
+    out = {}
+    for name, model in _fit_purchase_models(cal).items():
+        predicted = model.conditional_expected_purchases(holdout_days, cal.frequency,
+                                                         cal.recency, cal.T)
+        err = predicted - actual
+        out[name] = {
+            "calibration_end": cal_end.isoformat(), "holdout_days": holdout_days,
+            "customers": cal.size, "mae": float(np.mean(np.abs(err))),
+            "rmse": float(np.sqrt(np.mean(err ** 2))),
+            "actual_repeat_purchases": float(actual.sum()),
+            "predicted_repeat_purchases": float(predicted.sum()),
+        }
+    return out
 
 
 def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
@@ -137,13 +144,16 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date) ->
             summary = score_store.load_summary(conn, as_of, settings.timezone)
             _check_history(summary)
             holdout = _holdout(conn, settings, as_of, summary)
-        bg = _fit_purchase_model(summary)
+        fitted = _fit_purchase_models(summary)
+        # The model that predicted the held-out period better (lower MAE) scores customers.
+        selected = min(fitted, key=lambda name: holdout[name]["mae"])
         repeat = (summary.frequency > 0) & (summary.monetary_value > 0)
         gg = GammaGammaModel().fit(summary.frequency[repeat], summary.monetary_value[repeat])
-        rows, counts = _scores(summary, bg, gg, as_of)
+        rows, counts = _scores(summary, fitted[selected], gg, as_of)
         models = {
-            "selected": "bgnbd",
-            "bgnbd": {**_params_json(bg), "holdout": holdout},
+            "selected": selected,
+            **{name: {**_params_json(m), "holdout": holdout[name]}
+               for name, m in fitted.items()},
             "gamma_gamma": _params_json(gg),
             "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
         }
@@ -166,7 +176,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date) ->
     return RunResult(run_id, as_of, counts, models, seconds)
 
 
-def _scores(summary: score_store.Summary, bg: BetaGeoModel, gg: GammaGammaModel,
+def _scores(summary: score_store.Summary, bg: PurchaseModelT, gg: GammaGammaModel,
             as_of: date) -> tuple[list[tuple], dict[str, Any]]:
     x, t_x, big_t, m = summary.frequency, summary.recency, summary.T, summary.monetary_value
     alive = bg.probability_alive(x, t_x, big_t)

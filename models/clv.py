@@ -7,14 +7,24 @@ discrete-time form lifetimes uses (``customer_lifetime_value``), so the two agre
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.beta_geo import BetaGeoModel
+
+class PurchaseModel(Protocol):
+    """What CLV needs of a purchase model (BG/NBD and Pareto/NBD both qualify)."""
+
+    def conditional_expected_purchases(self, t: ArrayLike, frequency: ArrayLike,
+                                       recency: ArrayLike,
+                                       T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
+        """E[Y(t) | x, t_x, T]."""
+        ...
 
 
 def customer_lifetime_value(
-    purchase_model: BetaGeoModel,
+    purchase_model: PurchaseModel,
     frequency: ArrayLike,
     recency: ArrayLike,
     T: ArrayLike,  # noqa: N803

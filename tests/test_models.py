@@ -203,3 +203,78 @@ def test_unfitted_models_say_so():
 def test_gamma_gamma_rejects_non_repeat_buyers():
     with pytest.raises(RFMInputError, match="repeat buyers only"):
         GammaGammaModel().fit([0, 1], [0, 10])
+
+
+# --- Pareto/NBD ---------------------------------------------------------------------------------
+
+from lifetimes import ParetoNBDFitter  # noqa: E402
+
+from models.pareto_nbd import ParetoNBDModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pnbd_weeks(cdnow):
+    return ParetoNBDModel().fit(cdnow["frequency"], cdnow["recency"] / 7, cdnow["T"] / 7)
+
+
+def oracle_pnbd(params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = ParetoNBDFitter()
+        m.params_ = pd.Series(params)
+    return m
+
+
+# Fader, Hardie & Lee (2005), Pareto/NBD on the same data, weeks.
+@pytest.mark.parametrize(("name", "published"), [
+    ("r", 0.553), ("alpha", 10.578), ("s", 0.606), ("beta", 11.669)])
+def test_pareto_nbd_matches_published_cdnow_parameters(pnbd_weeks, name, published):
+    assert pnbd_weeks.params_[name] == pytest.approx(published, rel=0.005)
+
+
+def test_pareto_nbd_log_likelihood(pnbd_weeks):
+    assert pnbd_weeks.log_likelihood_ == pytest.approx(-9595.0, abs=0.1)
+
+
+def test_pareto_nbd_predictions_equal_lifetimes_on_cdnow(pnbd_weeks, cdnow):
+    x, t_x, big_t = cdnow["frequency"], cdnow["recency"] / 7, cdnow["T"] / 7
+    oracle = oracle_pnbd(pnbd_weeks.params_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_alive = oracle.conditional_probability_alive(x, t_x, big_t)
+        ref_exp = oracle.conditional_expected_number_of_purchases_up_to_time(13, x, t_x, big_t)
+    assert rel(pnbd_weeks.probability_alive(x, t_x, big_t), ref_alive) < 1e-6
+    assert rel(pnbd_weeks.conditional_expected_purchases(13, x, t_x, big_t), ref_exp) < 1e-6
+
+
+params_pnbd = st.fixed_dictionaries({
+    "r": st.floats(0.05, 10), "alpha": st.floats(0.5, 200), "s": st.floats(0.05, 10),
+    "beta": st.floats(0.5, 200)}).filter(lambda p: abs(p["alpha"] - p["beta"]) > 1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(params_pnbd, st.lists(rfm_rows(max_x=60, max_t=730.0), min_size=1, max_size=10))
+def test_pareto_nbd_equals_lifetimes_on_random_inputs(params, rows):
+    x, t_x, big_t = (np.array(c) for c in zip(*rows, strict=True))
+    model = ParetoNBDModel.from_params(params)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = oracle_pnbd(params).conditional_probability_alive(x, t_x, big_t)
+    ok = np.isfinite(ref) & (ref > 1e-250)  # lifetimes' 2F1 underflows/overflows out there
+    if ok.any():
+        assert rel(model.probability_alive(x, t_x, big_t)[ok], ref[ok]) < 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({"r": st.floats(1e-3, 1e3), "alpha": st.floats(1e-3, 1e4),
+                              "s": st.floats(1e-3, 1e3), "beta": st.floats(1e-3, 1e4)}),
+       rfm_rows(max_x=10_000))
+def test_pareto_nbd_predictions_are_finite_and_sane(params, row):
+    model = ParetoNBDModel.from_params(params)
+    x, t_x, big_t = row
+    alive = model.probability_alive(x, t_x, big_t)
+    assert np.all(np.isfinite(alive)) and np.all((alive >= 0) & (alive <= 1))
+    exp = model.conditional_expected_purchases(np.array([0.0, 30.0, 365.0, 3650.0]), x, t_x,
+                                               big_t)
+    assert np.all(np.isfinite(exp)) and np.all(exp >= 0)
+    assert np.all(np.diff(exp) >= -1e-9 * np.maximum(1, np.abs(exp[1:])))

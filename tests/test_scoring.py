@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from crm_service.cli import main
 from crm_service.demo import load_cdnow_sample
 from crm_service.scoring import InsufficientHistoryError, run_scoring
-from models.beta_geo import BetaGeoModel
+from models.purchase import purchase_model
 from tests.cdnow import cdnow_rfm
 from tests.conftest import count
 
@@ -51,6 +51,13 @@ def test_score_cli_publishes_a_run_with_published_cdnow_parameters(cdnow_loaded,
     gg = run["models"]["gamma_gamma"]["params"]
     assert (gg["p"], gg["q"], gg["v"]) == pytest.approx((6.25, 3.74, 15.44), rel=0.005)
     assert set(run["models"]["bgnbd"]["holdout"]) >= {"mae", "rmse", "calibration_end"}
+    pn = run["models"]["pareto_nbd"]["params"]
+    assert pn["r"] == pytest.approx(0.553, rel=0.005)
+    assert pn["alpha"] / 7 == pytest.approx(10.578, rel=0.005)
+    assert pn["s"] == pytest.approx(0.606, rel=0.005)
+    assert pn["beta"] / 7 == pytest.approx(11.669, rel=0.005)
+    holdouts = {k: run["models"][k]["holdout"]["mae"] for k in ("bgnbd", "pareto_nbd")}
+    assert run["models"]["selected"] == min(holdouts, key=holdouts.get)
     assert len(json.dumps(run["models"])) < 10_000
     assert count(cdnow_loaded, "SELECT count(*) FROM customer_scores") == 2357
     assert count(cdnow_loaded, "SELECT active_run_id FROM scoring_state") == run["run_id"]
@@ -58,7 +65,8 @@ def test_score_cli_publishes_a_run_with_published_cdnow_parameters(cdnow_loaded,
 
 def test_scores_equal_the_models(cdnow_loaded, settings):
     result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30))
-    model = BetaGeoModel.from_params(result.models["bgnbd"]["params"])
+    selected = result.models["selected"]
+    model = purchase_model(selected, result.models[selected]["params"])
     rows = cdnow_loaded.execute(
         "SELECT frequency, recency_days, t_days, p_alive, expected_purchases_90,"
         " expected_next_order, avg_days_between_orders FROM customer_scores"
@@ -108,7 +116,8 @@ def test_export_scores_csv(cdnow_loaded, settings, cli_env, tmp_path):
                              "recency_days", "T_days", "monetary_value", "p_alive",
                              "expected_purchases", "clv_12m", "churn_probability", "churn_risk",
                              "recommended_action"]
-    model = BetaGeoModel.from_params(result.models["bgnbd"]["params"])
+    selected = result.models["selected"]
+    model = purchase_model(selected, result.models[selected]["params"])
     x, t_x, big_t = (np.array([float(r[k]) for r in rows])
                      for k in ("frequency", "recency_days", "T_days"))
     got = np.array([float(r["expected_purchases"]) for r in rows])
@@ -130,6 +139,7 @@ def test_models_and_runs_over_http(cdnow_loaded, settings, client, make_token):
     assert r.status_code == 200 and r.json["run_id"] == result.run_id
     assert r.json["time_unit"] == "days"
     assert set(r.json["models"]["bgnbd"]["params"]) == {"r", "alpha", "a", "b"}
+    assert set(r.json["models"]["pareto_nbd"]["params"]) == {"r", "alpha", "s", "beta"}
     assert set(r.json["models"]["gamma_gamma"]["params"]) == {"p", "q", "v"}
     with pytest.raises(InsufficientHistoryError):
         run_scoring(cdnow_loaded, settings, as_of=date(1997, 1, 5))

@@ -1,0 +1,183 @@
+"""The Pareto/NBD purchase model (Schmittlein, Morrison & Colombo 1987).
+
+While alive, a customer buys at Poisson rate lambda ~ Gamma(r, alpha); their lifetime is
+exponential with rate mu ~ Gamma(s, beta), independent of lambda.
+
+The likelihood (Fader & Hardie 2005, "A Note on Deriving the Pareto/NBD Model and Related
+Expressions", eq. 19) is written here in its integral form rather than with the Gauss
+hypergeometric function:
+
+    L = G(r+x) a^r b^s / G(r) * [ (a+T)^-(r+x) (b+T)^-s
+                                  + s * Int_{t_x}^{T} (a+tau)^-(r+x) (b+tau)^-(s+1) dtau ]
+
+(the second term is the probability of dying at tau after the last purchase). The integrand is a
+product of powers, so it is integrated by Gauss-Legendre quadrature in u = log(a+tau) (see
+``_quadrature``), and its parameter derivatives are integrated with the same rule: the gradient
+is analytic and consistent with the likelihood, and nothing overflows the way 2F1 does for large
+x. Tests prove equality with lifetimes' hypergeometric implementation (to ~1e-14 on CDNOW).
+
+References
+----------
+Schmittlein, D. C., Morrison, D. G. and Colombo, R. (1987). "Counting Your Customers: Who Are
+They and What Will They Do Next?" Management Science 33(1), 1-24.
+Fader, P. S. and Hardie, B. G. S. (2005). "A Note on Deriving the Pareto/NBD Model and Related
+Expressions". http://brucehardie.com/notes/009/
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import digamma, gammaln, logsumexp
+
+from models._fitting import maximise
+from models.rfm import RFMHistogram, check_rfm, compress
+
+PARAM_NAMES = ("r", "alpha", "s", "beta")
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
+_NODES, _WEIGHTS = (_NODES + 1) / 2, _WEIGHTS / 2
+
+
+def _quadrature(r: float, alpha: float, s: float, beta: float, x: NDArray[np.float64],
+                t_x: NDArray[np.float64], big_t: NDArray[np.float64]):
+    """Nodes tau (rows x n) and log-weights for Int_{t_x}^{T} (a+tau)^-(r+x) g(tau) dtau.
+
+    In u = log(m+tau), m = min(alpha, beta), the integrand (a+tau)^-(r+x) (b+tau)^-(s+1) dtau
+    falls at a rate between e-1 and r+x+s (e: the exponent on the factor with m), so it is
+    smooth on the scale of 1/(r+x+s). Where e > 1 it has fallen by e^-40 (a relative
+    contribution below 1e-17) within 40/(e-1), and the interval is cut there; Gauss-Legendre on
+    what is left converges exponentially. The weights returned include (a+tau)^-(r+x) and the
+    Jacobian (m+tau); the caller multiplies by g = (b+tau)^-(s+1).
+    """
+    m = min(alpha, beta)
+    k = (r + x)[:, None]
+    e = k if alpha <= beta else np.full_like(k, s + 1)
+    u0 = np.log(m + t_x)[:, None]
+    span = np.log(m + big_t)[:, None] - u0
+    width = np.where(e > 1, np.minimum(span, _CUTOFF / np.maximum(e - 1, 1e-300)), span)
+    u = u0 + width * _NODES[None, :]
+    tau = np.exp(u) - m
+    log_w = np.log(_WEIGHTS)[None, :] + np.log(width) + u - k * np.log(alpha + tau)
+    return tau, log_w
+
+
+_CUTOFF = 40.0
+
+
+def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
+                          t_x: NDArray[np.float64], big_t: NDArray[np.float64]):
+    """Per-row log-likelihood, its gradient w.r.t. (r, alpha, s, beta), and log P(alive)."""
+    r, alpha, s, beta = params
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # An empty interval (t_x = T) gives log-weights of -inf: those terms vanish.
+        tau, log_w = _quadrature(r, alpha, s, beta, x, t_x, big_t)
+    # Only g(tau) = (b+tau)^-(s+1) is left: the (a+tau) factors are inside the weights.
+    log_b_tau = np.log(beta + tau)
+    log_terms = np.log(s) + log_w - (s + 1) * log_b_tau
+    log_alive_term = -(r + x) * np.log(alpha + big_t) - s * np.log(beta + big_t)
+    stacked = np.concatenate([log_alive_term[:, None], log_terms], axis=1)
+    log_sum = logsumexp(stacked, axis=1)
+    log_c = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+    ll = log_c + log_sum
+    # Gradient: weights of each term in the sum, times d log(term).
+    p = np.exp(stacked - log_sum[:, None])
+    p0, pq = p[:, 0], p[:, 1:]
+    log_a_tau = np.log(alpha + tau)
+    d_r = (digamma(r + x) - digamma(r) + np.log(alpha)
+           - p0 * np.log(alpha + big_t) - (pq * log_a_tau).sum(axis=1))
+    d_alpha = (r / alpha - p0 * (r + x) / (alpha + big_t)
+               - (pq * ((r + x)[:, None] / (alpha + tau))).sum(axis=1))
+    d_s = (np.log(beta) - p0 * np.log(beta + big_t)
+           + (pq * (1 / s - log_b_tau)).sum(axis=1))
+    d_beta = s / beta - p0 * s / (beta + big_t) - (pq * ((s + 1) / (beta + tau))).sum(axis=1)
+    return ll, np.stack([d_r, d_alpha, d_s, d_beta]), stacked[:, 0] - log_sum
+
+
+class ParetoNBDModel:
+    """Pareto/NBD model with scikit-learn conventions: ``fit`` returns self; ``params_`` etc.
+
+    Parameters
+    ----------
+    penalizer : float
+        L2 penalty on the parameters (lifetimes' convention); 0 for plain maximum likelihood.
+    """
+
+    param_names = PARAM_NAMES
+
+    def __init__(self, penalizer: float = 0.0) -> None:
+        self.penalizer = penalizer
+
+    def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
+            T: ArrayLike | None = None) -> ParetoNBDModel:  # noqa: N803
+        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`."""
+        hist = frequency if isinstance(frequency, RFMHistogram) else compress(
+            frequency, recency, T)  # type: ignore[arg-type]
+        x, t_x, big_t, w = hist.frequency, hist.recency, hist.T, hist.weights
+        n = w.sum()
+        pen = self.penalizer
+
+        def objective(log_params: NDArray[np.float64]):
+            params = np.exp(log_params)
+            ll, grad, _ = _log_likelihood_terms(params, x, t_x, big_t)
+            value = -(w @ ll) + pen * n * float(params @ params)
+            g = -(grad @ w) + 2 * pen * n * params
+            return value, g * params
+
+        scale = max(float(np.mean(big_t)), 1e-9)
+        start = np.log(np.array([1.0, scale, 1.0, scale]))
+        result = maximise(objective, start, name="Pareto/NBD")
+        self.params_ = dict(zip(PARAM_NAMES, result.params.tolist(), strict=True))
+        self.standard_errors_ = dict(zip(PARAM_NAMES, result.standard_errors.tolist(),
+                                         strict=True))
+        self.log_likelihood_ = float(w @ _log_likelihood_terms(result.params, x, t_x, big_t)[0])
+        self.n_customers_ = float(n)
+        return self
+
+    @classmethod
+    def from_params(cls, params: dict[str, float]) -> ParetoNBDModel:
+        """A model with given parameters (e.g. loaded from a stored run)."""
+        model = cls()
+        model.params_ = {k: float(params[k]) for k in PARAM_NAMES}
+        return model
+
+    def _params(self) -> NDArray[np.float64]:
+        if not hasattr(self, "params_"):
+            raise RuntimeError("ParetoNBDModel is not fitted yet; call fit() first")
+        return np.array([self.params_[k] for k in PARAM_NAMES])
+
+    def probability_alive(self, frequency: ArrayLike, recency: ArrayLike,
+                          T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
+        """P(alive | x, t_x, T) (Fader & Hardie 2005, eq. 18)."""
+        params = self._params()
+        x, t_x, big_t = (np.atleast_1d(a) for a in check_rfm(frequency, recency, T))
+        log_alive = _log_likelihood_terms(params, x, t_x, big_t)[2]
+        shape = np.broadcast(np.asarray(frequency), np.asarray(recency), np.asarray(T)).shape
+        return np.exp(log_alive).reshape(shape)
+
+    def median_time_to_next_purchase(self, frequency: ArrayLike, recency: ArrayLike,
+                                     T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
+        """Median time from T to the next purchase of a customer who is still alive.
+
+        While alive, lambda ~ Gamma(r+x, alpha+T) a posteriori (as in BG/NBD), so
+        t = (alpha+T) (2^(1/(r+x)) - 1).
+        """
+        r, alpha, _s, _beta = self._params()
+        x, _t_x, big_t = check_rfm(frequency, recency, T)
+        return (alpha + big_t) * np.expm1(np.log(2.0) / (r + x))
+
+    def conditional_expected_purchases(self, t: ArrayLike, frequency: ArrayLike,
+                                       recency: ArrayLike,
+                                       T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
+        """E[Y(t) | x, t_x, T] (Fader & Hardie 2005, eq. 22; the limit form when s = 1)."""
+        r, alpha, s, beta = self._params()
+        t = np.asarray(t, dtype=np.float64)
+        x, t_x, big_t = check_rfm(frequency, recency, T)
+        alive = self.probability_alive(x, t_x, big_t)
+        t, x, big_t, alive = np.broadcast_arrays(t, x, big_t, alive)
+        rate = (r + x) / (alpha + big_t)
+        if abs(s - 1) < 1e-9:
+            life = (beta + big_t) * np.log1p(t / (beta + big_t))
+        else:
+            life = (beta + big_t) / (s - 1) * -np.expm1((s - 1) * (
+                np.log(beta + big_t) - np.log(beta + big_t + t)))
+        return alive * rate * life
