@@ -127,3 +127,27 @@ class RunSchema(Schema):
     models = fields.Dict(allow_none=True, metadata={
         "description": "bgnbd: params r, alpha, a, b, standard_errors, log_likelihood, holdout;"
                        " gamma_gamma: params p, q, v"})
+
+
+class PredictionCaseSchema(Schema):
+    """A hypothetical customer history, in days."""
+
+    frequency = fields.Integer(required=True, validate=validate.Range(min=0),
+                               metadata={"example": 3, "description": "repeat purchase days"})
+    recency = fields.Float(required=True, validate=validate.Range(min=0),
+                           metadata={"example": 120, "description": "first to last purchase"})
+    T = fields.Float(required=True, validate=validate.Range(min=0),
+                     metadata={"example": 200, "description": "first purchase to today"})
+    monetary_value = fields.Float(load_default=0.0, validate=validate.Range(min=0),
+                                  metadata={"example": 35.5,
+                                            "description": "mean repeat-purchase amount"})
+
+
+class PredictionRequestSchema(Schema):
+    """What-if cases and the horizons (days) for expected purchases."""
+
+    cases = fields.List(fields.Nested(PredictionCaseSchema), required=True,
+                        validate=validate.Length(min=1, max=1000))
+    horizons = fields.List(fields.Integer(validate=validate.Range(min=0, max=3650)),
+                           load_default=lambda: [30, 90, 365],
+                           validate=validate.Length(min=1, max=10))

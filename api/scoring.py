@@ -8,10 +8,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.auth import require
-from api.schemas import RunSchema
+from api.schemas import PredictionRequestSchema, RunSchema
 from api.services import services
 from crm_service import score_store
 from crm_service.errors import NotFoundError
+from crm_service.predictions import predict
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
 
@@ -52,3 +53,21 @@ class ScoringRun(MethodView):
         if run is None:
             raise NotFoundError(f"no scoring run {run_id}")
         return _jsonable(run)
+
+
+@blp.route("/predictions")
+class Predictions(MethodView):
+    """What-if predictions from the live run's models."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(PredictionRequestSchema, example={
+        "cases": [{"frequency": 3, "recency": 120, "T": 200, "monetary_value": 35.5}],
+        "horizons": [30, 90]})
+    @blp.response(200)
+    @blp.alt_response(404, description="no run published yet")
+    @blp.alt_response(422, description="invalid or impossible history (e.g. recency > T)")
+    @require("scores:read")
+    def post(self, body):
+        """P(alive), expected purchases, spend and 12-month CLV for given histories."""
+        with services().pool.connection() as conn:
+            return predict(conn, body["cases"], body["horizons"])

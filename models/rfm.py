@@ -60,7 +60,7 @@ def check_rfm(
     fail((x == 0) & (t_x != 0), "recency must be 0 when frequency is 0")
     if monetary_value is not None:
         fail((x > 0) & (arrays[3] <= 0), "monetary_value must be positive when frequency > 0")
-    return tuple(np.ascontiguousarray(a) for a in arrays)
+    return tuple(np.array(a, dtype=np.float64, order="C") for a in arrays)  # keeps 0-d shape
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,27 @@ def test_models_and_runs_over_http(cdnow_loaded, settings, client, make_token):
     assert client.get("/v1/scoring-runs/999999", headers=token).status_code == 404
     no_scope = {"Authorization": f"Bearer {make_token('orders:write')}"}
     assert client.get("/v1/models/active", headers=no_scope).status_code == 403
+
+
+def test_predictions_what_if(cdnow_loaded, settings, client, make_token):
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    case = {"frequency": 3, "recency": 120, "T": 200, "monetary_value": 35.5}
+    assert client.post("/v1/predictions", json={"cases": [case]},
+                       headers=token).status_code == 404
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30))
+    r = client.post("/v1/predictions", json={"cases": [case], "horizons": [30, 90]},
+                    headers=token)
+    assert r.status_code == 200, r.json
+    p = r.json["predictions"][0]
+    selected = result.models["selected"]
+    model = purchase_model(selected, result.models[selected]["params"])
+    assert p["p_alive"] == pytest.approx(model.probability_alive([3], [120], [200])[0])
+    assert p["expected_purchases"]["90"] == pytest.approx(
+        model.conditional_expected_purchases(90, [3], [120], [200])[0])
+    assert p["expected_purchases"]["30"] < p["expected_purchases"]["90"]
+    bad = client.post("/v1/predictions", json={"cases": [{**case, "recency": 300}]},
+                      headers=token)
+    assert bad.status_code == 422 and "recency must not exceed T" in bad.json["detail"]
+    assert client.post("/v1/predictions", json={"cases": [{**case, "frequency": -1}]},
+                       headers=token).status_code == 422
+    assert client.post("/v1/predictions", json={"cases": []}, headers=token).status_code == 422

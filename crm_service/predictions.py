@@ -1,0 +1,54 @@
+"""What-if predictions from the live run's parameters (``POST /v1/predictions``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crm_service import score_store
+from crm_service.errors import NotFoundError, ValidationError
+from models.clv import customer_lifetime_value
+from models.gamma_gamma import GammaGammaModel
+from models.purchase import purchase_model
+from models.rfm import RFMInputError, check_rfm
+
+if TYPE_CHECKING:
+    import psycopg
+
+MAX_CASES = 1000
+
+
+def predict(conn: psycopg.Connection, cases: list[dict[str, Any]],
+            horizons: list[int]) -> dict[str, Any]:
+    """Predict for hypothetical customers given frequency, recency, T (days) and spend."""
+    if not cases or len(cases) > MAX_CASES:
+        raise ValidationError(f"send 1 to {MAX_CASES} cases")
+    run = score_store.active_run(conn)
+    if run is None:
+        raise NotFoundError("no scoring run has been published yet; run `crm-service score`")
+    models = run["models"]
+    model = purchase_model(models["selected"], models[models["selected"]]["params"])
+    spend_model = GammaGammaModel.from_params(models["gamma_gamma"]["params"])
+    try:
+        x, t_x, big_t, m = check_rfm([c["frequency"] for c in cases],
+                                     [c["recency"] for c in cases], [c["T"] for c in cases],
+                                     monetary_value=[c.get("monetary_value", 0.0) for c in cases])
+    except RFMInputError as exc:
+        raise ValidationError(f"impossible customer history: {exc}") from None
+    alive = model.probability_alive(x, t_x, big_t)
+    expected = {h: model.conditional_expected_purchases(h, x, t_x, big_t) for h in horizons}
+    spend = spend_model.conditional_expected_spend(x, m)
+    clv = customer_lifetime_value(model, x, t_x, big_t, spend)
+    wait = model.median_time_to_next_purchase(x, t_x, big_t)
+    return {
+        "run_id": run["run_id"], "model": models["selected"], "time_unit": "days",
+        "predictions": [{
+            **cases[i],
+            "p_alive": float(alive[i]),
+            "expected_purchases": {str(h): float(expected[h][i]) for h in horizons},
+            "median_days_to_next_purchase_if_alive": float(np.round(wait[i], 3)),
+            "expected_spend": float(spend[i]),
+            "clv_12m": float(clv[i]),
+        } for i in range(len(cases))],
+    }
