@@ -32,8 +32,11 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     r, alpha, a, b = params
     # eq. 6: L = B(a, b+x)/B(a, b) * G(r+x) a^r / (G(r) (alpha+T)^(r+x))
     #          + [x > 0] B(a+1, b+x-1)/B(a, b) * G(r+x) a^r / (G(r) (alpha+t_x)^(r+x))
-    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-    a2 = betaln(a, b + x) - betaln(a, b)
+    # The special functions depend on x alone, evaluated per distinct x.
+    ux, idx = np.unique(x, return_inverse=True)
+    idx = idx.reshape(x.shape)
+    a1 = (gammaln(r + ux) - gammaln(r))[idx] + r * np.log(alpha)
+    a2 = (betaln(a, b + ux) - betaln(a, b))[idx]
     a3 = -(r + x) * np.log(alpha + big_t)
     repeat = x > 0
     bx1 = np.where(repeat, b + x - 1, 1.0)
@@ -42,12 +45,12 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     e3, e4 = np.exp(a3 - top), np.exp(a4 - top)
     ll = a1 + a2 + top + np.log(e3 + e4)
     w3, w4 = e3 / (e3 + e4), e4 / (e3 + e4)
-    d_r = (digamma(r + x) - digamma(r) + np.log(alpha)
+    d_r = ((digamma(r + ux) - digamma(r))[idx] + np.log(alpha)
            - w3 * np.log(alpha + big_t) - w4 * np.log(alpha + t_x))
     d_alpha = r / alpha - w3 * (r + x) / (alpha + big_t) - w4 * (r + x) / (alpha + t_x)
-    d_a2_a = digamma(a + b) - digamma(a + b + x)
+    d_a2_a = (digamma(a + b) - digamma(a + b + ux))[idx]
     d_a = d_a2_a + w4 / a
-    d_b = d_a2_a + digamma(b + x) - digamma(b) - w4 / bx1
+    d_b = d_a2_a + (digamma(b + ux) - digamma(b))[idx] - w4 / bx1
     return ll, np.stack([d_r, d_alpha, d_a, d_b])
 
 

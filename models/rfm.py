@@ -89,6 +89,20 @@ def compress(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike,  # noqa: N8
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != x.shape or np.any(~np.isfinite(w)) or np.any(w <= 0):
         raise RFMInputError("weights must be positive, finite and one per row")
+    span = float(big_t.max()) + 1 if big_t.size else 1.0
+    whole = bool(np.all(t_x == np.floor(t_x)) and np.all(big_t == np.floor(big_t)))
+    if whole and x.size and float(x.max()) * span * span < 2**62:
+        # Whole days (the service's case): one int64 key per row, and a 1-D unique that is
+        # an order of magnitude faster than np.unique(axis=0).
+        key = (x.astype(np.int64) * int(span) + t_x.astype(np.int64)) * int(span) \
+            + big_t.astype(np.int64)
+        keys, inverse = np.unique(key, return_inverse=True)
+        counts = np.bincount(inverse, weights=w, minlength=keys.size)
+        big_t_u = keys % int(span)
+        rest = keys // int(span)
+        return RFMHistogram((rest // int(span)).astype(np.float64),
+                            (rest % int(span)).astype(np.float64),
+                            big_t_u.astype(np.float64), counts.astype(np.float64))
     stacked = np.stack([x, t_x, big_t], axis=1)
     unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
     counts = np.bincount(inverse.ravel(), weights=w, minlength=unique.shape[0])
