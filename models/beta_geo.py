@@ -173,10 +173,11 @@ class BetaGeoModel:
             log_tail = log_hyp + (r + x) * (np.log(alpha + big_t) - np.log(alpha + big_t + t))
             second = -np.expm1(log_tail)
             alive_mean = c / (a - 1) * second
-        # The series loses accuracy for large parameters (scipy's hyp2f1 can be far off while
-        # finite); the factor `second` must lie in [0, 1] in any case.
+        # The series loses accuracy when both upper parameters are large (scipy's hyp2f1 can
+        # be far off while finite, e.g. r+x = 685, b+x = 1044); the factor `second` must lie in
+        # [0, 1] in any case. A large b alone (no dropout in the data) is well-conditioned.
         bad = (~np.isfinite(alive_mean) | (c <= 0) | (alive_mean < 0)
-               | ((a > 1) & (second > 1)) | (np.maximum(r, b) + x > _SERIES_LIMIT))
+               | ((a > 1) & (second > 1)) | (r + x > _SERIES_LIMIT))
         if np.any(bad):
             alive_mean = np.where(bad, 0.0, alive_mean)
             alive_mean[bad] = _alive_mean_by_quadrature(r, alpha, a, b, t[bad], x[bad],
@@ -215,11 +216,12 @@ def _alive_mean_by_quadrature(r: float, alpha: float, a: float, b: float,
     """
     out = np.empty_like(t)
     for xv in np.unique(x):
-        rows = x == xv
         p, w = _beta_quadrature(a, b + xv)
-        ts, ts_t = big_t[rows][:, None], t[rows][:, None]
-        log_keep = (r + xv) * (np.log(alpha + ts) - np.log(alpha + ts + p * ts_t))
-        out[rows] = (-np.expm1(log_keep) / p) @ w
+        rows = np.flatnonzero(x == xv)
+        for chunk in np.array_split(rows, max(1, rows.size // 20_000)):  # bounded memory
+            ts, ts_t = big_t[chunk][:, None], t[chunk][:, None]
+            log_keep = (r + xv) * (np.log(alpha + ts) - np.log(alpha + ts + p * ts_t))
+            out[chunk] = (-np.expm1(log_keep) / p) @ w
     return out
 
 
