@@ -32,6 +32,66 @@ class FitResult:
     iterations: int
 
 
+# (params, *data) -> (per-row log-likelihood, per-row gradient (k x rows), ...)
+Terms = Callable[..., tuple]
+
+
+def fit_weighted(terms: Terms, data: tuple[NDArray[np.float64], ...],
+                 weights: NDArray[np.float64], start: NDArray[np.float64], *,
+                 penalizer: float, name: str) -> tuple[FitResult, float]:
+    """Penalised, weighted maximum likelihood over rows of ``data`` (e.g. a histogram).
+
+    The penalty is lifetimes' convention: ``penalizer * n * sum(params**2)`` added to the total
+    negative log-likelihood. Returns the fit and the unpenalised log-likelihood at the optimum.
+    """
+    n = float(weights.sum())
+
+    def objective(log_params: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        params = np.exp(log_params)
+        ll, grad = terms(params, *data)[:2]
+        value = -float(weights @ ll) + penalizer * n * float(params @ params)
+        g = -(grad @ weights) + 2 * penalizer * n * params
+        return value, g * params  # chain rule to the log scale
+
+    result = maximise(objective, start, name=name)
+    return result, float(weights @ terms(result.params, *data)[0])
+
+
+class MLEModel:
+    """Shared scikit-learn-style plumbing of the maximum-likelihood models.
+
+    Parameters
+    ----------
+    penalizer : float
+        L2 penalty on the parameters (lifetimes' convention); 0 for plain maximum likelihood.
+    """
+
+    param_names: tuple[str, ...] = ()
+
+    def __init__(self, penalizer: float = 0.0) -> None:
+        self.penalizer = penalizer
+
+    @classmethod
+    def from_params(cls, params: dict[str, float]):
+        """A model with given parameters (e.g. loaded from a stored run)."""
+        model = cls()
+        model.params_ = {k: float(params[k]) for k in cls.param_names}
+        return model
+
+    def _set_fit(self, result: FitResult, log_likelihood: float, n: float) -> None:
+        self.params_ = dict(zip(self.param_names, result.params.tolist(), strict=True))
+        self.standard_errors_ = dict(zip(self.param_names, result.standard_errors.tolist(),
+                                         strict=True))
+        self.log_likelihood_ = log_likelihood
+        self.n_customers_ = n
+
+    def _fitted(self) -> NDArray[np.float64]:
+        """The parameters in ``param_names`` order; raises if the model is not fitted."""
+        if not hasattr(self, "params_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first")
+        return np.array([self.params_[k] for k in self.param_names])
+
+
 def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
              max_iter: int = 500) -> FitResult:
     """Minimise ``objective`` over log-parameters; return natural parameters and their SEs.

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import betaincinv, betaln, digamma, gammaln, hyp2f1, roots_jacobi
 
-from models._fitting import maximise
+from models._fitting import MLEModel, fit_weighted
 from models.rfm import RFMHistogram, check_rfm, compress
 
 PARAM_NAMES = ("r", "alpha", "a", "b")
@@ -54,61 +54,32 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     return ll, np.stack([d_r, d_alpha, d_a, d_b])
 
 
-class BetaGeoModel:
+class BetaGeoModel(MLEModel):
     """BG/NBD model with scikit-learn conventions: ``fit`` returns self; ``params_`` etc.
 
     Parameters
     ----------
     penalizer : float
-        L2 penalty on the parameters, added to the mean negative log-likelihood (as lifetimes
+        L2 penalty on the parameters, added to the negative log-likelihood (as lifetimes
         does); 0 gives the plain maximum-likelihood estimate.
     """
 
     param_names = PARAM_NAMES
-
-    def __init__(self, penalizer: float = 0.0) -> None:
-        self.penalizer = penalizer
-
-    # -- fitting --------------------------------------------------------------------------------
 
     def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
             T: ArrayLike | None = None) -> BetaGeoModel:  # noqa: N803
         """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`."""
         hist = frequency if isinstance(frequency, RFMHistogram) else compress(
             frequency, recency, T)  # type: ignore[arg-type]
-        x, t_x, big_t, w = hist.frequency, hist.recency, hist.T, hist.weights
-        n = w.sum()
-        pen = self.penalizer
-
-        def objective(log_params: NDArray[np.float64]):
-            params = np.exp(log_params)
-            ll, grad = _log_likelihood_terms(params, x, t_x, big_t)
-            value = -(w @ ll) + pen * n * float(params @ params)
-            g = -(grad @ w) + 2 * pen * n * params
-            return value, g * params  # chain rule to the log scale
-
-        scale = max(float(np.mean(big_t)), 1e-9)
-        start = np.log(np.array([1.0, scale, 1.0, 1.0]))
-        result = maximise(objective, start, name="BG/NBD")
-        self.params_ = dict(zip(PARAM_NAMES, result.params.tolist(), strict=True))
-        self.standard_errors_ = dict(zip(PARAM_NAMES, result.standard_errors.tolist(),
-                                         strict=True))
-        self.log_likelihood_ = float(w @ _log_likelihood_terms(result.params, x, t_x, big_t)[0])
-        self.n_customers_ = float(n)
+        start = np.log(np.array([1.0, max(float(np.mean(hist.T)), 1e-9), 1.0, 1.0]))
+        result, ll = fit_weighted(_log_likelihood_terms, (hist.frequency, hist.recency, hist.T),
+                                  hist.weights, start, penalizer=self.penalizer, name="BG/NBD")
+        self._set_fit(result, ll, hist.n_customers)
         return self
 
     def _params(self) -> tuple[float, float, float, float]:
-        if not hasattr(self, "params_"):
-            raise RuntimeError("BetaGeoModel is not fitted yet; call fit() first")
-        p = self.params_
-        return p["r"], p["alpha"], p["a"], p["b"]
-
-    @classmethod
-    def from_params(cls, params: dict[str, float]) -> BetaGeoModel:
-        """A model with given parameters (e.g. loaded from a stored run)."""
-        model = cls()
-        model.params_ = {k: float(params[k]) for k in PARAM_NAMES}
-        return model
+        r, alpha, a, b = self._fitted()
+        return float(r), float(alpha), float(a), float(b)
 
     # -- prediction -----------------------------------------------------------------------------
 

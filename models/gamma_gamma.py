@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import digamma, gammaln
 
-from models._fitting import maximise
+from models._fitting import MLEModel, fit_weighted
 from models.rfm import RFMInputError
 
 PARAM_NAMES = ("p", "q", "v")
@@ -34,7 +34,22 @@ def _check(frequency: ArrayLike, monetary_value: ArrayLike, *, fitting: bool):
     return x, m
 
 
-class GammaGammaModel:
+def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
+                          m: NDArray[np.float64]):
+    """Per-row log-likelihood (FH 2013, eq. 4) and its gradient w.r.t. (p, q, v)."""
+    p, q, v = params
+    px = p * x
+    log_xm_v = np.log(x * m + v)
+    # eq. 4: G(px+q)/(G(px) G(q)) v^q m^(px-1) x^px / (xm+v)^(px+q)
+    ll = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v)
+          + (px - 1) * np.log(m) + px * np.log(x) - (px + q) * log_xm_v)
+    d_p = x * (digamma(px + q) - digamma(px) + np.log(m) + np.log(x) - log_xm_v)
+    d_q = digamma(px + q) - digamma(q) + np.log(v) - log_xm_v
+    d_v = q / v - (px + q) / (x * m + v)
+    return ll, np.stack([d_p, d_q, d_v])
+
+
+class GammaGammaModel(MLEModel):
     """Gamma-Gamma spend model: ``fit(frequency, monetary_value)`` on repeat buyers.
 
     Parameters
@@ -45,48 +60,16 @@ class GammaGammaModel:
 
     param_names = PARAM_NAMES
 
-    def __init__(self, penalizer: float = 0.0) -> None:
-        self.penalizer = penalizer
-
     def fit(self, frequency: ArrayLike, monetary_value: ArrayLike,
             weights: ArrayLike | None = None) -> GammaGammaModel:
         """Fit by maximum likelihood (FH 2013, eq. 4)."""
         x, m = _check(frequency, monetary_value, fitting=True)
         w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
-        n = w.sum()
-        pen = self.penalizer
-        log_x, log_m = np.log(x), np.log(m)
-
-        def objective(log_params: NDArray[np.float64]):
-            p, q, v = params = np.exp(log_params)
-            px = p * x
-            xm_v = np.log(x * m + v)
-            # eq. 4: G(px+q)/(G(px) G(q)) v^q m^(px-1) x^px / (xm+v)^(px+q)
-            ll = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v)
-                  + (px - 1) * log_m + px * log_x - (px + q) * xm_v)
-            d_p = x * (digamma(px + q) - digamma(px) + log_m + log_x - xm_v)
-            d_q = digamma(px + q) - digamma(q) + np.log(v) - xm_v
-            d_v = q / v - (px + q) / (x * m + v)
-            value = -(w @ ll) + pen * n * float(params @ params)
-            grad = -np.array([w @ d_p, w @ d_q, w @ d_v]) + 2 * pen * n * params
-            return value, grad * params
-
         start = np.log(np.array([1.0, 1.0, max(float(np.average(m, weights=w)), 1e-6)]))
-        result = maximise(objective, start, name="Gamma-Gamma")
-        self.params_ = dict(zip(PARAM_NAMES, result.params.tolist(), strict=True))
-        self.standard_errors_ = dict(zip(PARAM_NAMES, result.standard_errors.tolist(),
-                                         strict=True))
-        self.log_likelihood_ = result.log_likelihood + pen * n * float(
-            result.params @ result.params)
-        self.n_customers_ = float(n)
+        result, ll = fit_weighted(_log_likelihood_terms, (x, m), w, start,
+                                  penalizer=self.penalizer, name="Gamma-Gamma")
+        self._set_fit(result, ll, float(w.sum()))
         return self
-
-    @classmethod
-    def from_params(cls, params: dict[str, float]) -> GammaGammaModel:
-        """A model with given parameters (e.g. loaded from a stored run)."""
-        model = cls()
-        model.params_ = {k: float(params[k]) for k in PARAM_NAMES}
-        return model
 
     def conditional_expected_spend(self, frequency: ArrayLike,
                                    monetary_value: ArrayLike) -> NDArray[np.float64]:
@@ -95,9 +78,7 @@ class GammaGammaModel:
         A weighted mean of the population mean p*v/(q-1) and the customer's own mean m; for
         x = 0 it is the population mean. Needs q > 1.
         """
-        if not hasattr(self, "params_"):
-            raise RuntimeError("GammaGammaModel is not fitted yet; call fit() first")
-        p, q, v = (self.params_[k] for k in PARAM_NAMES)
+        p, q, v = self._fitted()
         if q <= 1:
             raise ValueError(f"q = {q:.3f} <= 1: the population mean spend is not finite")
         x, m = _check(frequency, monetary_value, fitting=False)

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import digamma, gammaln, logsumexp
 
-from models._fitting import maximise
+from models._fitting import MLEModel, fit_weighted
 from models.rfm import RFMHistogram, check_rfm, compress
 
 PARAM_NAMES = ("r", "alpha", "s", "beta")
@@ -95,7 +95,7 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     return ll, np.stack([d_r, d_alpha, d_s, d_beta]), stacked[:, 0] - log_sum
 
 
-class ParetoNBDModel:
+class ParetoNBDModel(MLEModel):
     """Pareto/NBD model with scikit-learn conventions: ``fit`` returns self; ``params_`` etc.
 
     Parameters
@@ -106,46 +106,21 @@ class ParetoNBDModel:
 
     param_names = PARAM_NAMES
 
-    def __init__(self, penalizer: float = 0.0) -> None:
-        self.penalizer = penalizer
-
     def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
             T: ArrayLike | None = None) -> ParetoNBDModel:  # noqa: N803
         """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`."""
         hist = frequency if isinstance(frequency, RFMHistogram) else compress(
             frequency, recency, T)  # type: ignore[arg-type]
-        x, t_x, big_t, w = hist.frequency, hist.recency, hist.T, hist.weights
-        n = w.sum()
-        pen = self.penalizer
-
-        def objective(log_params: NDArray[np.float64]):
-            params = np.exp(log_params)
-            ll, grad, _ = _log_likelihood_terms(params, x, t_x, big_t)
-            value = -(w @ ll) + pen * n * float(params @ params)
-            g = -(grad @ w) + 2 * pen * n * params
-            return value, g * params
-
-        scale = max(float(np.mean(big_t)), 1e-9)
+        scale = max(float(np.mean(hist.T)), 1e-9)
         start = np.log(np.array([1.0, scale, 1.0, scale]))
-        result = maximise(objective, start, name="Pareto/NBD")
-        self.params_ = dict(zip(PARAM_NAMES, result.params.tolist(), strict=True))
-        self.standard_errors_ = dict(zip(PARAM_NAMES, result.standard_errors.tolist(),
-                                         strict=True))
-        self.log_likelihood_ = float(w @ _log_likelihood_terms(result.params, x, t_x, big_t)[0])
-        self.n_customers_ = float(n)
+        result, ll = fit_weighted(_log_likelihood_terms, (hist.frequency, hist.recency, hist.T),
+                                  hist.weights, start, penalizer=self.penalizer,
+                                  name="Pareto/NBD")
+        self._set_fit(result, ll, hist.n_customers)
         return self
 
-    @classmethod
-    def from_params(cls, params: dict[str, float]) -> ParetoNBDModel:
-        """A model with given parameters (e.g. loaded from a stored run)."""
-        model = cls()
-        model.params_ = {k: float(params[k]) for k in PARAM_NAMES}
-        return model
-
     def _params(self) -> NDArray[np.float64]:
-        if not hasattr(self, "params_"):
-            raise RuntimeError("ParetoNBDModel is not fitted yet; call fit() first")
-        return np.array([self.params_[k] for k in PARAM_NAMES])
+        return self._fitted()
 
     def probability_alive(self, frequency: ArrayLike, recency: ArrayLike,
                           T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
