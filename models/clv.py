@@ -44,11 +44,9 @@ def customer_lifetime_value(
         raise ValueError("months >= 1, monthly_discount >= 0 and days_per_month > 0 required")
     spend = np.asarray(expected_spend, dtype=np.float64)
     step = days_per_month / time_unit_days
-    clv = np.zeros(np.broadcast(np.asarray(frequency), spend).shape)
-    previous = np.zeros_like(clv)
-    for k in range(1, months + 1):
-        cumulative = purchase_model.conditional_expected_purchases(k * step, frequency, recency,
-                                                                   T)
-        clv += spend * (cumulative - previous) / (1 + monthly_discount) ** k
-        previous = cumulative
-    return clv
+    # All month-ends in one call (P(alive) is computed once, not once per month).
+    ends = (np.arange(1, months + 1) * step).reshape((months,) + (1,) * np.ndim(frequency))
+    cumulative = purchase_model.conditional_expected_purchases(ends, frequency, recency, T)
+    per_month = np.diff(cumulative, axis=0, prepend=0.0)
+    discount = (1 + monthly_discount) ** -np.arange(1, months + 1, dtype=np.float64)
+    return spend * np.tensordot(discount, per_month, axes=1)
