@@ -112,11 +112,20 @@ class HealthSchema(Schema):
     status = fields.String(metadata={"example": "ok"})
 
 
+class ScoringRunRequestSchema(Schema):
+    """Which day to score as of."""
+
+    as_of = fields.Date(metadata={"example": "1998-06-30",
+                                  "description": "default: today in CRM_TIMEZONE"})
+
+
 class RunSchema(Schema):
     """A scoring run and its fitted models (time unit: days)."""
 
     run_id = fields.Integer()
-    status = fields.String(metadata={"enum": ["running", "succeeded", "failed"]})
+    status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "failed"]})
+    progress = fields.String(allow_none=True, metadata={"example": "fitting models"})
+    started_at = fields.String(allow_none=True)
     as_of = fields.String(metadata={"example": "1998-06-30"})
     time_unit = fields.String(metadata={"example": "days"})
     timezone = fields.String()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from flask import url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.auth import require
-from api.schemas import PredictionRequestSchema, RunSchema
+from api.schemas import PredictionRequestSchema, RunSchema, ScoringRunRequestSchema
 from api.services import services
 from crm_service import score_store
-from crm_service.errors import NotFoundError
+from crm_service.errors import NotFoundError, ValidationError
 from crm_service.predictions import predict
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
@@ -36,6 +38,34 @@ class ActiveModels(MethodView):
         if run is None:
             raise NotFoundError("no scoring run has been published yet")
         return _jsonable(run)
+
+
+@blp.route("/scoring-runs")
+class ScoringRuns(MethodView):
+    """Request a scoring run; a worker executes it."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(ScoringRunRequestSchema, example={"as_of": "1998-06-30"})
+    @blp.response(202, RunSchema, headers={"Location": {"schema": {"type": "string"},
+                                                        "description": "the run's URL"}})
+    @blp.alt_response(422, description="as_of in the future")
+    @require("runs:write")
+    def post(self, body):
+        """Queue a full scoring run as of ``as_of`` (default: today in CRM_TIMEZONE).
+
+        Poll the returned URL: status goes queued, running (with progress), then succeeded
+        (published atomically) or failed (with the reason; the previous run stays live).
+        """
+        svc = services()
+        today = datetime.now(svc.settings.zone).date()
+        as_of = body.get("as_of") or today
+        if as_of > today:
+            raise ValidationError(f"as_of {as_of} is in the future (today is {today})")
+        with svc.pool.connection() as conn:
+            run_id = score_store.create_run(conn, as_of, svc.settings.timezone, status="queued")
+            run = score_store.run_record(conn, run_id)
+        assert run is not None
+        return _jsonable(run), 202, {"Location": url_for("scoring.ScoringRun", run_id=run_id)}
 
 
 @blp.route("/scoring-runs/<int:run_id>")

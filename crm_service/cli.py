@@ -370,6 +370,12 @@ def _serve(ctx: Context, host: str, port: int, workers: int) -> int:
     _check_port_free(host, port)
     dsn = ctx.upgraded_dsn()
     env = dict(os.environ, DATABASE_URL=dsn)
+    background = None
+    if ctx.settings.embedded:
+        # One machine, one command: the scoring worker runs beside the API. In production run
+        # `crm-service worker` as its own process (as many as you like).
+        background = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [sys.executable, "-m", "crm_service", "worker"], env=env)
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
            str(workers), "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
@@ -383,7 +389,30 @@ def _serve(ctx: Context, host: str, port: int, workers: int) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
-    return child.wait()
+    try:
+        return child.wait()
+    finally:
+        if background is not None:
+            background.terminate()
+            background.wait(timeout=30)
+
+
+@main.command()
+@click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="How often to look for queued scoring runs when idle.")
+@pass_ctx
+@handles_errors
+def worker(ctx: Context, poll_seconds: float) -> None:
+    """Run queued scoring runs (requested with POST /v1/scoring-runs) until stopped."""
+    import threading
+
+    from crm_service.worker import run_worker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        run_worker(conn, ctx.settings, poll_seconds=poll_seconds, stop=stop)
 
 
 @main.command()

@@ -83,14 +83,33 @@ def load_summary(conn: psycopg.Connection, as_of: date, timezone: str) -> Summar
     )
 
 
-def create_run(conn: psycopg.Connection, as_of: date, timezone: str) -> int:
-    """Record a new run as running; committed at once so a failure can be reported on it."""
+def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
+               status: str = "running") -> int:
+    """Record a new run (running, or queued for a worker); committed at once."""
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO scoring_runs (status, as_of, timezone) VALUES ('running', %s, %s)"
-            " RETURNING id", (as_of, timezone)).fetchone()
+            "INSERT INTO scoring_runs (status, as_of, timezone, started_at)"
+            " VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END) RETURNING id",
+            (status, as_of, timezone, status)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def claim_queued_run(conn: psycopg.Connection) -> tuple[int, date] | None:
+    """Take the oldest queued run for this worker (SKIP LOCKED: workers never share a run)."""
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE scoring_runs SET status = 'running', started_at = now(),"
+            " progress = 'starting' WHERE id = (SELECT id FROM scoring_runs"
+            " WHERE status = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
+            " RETURNING id, as_of").fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+def set_progress(conn: psycopg.Connection, run_id: int, stage: str) -> None:
+    """Record the stage a run has reached (readable while it runs)."""
+    with conn.transaction():
+        conn.execute("UPDATE scoring_runs SET progress = %s WHERE id = %s", (stage, run_id))
 
 
 def fail_run(conn: psycopg.Connection, run_id: int, reason: str) -> None:
@@ -121,7 +140,7 @@ def publish_run(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple],
                 copy.write_row((run_id, *row))
         cur.execute(
             "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
-            " models = %s WHERE id = %s",
+            " models = %s, progress = 'published' WHERE id = %s",
             (json.dumps(counts), json.dumps(models), run_id))
         cur.execute("UPDATE scoring_state SET active_run_id = %s", (run_id,))
 
@@ -142,12 +161,13 @@ def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
 def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     """One run's record by id."""
     row = conn.execute(
-        "SELECT id, status, as_of, time_unit, timezone, created_at, finished_at, error, counts,"
-        " models FROM scoring_runs WHERE id = %s", (run_id,)).fetchone()
+        "SELECT id, status, progress, as_of, time_unit, timezone, created_at, started_at,"
+        " finished_at, error, counts, models FROM scoring_runs WHERE id = %s",
+        (run_id,)).fetchone()
     if row is None:
         return None
-    keys = ("run_id", "status", "as_of", "time_unit", "timezone", "created_at", "finished_at",
-            "error", "counts", "models")
+    keys = ("run_id", "status", "progress", "as_of", "time_unit", "timezone", "created_at",
+            "started_at", "finished_at", "error", "counts", "models")
     return dict(zip(keys, row, strict=True))
 
 

@@ -125,8 +125,11 @@ def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
     return out
 
 
-def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date) -> RunResult:
+def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
+                run_id: int | None = None) -> RunResult:
     """Score every customer as of ``as_of`` and publish the run atomically.
+
+    ``run_id`` is a run already claimed by a worker; without it a new run is recorded.
 
     Raises
     ------
@@ -136,19 +139,24 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date) ->
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise RuntimeError("run_scoring commits its own transactions; pass an idle connection")
     started = time.perf_counter()
-    run_id = score_store.create_run(conn, as_of, settings.timezone)
+    if run_id is None:
+        run_id = score_store.create_run(conn, as_of, settings.timezone)
     try:
+        score_store.set_progress(conn, run_id, "summarising orders")
         # Both summaries from one snapshot, so the backtest sees the same orders as the fit.
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             summary = score_store.load_summary(conn, as_of, settings.timezone)
             _check_history(summary)
             holdout = _holdout(conn, settings, as_of, summary)
+        score_store.set_progress(conn, run_id, "backtest done")
+        score_store.set_progress(conn, run_id, "fitting models")
         fitted = _fit_purchase_models(summary)
         # The model that predicted the held-out period better (lower MAE) scores customers.
         selected = min(fitted, key=lambda name: holdout[name]["mae"])
         repeat = (summary.frequency > 0) & (summary.monetary_value > 0)
         gg = GammaGammaModel().fit(summary.frequency[repeat], summary.monetary_value[repeat])
+        score_store.set_progress(conn, run_id, "scoring customers")
         rows, counts = _scores(summary, fitted[selected], gg, as_of)
         models = {
             "selected": selected,

@@ -172,3 +172,98 @@ def test_predictions_what_if(cdnow_loaded, settings, client, make_token):
     assert client.post("/v1/predictions", json={"cases": [{**case, "frequency": -1}]},
                        headers=token).status_code == 422
     assert client.post("/v1/predictions", json={"cases": []}, headers=token).status_code == 422
+
+
+def test_scoring_runs_requested_over_http_are_run_by_the_worker(cdnow_loaded, settings, client,
+                                                                make_token, dsn):
+    import psycopg
+
+    from crm_service.worker import process_one
+
+    writer = {"Authorization": f"Bearer {make_token('runs:write')}"}
+    reader = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    r = client.post("/v1/scoring-runs", json={"as_of": "1997-09-30"}, headers=writer)
+    assert r.status_code == 202 and r.json["status"] == "queued"
+    url = r.headers["Location"]
+    assert url == f"/v1/scoring-runs/{r.json['run_id']}"
+    with psycopg.connect(dsn) as worker_conn:
+        assert process_one(worker_conn, settings) == r.json["run_id"]
+        assert process_one(worker_conn, settings) is None  # queue empty
+    run = client.get(url, headers=reader).json
+    assert run["status"] == "succeeded" and run["progress"] == "published"
+    assert run["counts"]["customers"] == 2357
+    assert client.get("/v1/models/active", headers=reader).json["run_id"] == run["run_id"]
+
+
+def test_a_failing_queued_run_is_recorded_and_the_worker_goes_on(cdnow_loaded, settings, client,
+                                                                  make_token, dsn):
+    import psycopg
+
+    from crm_service.worker import process_one
+
+    writer = {"Authorization": f"Bearer {make_token('runs:write', 'scores:read')}"}
+    bad = client.post("/v1/scoring-runs", json={"as_of": "1997-01-03"}, headers=writer).json
+    good = client.post("/v1/scoring-runs", json={"as_of": "1997-09-30"}, headers=writer).json
+    with psycopg.connect(dsn) as worker_conn:
+        assert process_one(worker_conn, settings) == bad["run_id"]
+        assert process_one(worker_conn, settings) == good["run_id"]
+    failed = client.get(f"/v1/scoring-runs/{bad['run_id']}", headers=writer).json
+    assert failed["status"] == "failed" and "history" in failed["error"]
+    assert client.get(f"/v1/scoring-runs/{good['run_id']}",
+                      headers=writer).json["status"] == "succeeded"
+
+
+def test_two_workers_never_take_the_same_run(conn, settings, dsn):
+    import psycopg
+
+    from crm_service import score_store
+
+    run_id = score_store.create_run(conn, date(2024, 1, 1), "UTC", status="queued")
+    with psycopg.connect(dsn) as a, psycopg.connect(dsn) as b:
+        # Worker A holds the row (mid-claim); worker B skips it rather than waiting or taking it.
+        a.execute("SELECT 1 FROM scoring_runs WHERE id = %s FOR UPDATE", (run_id,))
+        assert score_store.claim_queued_run(b) is None
+        a.rollback()
+        assert score_store.claim_queued_run(b) == (run_id, date(2024, 1, 1))
+        assert score_store.claim_queued_run(a) is None
+
+
+def test_scoring_run_request_validation(client, make_token):
+    writer = {"Authorization": f"Bearer {make_token('runs:write')}"}
+    assert client.post("/v1/scoring-runs", json={"as_of": "2999-01-01"},
+                       headers=writer).status_code == 422
+    assert client.post("/v1/scoring-runs", json={"as_of": "yesterday"},
+                       headers=writer).status_code == 422
+    assert client.post("/v1/scoring-runs", json={"as_of": "2024-01-01", "x": 1},
+                       headers=writer).status_code == 422
+    reader = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    assert client.post("/v1/scoring-runs", json={}, headers=reader).status_code == 403
+
+
+def test_worker_command_runs_queued_runs_and_stops_on_sigterm(cdnow_loaded, settings, dsn,
+                                                              tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from crm_service import score_store
+
+    run_id = score_store.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "crm_service", "worker", "--poll-seconds",
+                             "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            status = cdnow_loaded.execute("SELECT status FROM scoring_runs WHERE id = %s",
+                                          (run_id,)).fetchone()[0]
+            cdnow_loaded.commit()
+            if status in ("succeeded", "failed"):
+                break
+            time.sleep(0.2)
+        assert status == "succeeded"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
