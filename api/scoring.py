@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import url_for
+from flask import Response, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -14,6 +14,7 @@ from api.schemas import PredictionRequestSchema, RunSchema, ScoringRunRequestSch
 from api.services import services
 from crm_service import score_store
 from crm_service.errors import NotFoundError, ValidationError
+from crm_service.plots import PLOTS, render
 from crm_service.predictions import predict
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
@@ -101,3 +102,26 @@ class Predictions(MethodView):
         """P(alive), expected purchases, spend and 12-month CLV for given histories."""
         with services().pool.connection() as conn:
             return predict(conn, body["cases"], body["horizons"])
+
+
+@blp.route("/scoring-runs/<int:run_id>/plots/<string:name>.svg")
+class RunPlot(MethodView):
+    """Diagnostics plots of a run, as SVG."""
+
+    @blp.doc(security=[{"bearerAuth": []}], responses={"200": {
+        "description": "the plot", "content": {"image/svg+xml": {}}}}, parameters=[{
+            "in": "path", "name": "name", "required": True,
+            "schema": {"type": "string", "enum": list(PLOTS)}}])
+    @blp.alt_response(404, description="no such run or plot, or the run has no diagnostics")
+    @require("scores:read")
+    def get(self, run_id: int, name: str):
+        """holdout_by_frequency, p_alive (by frequency and recency) or tracking."""
+        if name not in PLOTS:
+            raise NotFoundError(f"no plot {name!r}; plots: {', '.join(PLOTS)}")
+        with services().pool.connection() as conn:
+            data = score_store.run_diagnostics(conn, run_id)
+        if data is None:
+            raise NotFoundError(f"scoring run {run_id} has no diagnostics (not found, or not "
+                                "succeeded)")
+        return Response(render(name, data), mimetype="image/svg+xml",
+                        headers={"Cache-Control": "private, max-age=3600"})

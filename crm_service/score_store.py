@@ -128,7 +128,8 @@ SCORE_COLUMNS = (
 
 
 def publish_run(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple],
-                counts: dict[str, Any], models: dict[str, Any]) -> None:
+                counts: dict[str, Any], models: dict[str, Any],
+                diagnostics: dict[str, Any] | None = None) -> None:
     """Write the run's scores with COPY and make it the live run, all in one transaction.
 
     Readers switch from the previous run to this one at commit: they never see a mix.
@@ -142,6 +143,8 @@ def publish_run(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple],
             "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
             " models = %s, progress = 'published' WHERE id = %s",
             (json.dumps(counts), json.dumps(models), run_id))
+        if diagnostics is not None:
+            store_diagnostics(conn, run_id, diagnostics)
         cur.execute("UPDATE scoring_state SET active_run_id = %s", (run_id,))
 
 
@@ -180,3 +183,42 @@ def iter_active_scores(conn: psycopg.Connection, batch: int = 20_000):
             " s.p_alive, s.clv_12m FROM scoring_state st"
             " JOIN customer_scores s ON s.run_id = st.active_run_id ORDER BY s.customer_id")
         yield from cur
+
+
+# Weekly repeat occasions (all customers) and first-purchase cohorts, for the tracking plot.
+_WEEKLY_REPEATS = """
+WITH occasions AS (
+    SELECT customer_id, (ordered_at AT TIME ZONE %(tz)s)::date AS day
+    FROM orders
+    WHERE status = 'paid' AND ordered_at < (%(as_of)s::date + 1)::timestamp AT TIME ZONE %(tz)s
+    GROUP BY customer_id, day
+),
+numbered AS (
+    SELECT day, row_number() OVER (PARTITION BY customer_id ORDER BY day) AS k FROM occasions
+)
+SELECT day, count(*) FILTER (WHERE k > 1) AS repeats, count(*) FILTER (WHERE k = 1) AS firsts
+FROM numbered GROUP BY day ORDER BY day
+"""
+
+
+def daily_activity(conn: psycopg.Connection, as_of: date,
+                   timezone: str) -> tuple[list[date], NDArray[np.float64], NDArray[np.float64]]:
+    """Per day: repeat occasions and first purchases (new customers)."""
+    rows = conn.execute(_WEEKLY_REPEATS, {"as_of": as_of, "tz": timezone}).fetchall()
+    return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=float),
+            np.array([r[2] for r in rows], dtype=float))
+
+
+def store_diagnostics(conn: psycopg.Connection, run_id: int, diagnostics: dict[str, Any]) -> None:
+    """Attach plot data to a run (part of the publishing transaction when called inside it)."""
+    conn.execute("UPDATE scoring_runs SET diagnostics = %s WHERE id = %s",
+                 (json.dumps(diagnostics), run_id))
+
+
+def run_diagnostics(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
+    """A run's plot data and models, or None when the run has none."""
+    row = conn.execute("SELECT diagnostics, models FROM scoring_runs WHERE id = %s",
+                       (run_id,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return {**row[0], "models": row[1]}

@@ -91,8 +91,11 @@ def _fit_purchase_models(summary: score_store.Summary) -> dict[str, PurchaseMode
 
 
 def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
-             summary: score_store.Summary) -> dict[str, dict[str, Any]]:
-    """Backtest both purchase models: fit on the first 3/4 of the history, predict the rest."""
+             summary: score_store.Summary) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Backtest both purchase models: fit on the first 3/4 of the history, predict the rest.
+
+    Returns the metrics per model and the data behind the diagnostics plots.
+    """
     span = int(summary.T.max())
     holdout_days = max(span // 4, 1)
     cal_end = as_of - timedelta(days=holdout_days)
@@ -100,7 +103,14 @@ def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
     _check_history(cal)
     final = dict(zip(summary.customer_id, summary.frequency, strict=True))
     actual = np.array([final[c] for c in cal.customer_id]) - cal.frequency
+    days, repeats, firsts = score_store.daily_activity(conn, as_of, settings.timezone)
+    weeks, cumulative = _weekly_cumulative(days, repeats, as_of)
     out = {}
+    diagnostics: dict[str, Any] = {
+        "calibration_end": cal_end.isoformat(), "holdout_days": holdout_days,
+        "weeks": [w.isoformat() for w in weeks], "actual_cumulative": cumulative,
+        "predicted_cumulative": {}, "by_frequency": {},
+    }
     for name, model in _fit_purchase_models(cal).items():
         predicted = model.conditional_expected_purchases(holdout_days, cal.frequency,
                                                          cal.recency, cal.T)
@@ -112,7 +122,43 @@ def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
             "actual_repeat_purchases": float(actual.sum()),
             "predicted_repeat_purchases": float(predicted.sum()),
         }
-    return out
+        diagnostics["by_frequency"][name] = _by_frequency(cal.frequency, actual, predicted)
+        diagnostics["predicted_cumulative"][name] = _tracking(model, days, firsts, weeks)
+    return out, diagnostics
+
+
+def _weekly_cumulative(days: list[date], repeats: np.ndarray,
+                       as_of: date) -> tuple[list[date], list[float]]:
+    start = days[0]
+    weeks = [start + timedelta(days=7 * k) for k in range(1, (as_of - start).days // 7 + 2)]
+    offsets = np.array([(d - start).days for d in days])
+    cum = np.cumsum(repeats)
+    idx = np.searchsorted(offsets, [(w - start).days for w in weeks], side="right") - 1
+    return weeks, [float(cum[i]) if i >= 0 else 0.0 for i in idx]
+
+
+def _tracking(model: PurchaseModelT, days: list[date], firsts: np.ndarray,
+              weeks: list[date]) -> list[float]:
+    """Expected cumulative repeat purchases of all cohorts, week by week (FHL 2005, Fig. 2)."""
+    start = days[0]
+    cohort = np.array([(d - start).days for d in days], dtype=float)
+    grid = np.array([(w - start).days for w in weeks], dtype=float)
+    age = np.clip(grid[:, None] - cohort[None, :], 0.0, None)
+    expected = model.expected_purchases_new_customer(age)
+    return [float(v) for v in (expected * firsts[None, :]).sum(axis=1)]
+
+
+def _by_frequency(x_cal: np.ndarray, actual: np.ndarray,
+                  predicted: np.ndarray) -> list[dict[str, Any]]:
+    """Mean held-out purchases by calibration frequency, 0..6 and 7+ (FHL 2005, Fig. 3)."""
+    rows = []
+    for k in range(8):
+        mask = x_cal == k if k < 7 else x_cal >= 7
+        if mask.any():
+            rows.append({"frequency": str(k) if k < 7 else "7+", "customers": int(mask.sum()),
+                         "actual": float(actual[mask].mean()),
+                         "predicted": float(predicted[mask].mean())})
+    return rows
 
 
 def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
@@ -148,7 +194,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             summary = score_store.load_summary(conn, as_of, settings.timezone)
             _check_history(summary)
-            holdout = _holdout(conn, settings, as_of, summary)
+            holdout, diagnostics = _holdout(conn, settings, as_of, summary)
         score_store.set_progress(conn, run_id, "backtest done")
         score_store.set_progress(conn, run_id, "fitting models")
         fitted = _fit_purchase_models(summary)
@@ -165,7 +211,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             "gamma_gamma": _params_json(gg),
             "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
         }
-        score_store.publish_run(conn, run_id, rows, counts, models)
+        score_store.publish_run(conn, run_id, rows, counts, models, diagnostics)
     except InsufficientHistoryError as exc:
         score_store.fail_run(conn, run_id, exc.detail)
         raise

@@ -134,10 +134,20 @@ class ParetoNBDModel(MLEModel):
                           T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
         """P(alive | x, t_x, T) (Fader & Hardie 2005, eq. 18)."""
         params = self._params()
-        x, t_x, big_t = (np.atleast_1d(a) for a in check_rfm(frequency, recency, T))
-        log_alive = _log_likelihood_terms(params, x, t_x, big_t, with_grad=False)[2]
-        shape = np.broadcast(np.asarray(frequency), np.asarray(recency), np.asarray(T)).shape
+        x, t_x, big_t = np.broadcast_arrays(*check_rfm(frequency, recency, T))
+        shape = x.shape
+        log_alive = _log_likelihood_terms(params, x.ravel(), t_x.ravel(), big_t.ravel(),
+                                          with_grad=False)[2]
         return np.exp(log_alive).reshape(shape)
+
+    def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
+        """E[X(t)] for a customer just acquired (Fader & Hardie 2005, eq. 17)."""
+        r, alpha, s, beta = self._params()
+        t = np.asarray(t, dtype=np.float64)
+        if abs(s - 1) < 1e-9:
+            return r * beta / alpha * np.log1p(t / beta)
+        return r * beta / (alpha * (s - 1)) * -np.expm1((s - 1) * (np.log(beta)
+                                                                  - np.log(beta + t)))
 
     def median_time_to_next_purchase(self, frequency: ArrayLike, recency: ArrayLike,
                                      T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803

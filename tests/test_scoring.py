@@ -267,3 +267,36 @@ def test_worker_command_runs_queued_runs_and_stops_on_sigterm(cdnow_loaded, sett
         proc.terminate()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("name", ["holdout_by_frequency", "p_alive", "tracking"])
+def test_diagnostics_plots_are_svg(cdnow_loaded, settings, client, make_token, name):
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    r = client.get(f"/v1/scoring-runs/{result.run_id}/plots/{name}.svg", headers=token)
+    assert r.status_code == 200 and r.mimetype == "image/svg+xml"
+    assert r.data.lstrip().startswith(b"<?xml") and b"<svg" in r.data
+
+
+def test_plot_errors(cdnow_loaded, settings, client, make_token):
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    r = client.get(f"/v1/scoring-runs/{result.run_id}/plots/nope.svg", headers=token)
+    assert r.status_code == 404 and "plots: holdout_by_frequency" in r.json["detail"]
+    assert client.get("/v1/scoring-runs/999999/plots/tracking.svg",
+                      headers=token).status_code == 404
+
+
+def test_tracking_data_is_consistent(cdnow_loaded, settings):
+    from crm_service.score_store import run_diagnostics
+
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    d = run_diagnostics(cdnow_loaded, result.run_id)
+    actual = d["actual_cumulative"]
+    assert actual == sorted(actual)  # cumulative
+    # All repeat occasions up to as_of: occasions minus customers.
+    assert actual[-1] == result.counts["occasions"] - result.counts["customers"]
+    for series in d["predicted_cumulative"].values():
+        assert series == sorted(series) and len(series) == len(actual)
+        # Fitted on 3/4 of the history, the model tracks the total within 15%.
+        assert series[-1] == pytest.approx(actual[-1], rel=0.15)
