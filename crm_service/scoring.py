@@ -85,16 +85,22 @@ def _check_history(summary: score_store.Summary) -> None:
                                        + "; ".join(missing))
 
 
-def _fit_purchase_models(summary: score_store.Summary) -> dict[str, PurchaseModelT]:
+def _fit_purchase_models(summary: score_store.Summary,
+                         start: dict[str, PurchaseModelT] | None = None
+                         ) -> dict[str, PurchaseModelT]:
+    """Fit every purchase model; ``start`` (fits on similar data) warm-starts the optimiser."""
     hist = compress(summary.frequency, summary.recency, summary.T)
-    return {name: cls().fit(hist) for name, cls in PURCHASE_MODELS.items()}
+    return {name: cls().fit(hist, initial=start[name].params_ if start else None)
+            for name, cls in PURCHASE_MODELS.items()}
 
 
 def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
-             summary: score_store.Summary) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+             summary: score_store.Summary
+             ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, PurchaseModelT]]:
     """Backtest both purchase models: fit on the first 3/4 of the history, predict the rest.
 
-    Returns the metrics per model and the data behind the diagnostics plots.
+    Returns the metrics per model, the data behind the diagnostics plots, and the calibration
+    fits (good starting points for the fits on the full history).
     """
     span = int(summary.T.max())
     holdout_days = max(span // 4, 1)
@@ -111,7 +117,8 @@ def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
         "weeks": [w.isoformat() for w in weeks], "actual_cumulative": cumulative,
         "predicted_cumulative": {}, "by_frequency": {},
     }
-    for name, model in _fit_purchase_models(cal).items():
+    calibration = _fit_purchase_models(cal)
+    for name, model in calibration.items():
         predicted = model.conditional_expected_purchases(holdout_days, cal.frequency,
                                                          cal.recency, cal.T)
         err = predicted - actual
@@ -124,7 +131,7 @@ def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
         }
         diagnostics["by_frequency"][name] = _by_frequency(cal.frequency, actual, predicted)
         diagnostics["predicted_cumulative"][name] = _tracking(model, days, firsts, weeks)
-    return out, diagnostics
+    return out, diagnostics, calibration
 
 
 def _weekly_cumulative(days: list[date], repeats: np.ndarray,
@@ -194,10 +201,10 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             summary = score_store.load_summary(conn, as_of, settings.timezone)
             _check_history(summary)
-            holdout, diagnostics = _holdout(conn, settings, as_of, summary)
+            holdout, diagnostics, calibration = _holdout(conn, settings, as_of, summary)
         score_store.set_progress(conn, run_id, "backtest done")
         score_store.set_progress(conn, run_id, "fitting models")
-        fitted = _fit_purchase_models(summary)
+        fitted = _fit_purchase_models(summary, start=calibration)
         # The model that predicted the held-out period better (lower MAE) scores customers.
         selected = min(fitted, key=lambda name: holdout[name]["mae"])
         repeat = (summary.frequency > 0) & (summary.monetary_value > 0)

@@ -67,11 +67,16 @@ class BetaGeoModel(MLEModel):
     param_names = PARAM_NAMES
 
     def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
-            T: ArrayLike | None = None) -> BetaGeoModel:  # noqa: N803
-        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`."""
+            T: ArrayLike | None = None, *,  # noqa: N803
+            initial: dict[str, float] | None = None) -> BetaGeoModel:
+        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`.
+
+        ``initial`` starts the optimiser from given parameters (e.g. a fit on similar data).
+        """
         hist = frequency if isinstance(frequency, RFMHistogram) else compress(
             frequency, recency, T)  # type: ignore[arg-type]
-        start = np.log(np.array([1.0, max(float(np.mean(hist.T)), 1e-9), 1.0, 1.0]))
+        start = (np.log([initial[k] for k in PARAM_NAMES]) if initial
+                 else np.log(np.array([1.0, max(float(np.mean(hist.T)), 1e-9), 1.0, 1.0])))
         result, ll = fit_weighted(_log_likelihood_terms, (hist.frequency, hist.recency, hist.T),
                                   hist.weights, start, penalizer=self.penalizer, name="BG/NBD")
         self._set_fit(result, ll, hist.n_customers)

@@ -57,8 +57,9 @@ def _quadrature(r: float, alpha: float, s: float, beta: float, x: NDArray[np.flo
     width = np.where(e > 1, np.minimum(span, _CUTOFF / np.maximum(e - 1, 1e-300)), span)
     u = u0 + width * _NODES[None, :]
     tau = np.exp(u) - m
-    log_w = np.log(_WEIGHTS)[None, :] + np.log(width) + u - k * np.log(alpha + tau)
-    return tau, log_w
+    log_a_tau = np.log(alpha + tau)
+    log_w = np.log(_WEIGHTS)[None, :] + np.log(width) + u - k * log_a_tau
+    return tau, log_w, log_a_tau
 
 
 _CUTOFF = 40.0
@@ -71,7 +72,7 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     r, alpha, s, beta = params
     with np.errstate(divide="ignore", invalid="ignore"):
         # An empty interval (t_x = T) gives log-weights of -inf: those terms vanish.
-        tau, log_w = _quadrature(r, alpha, s, beta, x, t_x, big_t)
+        tau, log_w, log_a_tau = _quadrature(r, alpha, s, beta, x, t_x, big_t)
     # Only g(tau) = (b+tau)^-(s+1) is left: the (a+tau) factors are inside the weights.
     log_b_tau = np.log(beta + tau)
     log_terms = np.log(s) + log_w - (s + 1) * log_b_tau
@@ -92,7 +93,6 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     # Gradient: weights of each term in the sum, times d log(term).
     p = shifted / total[:, None]
     p0, pq = p[:, 0], p[:, 1:]
-    log_a_tau = np.log(alpha + tau)
     d_r = ((digamma(r + ux) - digamma(r))[idx] + np.log(alpha)
            - p0 * np.log(alpha + big_t) - (pq * log_a_tau).sum(axis=1))
     d_alpha = (r / alpha - p0 * (r + x) / (alpha + big_t)
@@ -115,12 +115,17 @@ class ParetoNBDModel(MLEModel):
     param_names = PARAM_NAMES
 
     def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
-            T: ArrayLike | None = None) -> ParetoNBDModel:  # noqa: N803
-        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`."""
+            T: ArrayLike | None = None, *,  # noqa: N803
+            initial: dict[str, float] | None = None) -> ParetoNBDModel:
+        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`.
+
+        ``initial`` starts the optimiser from given parameters (e.g. a fit on similar data).
+        """
         hist = frequency if isinstance(frequency, RFMHistogram) else compress(
             frequency, recency, T)  # type: ignore[arg-type]
         scale = max(float(np.mean(hist.T)), 1e-9)
-        start = np.log(np.array([1.0, scale, 1.0, scale]))
+        start = (np.log([initial[k] for k in PARAM_NAMES]) if initial
+                 else np.log(np.array([1.0, scale, 1.0, scale])))
         result, ll = fit_weighted(_log_likelihood_terms, (hist.frequency, hist.recency, hist.T),
                                   hist.weights, start, penalizer=self.penalizer,
                                   name="Pareto/NBD")
