@@ -19,8 +19,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CRM_REQUIRE_DATABASE_URL=1 \
     CRM_DATA_DIR=/app/data \
-    CRM_WORKERS=2
+    CRM_WORKERS=2 \
+    MPLCONFIGDIR=/app/data/matplotlib
 WORKDIR /app
+RUN mkdir -p /app/data && chown -R crm:crm /app
 USER crm
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
