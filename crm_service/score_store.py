@@ -104,28 +104,36 @@ def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
     """Record a new run (running, or queued for a worker); committed at once."""
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO scoring_runs (status, as_of, timezone, started_at)"
-            " VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END) RETURNING id",
-            (status, as_of, timezone, status)).fetchone()
+            "INSERT INTO scoring_runs (status, as_of, timezone, started_at, heartbeat_at)"
+            " VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END, now())"
+            " RETURNING id", (status, as_of, timezone, status)).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def claim_queued_run(conn: psycopg.Connection) -> tuple[int, date] | None:
-    """Take the oldest queued run for this worker (SKIP LOCKED: workers never share a run)."""
+def claim_queued_run(conn: psycopg.Connection, stale_minutes: float = 30.0
+                     ) -> tuple[int, date] | None:
+    """Take the oldest queued run for this worker (SKIP LOCKED: workers never share a run).
+
+    A run still marked running whose heartbeat is older than ``stale_minutes`` lost its worker
+    (a crash rolls back its unpublished scores) and is taken over too.
+    """
     with conn.transaction():
         row = conn.execute(
-            "UPDATE scoring_runs SET status = 'running', started_at = now(),"
+            "UPDATE scoring_runs SET status = 'running', started_at = now(), heartbeat_at = now(),"
             " progress = 'starting' WHERE id = (SELECT id FROM scoring_runs"
-            " WHERE status = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
-            " RETURNING id, as_of").fetchone()
+            " WHERE status = 'queued' OR (status = 'running'"
+            "   AND heartbeat_at < now() - make_interval(secs => %s * 60))"
+            " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
+            " RETURNING id, as_of", (stale_minutes,)).fetchone()
     return (int(row[0]), row[1]) if row else None
 
 
 def set_progress(conn: psycopg.Connection, run_id: int, stage: str) -> None:
     """Record the stage a run has reached (readable while it runs)."""
     with conn.transaction():
-        conn.execute("UPDATE scoring_runs SET progress = %s WHERE id = %s", (stage, run_id))
+        conn.execute("UPDATE scoring_runs SET progress = %s, heartbeat_at = now() WHERE id = %s",
+                     (stage, run_id))
 
 
 def fail_run(conn: psycopg.Connection, run_id: int, reason: str) -> None:

@@ -300,3 +300,13 @@ def test_tracking_data_is_consistent(cdnow_loaded, settings):
         assert series == sorted(series) and len(series) == len(actual)
         # Fitted on 3/4 of the history, the model tracks the total within 15%.
         assert series[-1] == pytest.approx(actual[-1], rel=0.15)
+
+
+def test_a_run_whose_worker_died_is_taken_over(conn, settings):
+    from crm_service import score_store
+
+    run_id = score_store.create_run(conn, date(2024, 1, 1), "UTC")  # running, fresh heartbeat
+    assert score_store.claim_queued_run(conn) is None
+    conn.execute("UPDATE scoring_runs SET heartbeat_at = now() - interval '2 hours'")
+    conn.commit()
+    assert score_store.claim_queued_run(conn) == (run_id, date(2024, 1, 1))
