@@ -306,7 +306,10 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
     click.echo(f"run {run['run_id']} published: {counts['customers']} customers "
                f"({counts['repeat_buyers']} repeat buyers) as of {run['as_of']}")
     for name, label in (("bgnbd", "BG/NBD"), ("pareto_nbd", "Pareto/NBD")):
-        m = models[name]
+        m = models.get(name) or {"error": "not fitted"}
+        if "error" in m:
+            click.echo(f"{label}: did not converge ({m['error']})")
+            continue
         mark = "  <- selected" if models["selected"] == name else ""
         click.echo(f"{label} (days): " + ", ".join(f"{k}={v:.4g}" for k, v in m["params"].items())
                    + f"; holdout MAE {m['holdout']['mae']:.4f}{mark}")
@@ -411,8 +414,9 @@ def worker(ctx: Context, poll_seconds: float) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
-        run_worker(conn, ctx.settings, poll_seconds=poll_seconds, stop=stop)
+    dsn = ctx.upgraded_dsn()
+    run_worker(lambda: connect(dsn, ctx.settings), ctx.settings, poll_seconds=poll_seconds,
+               stop=stop)
 
 
 @main.command()

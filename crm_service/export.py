@@ -50,7 +50,7 @@ def export_scores(conn: psycopg.Connection, out: IO[str], *, horizon_days: int =
                              f"{e:.6f}", f"{r[6]:.2f}", "", "", ""))
         batch.clear()
 
-    for row in score_store.iter_active_scores(conn, _BATCH):
+    for row in score_store.iter_run_scores(conn, run["run_id"], _BATCH):
         batch.append(row)
         n += 1
         if len(batch) >= _BATCH:

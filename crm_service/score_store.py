@@ -111,8 +111,12 @@ def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
     return int(row[0])
 
 
+class RunTakenOverError(RuntimeError):
+    """Another worker took this run over (this attempt's heartbeat had gone stale)."""
+
+
 def claim_queued_run(conn: psycopg.Connection, stale_minutes: float = 30.0
-                     ) -> tuple[int, date] | None:
+                     ) -> tuple[int, date, int] | None:
     """Take the oldest queued run for this worker (SKIP LOCKED: workers never share a run).
 
     A run still marked running whose heartbeat is older than ``stale_minutes`` lost its worker
@@ -121,26 +125,39 @@ def claim_queued_run(conn: psycopg.Connection, stale_minutes: float = 30.0
     with conn.transaction():
         row = conn.execute(
             "UPDATE scoring_runs SET status = 'running', started_at = now(), heartbeat_at = now(),"
-            " progress = 'starting' WHERE id = (SELECT id FROM scoring_runs"
+            " progress = 'starting', attempt = attempt + 1 WHERE id = (SELECT id FROM scoring_runs"
             " WHERE status = 'queued' OR (status = 'running'"
             "   AND heartbeat_at < now() - make_interval(secs => %s * 60))"
             " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
-            " RETURNING id, as_of", (stale_minutes,)).fetchone()
-    return (int(row[0]), row[1]) if row else None
+            " RETURNING id, as_of, attempt", (stale_minutes,)).fetchone()
+    return (int(row[0]), row[1], int(row[2])) if row else None
 
 
-def set_progress(conn: psycopg.Connection, run_id: int, stage: str) -> None:
-    """Record the stage a run has reached (readable while it runs)."""
+def set_progress(conn: psycopg.Connection, run_id: int, attempt: int, stage: str) -> None:
+    """Record the stage a run has reached (readable while it runs); also its heartbeat.
+
+    Raises
+    ------
+    RunTakenOverError
+        If another worker has claimed the run since this attempt started.
+    """
     with conn.transaction():
-        conn.execute("UPDATE scoring_runs SET progress = %s, heartbeat_at = now() WHERE id = %s",
-                     (stage, run_id))
+        cur = conn.execute(
+            "UPDATE scoring_runs SET progress = %s, heartbeat_at = now()"
+            " WHERE id = %s AND attempt = %s AND status = 'running'", (stage, run_id, attempt))
+        if cur.rowcount == 0:
+            raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
 
 
-def fail_run(conn: psycopg.Connection, run_id: int, reason: str) -> None:
-    """Mark a run failed with its reason; the live run is untouched."""
+def fail_run(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> None:
+    """Mark this attempt's run failed with its reason; the live run is untouched.
+
+    Does nothing if the run is no longer this attempt's (taken over, or already finished).
+    """
     with conn.transaction():
         conn.execute("UPDATE scoring_runs SET status = 'failed', error = %s, finished_at = now()"
-                     " WHERE id = %s", (reason, run_id))
+                     " WHERE id = %s AND attempt = %s AND status = 'running'",
+                     (reason, run_id, attempt))
 
 
 SCORE_COLUMNS = (
@@ -151,14 +168,24 @@ SCORE_COLUMNS = (
 )
 
 
-def publish_run(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple],
+def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, rows: Iterable[tuple],
                 counts: dict[str, Any], models: dict[str, Any],
                 diagnostics: dict[str, Any] | None = None) -> None:
     """Write the run's scores with COPY and make it the live run, all in one transaction.
 
-    Readers switch from the previous run to this one at commit: they never see a mix.
+    Readers switch from the previous run to this one at commit: they never see a mix. The run
+    row is locked first, and only the attempt that owns it may publish.
+
+    Raises
+    ------
+    RunTakenOverError
+        If another worker has claimed the run since this attempt started.
     """
     with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM scoring_runs WHERE id = %s AND attempt = %s"
+                    " AND status = 'running' FOR UPDATE", (run_id, attempt))
+        if cur.fetchone() is None:
+            raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
         columns = ", ".join(SCORE_COLUMNS)
         with cur.copy(f"COPY customer_scores (run_id, {columns}) FROM STDIN") as copy:
             for row in rows:
@@ -198,14 +225,17 @@ def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     return dict(zip(keys, row, strict=True))
 
 
-def iter_active_scores(conn: psycopg.Connection, batch: int = 20_000):
-    """Stream the live run's score rows (server-side cursor), ordered by customer id."""
-    with conn.cursor(name="active_scores") as cur:
+def iter_run_scores(conn: psycopg.Connection, run_id: int, batch: int = 20_000):
+    """Stream one run's score rows (server-side cursor), ordered by customer id.
+
+    Take the run id from :func:`active_run` once and pass it here, so parameters and rows come
+    from the same run even if another run is published meanwhile.
+    """
+    with conn.cursor(name="run_scores") as cur:
         cur.itersize = batch
         cur.execute(
-            "SELECT s.customer_id, s.frequency, s.recency_days, s.t_days, s.monetary_value,"
-            " s.p_alive, s.clv_12m FROM scoring_state st"
-            " JOIN customer_scores s ON s.run_id = st.active_run_id ORDER BY s.customer_id")
+            "SELECT customer_id, frequency, recency_days, t_days, monetary_value, p_alive,"
+            " clv_12m FROM customer_scores WHERE run_id = %s ORDER BY customer_id", (run_id,))
         yield from cur
 
 

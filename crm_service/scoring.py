@@ -18,7 +18,7 @@ import numpy as np
 
 from crm_service import score_store
 from crm_service.config import Settings
-from crm_service.db import TransactionStatus
+from crm_service.db import DatabaseError, TransactionStatus
 from crm_service.errors import CrmError
 from models._fitting import ConvergenceError
 from models.beta_geo import BetaGeoModel
@@ -87,11 +87,24 @@ def _check_history(summary: score_store.Summary) -> None:
 
 def _fit_purchase_models(summary: score_store.Summary,
                          start: dict[str, PurchaseModelT] | None = None
-                         ) -> dict[str, PurchaseModelT]:
-    """Fit every purchase model; ``start`` (fits on similar data) warm-starts the optimiser."""
+                         ) -> tuple[dict[str, PurchaseModelT], dict[str, str]]:
+    """Fit every purchase model; return the fits and, by name, the ones that did not converge.
+
+    ``start`` (fits on similar data) warm-starts the optimiser. One model failing (e.g.
+    Pareto/NBD running along its no-dropout ridge) does not stop the run while another fits.
+    """
     hist = compress(summary.frequency, summary.recency, summary.T)
-    return {name: cls().fit(hist, initial=start[name].params_ if start else None)
-            for name, cls in PURCHASE_MODELS.items()}
+    fitted: dict[str, PurchaseModelT] = {}
+    failed: dict[str, str] = {}
+    for name, cls in PURCHASE_MODELS.items():
+        initial = start[name].params_ if start and name in start else None
+        try:
+            fitted[name] = cls().fit(hist, initial=initial)
+        except ConvergenceError as exc:
+            failed[name] = str(exc)
+    if not fitted:
+        raise ConvergenceError("no purchase model converged: " + "; ".join(failed.values()))
+    return fitted, failed
 
 
 def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
@@ -117,7 +130,7 @@ def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
         "weeks": [w.isoformat() for w in weeks], "actual_cumulative": cumulative,
         "predicted_cumulative": {}, "by_frequency": {},
     }
-    calibration = _fit_purchase_models(cal)
+    calibration, _failed = _fit_purchase_models(cal)
     for name, model in calibration.items():
         predicted = model.conditional_expected_purchases(holdout_days, cal.frequency,
                                                          cal.recency, cal.T)
@@ -168,10 +181,14 @@ def _by_frequency(x_cal: np.ndarray, actual: np.ndarray,
     return rows
 
 
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None  # JSON (and jsonb) have no NaN
+
+
 def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "params": {k: float(v) for k, v in model.params_.items()},
-        "standard_errors": {k: float(v) for k, v in model.standard_errors_.items()},
+        "standard_errors": {k: _finite_or_none(v) for k, v in model.standard_errors_.items()},
     }
     if log_likelihood:
         out["log_likelihood"] = float(model.log_likelihood_)
@@ -179,15 +196,18 @@ def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
 
 
 def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
-                run_id: int | None = None) -> RunResult:
+                run_id: int | None = None, attempt: int = 1) -> RunResult:
     """Score every customer as of ``as_of`` and publish the run atomically.
 
-    ``run_id`` is a run already claimed by a worker; without it a new run is recorded.
+    ``run_id`` and ``attempt`` identify a run already claimed by a worker; without them a new
+    run is recorded.
 
     Raises
     ------
     InsufficientHistoryError, ScoringFailedError
         After recording the run as failed; the previous run stays live.
+    RunTakenOverError
+        If another worker took the run over meanwhile (nothing is published by this attempt).
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise RuntimeError("run_scoring commits its own transactions; pass an idle connection")
@@ -195,46 +215,64 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     if run_id is None:
         run_id = score_store.create_run(conn, as_of, settings.timezone)
     try:
-        score_store.set_progress(conn, run_id, "summarising orders")
+        score_store.set_progress(conn, run_id, attempt, "summarising orders")
         # Both summaries from one snapshot, so the backtest sees the same orders as the fit.
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             summary = score_store.load_summary(conn, as_of, settings.timezone)
             _check_history(summary)
             holdout, diagnostics, calibration = _holdout(conn, settings, as_of, summary)
-        score_store.set_progress(conn, run_id, "backtest done")
-        score_store.set_progress(conn, run_id, "fitting models")
-        fitted = _fit_purchase_models(summary, start=calibration)
+        score_store.set_progress(conn, run_id, attempt, "fitting models")
+        fitted, failed = _fit_purchase_models(summary, start=calibration)
         # The model that predicted the held-out period better (lower MAE) scores customers.
-        selected = min(fitted, key=lambda name: holdout[name]["mae"])
+        candidates = [name for name in fitted if name in holdout]
+        if not candidates:
+            raise ConvergenceError("no purchase model converged on both the calibration period"
+                                   " and the full history")
+        selected = min(candidates, key=lambda name: holdout[name]["mae"])
         repeat = (summary.frequency > 0) & (summary.monetary_value > 0)
         gg = GammaGammaModel().fit(summary.frequency[repeat], summary.monetary_value[repeat])
-        score_store.set_progress(conn, run_id, "scoring customers")
+        score_store.set_progress(conn, run_id, attempt, "scoring customers")
         rows, counts = _scores(summary, fitted[selected], gg, as_of)
         models = {
             "selected": selected,
-            **{name: {**_params_json(m), "holdout": holdout[name]}
+            **{name: {**_params_json(m), "holdout": holdout.get(name)}
                for name, m in fitted.items()},
+            **{name: {"error": reason} for name, reason in failed.items()},
             "gamma_gamma": _params_json(gg),
             "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
         }
-        score_store.publish_run(conn, run_id, rows, counts, models, diagnostics)
+        score_store.publish_run(conn, run_id, attempt, rows, counts, models, diagnostics)
+    except score_store.RunTakenOverError:
+        conn.rollback()
+        raise
     except InsufficientHistoryError as exc:
-        score_store.fail_run(conn, run_id, exc.detail)
+        _record_failure(conn, run_id, attempt, exc.detail)
         raise
     except (ConvergenceError, ValueError) as exc:
-        conn.rollback()
-        score_store.fail_run(conn, run_id, f"model fit failed: {exc}")
+        _record_failure(conn, run_id, attempt, f"model fit failed: {exc}")
         raise ScoringFailedError(f"run {run_id} failed: model fit failed: {exc}; the previous "
                                  "run stays live") from exc
     except BaseException as exc:
-        conn.rollback()
-        score_store.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
+        _record_failure(conn, run_id, attempt, f"{type(exc).__name__}: {exc}")
         raise
     seconds = time.perf_counter() - started
     log.info("scoring run %s published: %s customers in %.1f s", run_id, counts["customers"],
              seconds)
     return RunResult(run_id, as_of, counts, models, seconds)
+
+
+def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> None:
+    """Mark the run failed, or log why that was impossible.
+
+    If the database itself is gone the original error goes on; the run is taken over by a
+    worker once its heartbeat goes stale.
+    """
+    try:
+        conn.rollback()
+        score_store.fail_run(conn, run_id, attempt, reason)
+    except DatabaseError:
+        log.exception("could not record the failure of scoring run %s", run_id)
 
 
 def _scores(summary: score_store.Summary, bg: PurchaseModelT, gg: GammaGammaModel,

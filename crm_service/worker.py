@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from crm_service import score_store
 from crm_service.config import Settings
-from crm_service.errors import CrmError
+from crm_service.db import DatabaseError
+from crm_service.errors import CrmError, DatabaseUnavailableError
 from crm_service.scoring import run_scoring
 
 if TYPE_CHECKING:
@@ -28,23 +29,41 @@ def process_one(conn: psycopg.Connection, settings: Settings) -> int | None:
     claimed = score_store.claim_queued_run(conn)
     if claimed is None:
         return None
-    run_id, as_of = claimed
+    run_id, as_of, attempt = claimed
     try:
-        run_scoring(conn, settings, as_of=as_of, run_id=run_id)
+        run_scoring(conn, settings, as_of=as_of, run_id=run_id, attempt=attempt)
+    except score_store.RunTakenOverError:
+        log.warning("scoring run %s was taken over by another worker; dropped", run_id)
     except CrmError as exc:  # recorded on the run by run_scoring; keep serving
         log.warning("scoring run %s failed: %s", run_id, exc.detail)
+    except DatabaseError:
+        raise  # the connection is suspect: let run_worker reconnect
     except Exception:  # also recorded on the run; a worker outlives one bad run
         log.exception("scoring run %s failed", run_id)
     return run_id
 
 
-def run_worker(conn: psycopg.Connection, settings: Settings, *, poll_seconds: float = 2.0,
-               stop: threading.Event | None = None) -> None:
-    """Process queued runs until ``stop`` is set (or forever)."""
+def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
+               poll_seconds: float = 2.0, stop: threading.Event | None = None) -> None:
+    """Process queued runs until ``stop`` is set (or forever).
+
+    Survives the database going away: on a database error the connection is dropped and a new
+    one is made after a pause, so a PostgreSQL restart does not leave runs queued forever.
+    """
     stop = stop or threading.Event()
     log.info("worker started")
+    conn: psycopg.Connection | None = None
     while not stop.is_set():
-        if process_one(conn, settings) is None:
-            stop.wait(poll_seconds)
-        else:
-            time.sleep(0)  # look for the next run at once
+        try:
+            if conn is None or conn.closed:
+                conn = connect()
+            if process_one(conn, settings) is None:
+                stop.wait(poll_seconds)
+        except (DatabaseError, DatabaseUnavailableError) as exc:
+            log.warning("worker lost the database (%s); retrying in %.0f s", exc, poll_seconds)
+            if conn is not None:
+                conn.close()
+            conn = None
+            stop.wait(max(poll_seconds, 1.0))
+    if conn is not None:
+        conn.close()

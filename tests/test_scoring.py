@@ -224,7 +224,7 @@ def test_two_workers_never_take_the_same_run(conn, settings, dsn):
         a.execute("SELECT 1 FROM scoring_runs WHERE id = %s FOR UPDATE", (run_id,))
         assert score_store.claim_queued_run(b) is None
         a.rollback()
-        assert score_store.claim_queued_run(b) == (run_id, date(2024, 1, 1))
+        assert score_store.claim_queued_run(b) == (run_id, date(2024, 1, 1), 2)
         assert score_store.claim_queued_run(a) is None
 
 
@@ -309,4 +309,45 @@ def test_a_run_whose_worker_died_is_taken_over(conn, settings):
     assert score_store.claim_queued_run(conn) is None
     conn.execute("UPDATE scoring_runs SET heartbeat_at = now() - interval '2 hours'")
     conn.commit()
-    assert score_store.claim_queued_run(conn) == (run_id, date(2024, 1, 1))
+    assert score_store.claim_queued_run(conn) == (run_id, date(2024, 1, 1), 2)
+
+
+def test_a_stale_attempt_cannot_publish_over_the_new_owner(cdnow_loaded, settings):
+    """Two attempts of one run: the first (taken over) neither publishes nor marks it failed."""
+    from crm_service import score_store
+
+    run_id = score_store.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
+    _, _, first = score_store.claim_queued_run(cdnow_loaded)
+    cdnow_loaded.execute("UPDATE scoring_runs SET heartbeat_at = now() - interval '2 hours'")
+    cdnow_loaded.commit()
+    _, _, second = score_store.claim_queued_run(cdnow_loaded)
+    with pytest.raises(score_store.RunTakenOverError):
+        run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30), run_id=run_id,
+                    attempt=first)
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30), run_id=run_id,
+                         attempt=second)
+    assert result.run_id == run_id
+    assert cdnow_loaded.execute("SELECT status FROM scoring_runs WHERE id = %s",
+                                (run_id,)).fetchone()[0] == "succeeded"
+    score_store.fail_run(cdnow_loaded, run_id, first, "late failure of the old attempt")
+    assert cdnow_loaded.execute("SELECT status FROM scoring_runs WHERE id = %s",
+                                (run_id,)).fetchone()[0] == "succeeded"
+
+
+def test_worker_survives_losing_the_database(settings):
+    import threading
+
+    from crm_service.errors import DatabaseUnavailableError
+    from crm_service.worker import run_worker
+
+    calls = []
+    stop = threading.Event()
+
+    def connect():
+        calls.append(1)
+        if len(calls) >= 3:
+            stop.set()
+        raise DatabaseUnavailableError("database is restarting")
+
+    run_worker(connect, settings, poll_seconds=0.1, stop=stop)
+    assert len(calls) == 3  # kept trying instead of dying

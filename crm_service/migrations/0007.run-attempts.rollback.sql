@@ -1,0 +1,1 @@
+ALTER TABLE scoring_runs DROP COLUMN IF EXISTS attempt;
