@@ -141,15 +141,17 @@ class RunSchema(Schema):
 class PredictionCaseSchema(Schema):
     """A hypothetical customer history, in days."""
 
-    frequency = fields.Integer(required=True, validate=validate.Range(min=0),
+    frequency = fields.Integer(required=True, strict=True,
+                               validate=validate.Range(min=0, max=100_000),
                                metadata={"example": 3, "description": "repeat purchase days"})
-    recency = fields.Float(required=True, validate=validate.Range(min=0),
+    recency = fields.Float(required=True, validate=validate.Range(min=0, max=36_500),
                            metadata={"example": 120, "description": "first to last purchase"})
-    T = fields.Float(required=True, validate=validate.Range(min=0),
+    T = fields.Float(required=True, validate=validate.Range(min=0, max=36_500),
                      metadata={"example": 200, "description": "first purchase to today"})
-    monetary_value = fields.Float(load_default=0.0, validate=validate.Range(min=0),
+    monetary_value = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=1e9),
                                   metadata={"example": 35.5,
-                                            "description": "mean repeat-purchase amount"})
+                                            "description": "mean repeat-purchase amount; 0 or"
+                                                           " absent: the population mean"})
 
 
 class PredictionRequestSchema(Schema):

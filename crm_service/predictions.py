@@ -31,14 +31,21 @@ def predict(conn: psycopg.Connection, cases: list[dict[str, Any]],
     model = purchase_model(models["selected"], models[models["selected"]]["params"])
     spend_model = GammaGammaModel.from_params(models["gamma_gamma"]["params"])
     try:
-        x, t_x, big_t, m = check_rfm([c["frequency"] for c in cases],
-                                     [c["recency"] for c in cases], [c["T"] for c in cases],
-                                     monetary_value=[c.get("monetary_value", 0.0) for c in cases])
+        x, t_x, big_t = check_rfm([c["frequency"] for c in cases],
+                                  [c["recency"] for c in cases], [c["T"] for c in cases])
     except RFMInputError as exc:
         raise ValidationError(f"impossible customer history: {exc}") from None
+    # Purchase occasions are calendar days: x repeat days after the first need x days at least.
+    short = np.flatnonzero(t_x < x)
+    if short.size:
+        raise ValidationError(f"impossible customer history: case {short[0]} has "
+                              f"{int(x[short[0]])} repeat purchase days within "
+                              f"{t_x[short[0]]:g} days (recency must be >= frequency)")
     alive = model.probability_alive(x, t_x, big_t)
     expected = {h: model.conditional_expected_purchases(h, x, t_x, big_t) for h in horizons}
-    spend = spend_model.conditional_expected_spend(x, m)
+    # Without a known spend (0), the population mean from Gamma-Gamma is the best guess.
+    m = np.array([float(c.get("monetary_value") or 0.0) for c in cases])
+    spend = spend_model.conditional_expected_spend(np.where(m > 0, x, 0.0), m)
     clv = customer_lifetime_value(model, x, t_x, big_t, spend)
     wait = model.median_time_to_next_purchase(x, t_x, big_t)
     return {
@@ -47,7 +54,8 @@ def predict(conn: psycopg.Connection, cases: list[dict[str, Any]],
             **cases[i],
             "p_alive": float(alive[i]),
             "expected_purchases": {str(h): float(expected[h][i]) for h in horizons},
-            "median_days_to_next_purchase_if_alive": float(np.round(wait[i], 3)),
+            "median_days_to_next_purchase_if_alive": (
+                float(np.round(wait[i], 3)) if np.isfinite(wait[i]) else None),
             "expected_spend": float(spend[i]),
             "clv_12m": float(clv[i]),
         } for i in range(len(cases))],

@@ -119,7 +119,12 @@ def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
     holdout_days = max(span // 4, 1)
     cal_end = as_of - timedelta(days=holdout_days)
     cal = score_store.load_summary(conn, cal_end, settings.timezone)
-    _check_history(cal)
+    try:
+        _check_history(cal)
+    except InsufficientHistoryError as exc:
+        raise InsufficientHistoryError(
+            f"the backtest holds out the last {holdout_days} days, which leaves too little "
+            f"history before {cal_end}: {exc.detail.split(': ', 1)[1]}") from None
     final = dict(zip(summary.customer_id, summary.frequency, strict=True))
     actual = np.array([final[c] for c in cal.customer_id]) - cal.frequency
     days, repeats, firsts = score_store.daily_activity(conn, as_of, settings.timezone)

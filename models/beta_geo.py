@@ -14,6 +14,8 @@ Model". http://brucehardie.com/notes/021/
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import betaincinv, betaln, digamma, gammaln, hyp2f1, roots_jacobi
@@ -201,6 +203,7 @@ def _alive_mean_by_quadrature(r: float, alpha: float, a: float, b: float,
     return out
 
 
+@lru_cache(maxsize=4096)
 def _beta_quadrature(a: float, beta_: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Nodes in (0, 1) and normalised weights integrating against the Beta(a, beta_) density.
 

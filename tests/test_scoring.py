@@ -351,3 +351,15 @@ def test_worker_survives_losing_the_database(settings):
 
     run_worker(connect, settings, poll_seconds=0.1, stop=stop)
     assert len(calls) == 3  # kept trying instead of dying
+
+
+def test_prediction_inputs_are_bounded_and_consistent(cdnow_loaded, settings, client,
+                                                      make_token):
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30))
+    ok = {"frequency": 2, "recency": 10, "T": 20}
+    for bad in ({**ok, "frequency": 3.5}, {**ok, "frequency": 10**30}, {**ok, "T": 1e300},
+                {**ok, "frequency": 5, "recency": 2}):
+        r = client.post("/v1/predictions", json={"cases": [bad]}, headers=token)
+        assert r.status_code == 422, bad
+    assert client.post("/v1/predictions", json={"cases": [ok]}, headers=token).status_code == 200
