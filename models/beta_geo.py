@@ -18,7 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import betaincinv, betaln, digamma, gammaln, hyp2f1, roots_jacobi
+from scipy.linalg import eigh_tridiagonal
+from scipy.special import betaln, digamma, gammaln, hyp2f1
 
 from models._fitting import MLEModel, fit_weighted
 from models.rfm import RFMHistogram, check_rfm, compress
@@ -207,24 +208,27 @@ def _alive_mean_by_quadrature(r: float, alpha: float, a: float, b: float,
 def _beta_quadrature(a: float, beta_: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Nodes in (0, 1) and normalised weights integrating against the Beta(a, beta_) density.
 
-    Gauss-Jacobi (the Beta density is its weight function, so end-point singularities are
-    exact) while its normalising constant is representable; for very large beta_ the mass is
-    concentrated near 0, and Gauss-Legendre on [0, p_hi] (p_hi the 1 - 1e-13 quantile) with the
-    log-density as weights is used instead.
+    Gauss-Jacobi: the Beta density is the Jacobi weight (1-u)^(beta_-1) (1+u)^(a-1) on [-1, 1]
+    with p = (1+u)/2, so end-point singularities are integrated exactly. Nodes and weights come
+    from the eigen-decomposition of the Jacobi matrix (Golub & Welsch 1969): the weights are the
+    squared first components of the eigenvectors, already normalised, so nothing overflows for
+    large beta_ (scipy's roots_jacobi scales them by 2^(a+beta_) B(a, beta_)).
     """
-    if a + beta_ < 900:
-        nodes, weights = roots_jacobi(256, beta_ - 1, a - 1)
-        return (nodes + 1) / 2, weights / weights.sum()
-    p_hi = float(betaincinv(a, beta_, 1 - 1e-13))
-    p = p_hi * _GL_NODES
-    log_w = np.log(_GL_WEIGHTS) + (a - 1) * np.log(p) + (beta_ - 1) * np.log1p(-p)
-    w = np.exp(log_w - log_w.max())
-    return p, w / w.sum()
+    n = _JACOBI_NODES
+    al, be = beta_ - 1.0, a - 1.0  # Jacobi alpha (at u = 1, p = 1) and beta (at u = -1, p = 0)
+    k = np.arange(n, dtype=np.float64)
+    s2 = 2 * k + al + be
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diag = (be ** 2 - al ** 2) / (s2 * (s2 + 2))
+    diag[0] = (be - al) / (al + be + 2)
+    j = k[1:]
+    t = 2 * j + al + be
+    off = np.sqrt(4 * j * (j + al) * (j + be) * (j + al + be) / (t ** 2 * (t + 1) * (t - 1)))
+    nodes, vectors = eigh_tridiagonal(diag, off)
+    weights = vectors[0, :] ** 2
+    return (nodes + 1) / 2, weights / weights.sum()
 
 
-def _gauss_legendre_unit(n: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    nodes, weights = np.polynomial.legendre.leggauss(n)
-    return (nodes + 1) / 2, weights / 2
+_JACOBI_NODES = 256
 
 
-_GL_NODES, _GL_WEIGHTS = _gauss_legendre_unit(400)

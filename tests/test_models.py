@@ -290,3 +290,17 @@ def test_large_frequency_uses_quadrature():
                                                684, 0, 0)
     assert np.all(np.diff(exp) >= 0)
     assert exp[-1] == pytest.approx((2 + 360 + 684 - 1) / (2 - 1), rel=0.01)
+
+
+@pytest.mark.parametrize(("params", "t", "row", "reference"), [
+    # References: eq. 10 evaluated with mpmath at 60 digits.
+    ((0.2426, 30.895, 0.7929, 2.4259), 365, (1000, 2000, 2000), 168.06995953311747),
+    ((0.2426, 30.895, 0.7929, 2.4259), 365, (10000, 3650, 3650), 954.7400839114835),
+    ((0.2426, 30.895, 0.3, 0.2), 365, (10000, 3650, 3650), 977.4506257119971),
+    ((0.2426, 30.895, 0.05, 100.0), 365, (10000, 3650, 3650), 989.2712821792169),
+    ((1.0, 4.0, 2.0, 360.0), 90, (684, 0, 0), 976.7435011165169),
+])
+def test_heavy_buyers_match_high_precision_references(params, t, row, reference):
+    model = BetaGeoModel.from_params(dict(zip(("r", "alpha", "a", "b"), params, strict=True)))
+    got = float(model.conditional_expected_purchases(t, *row))
+    assert got == pytest.approx(reference, rel=1e-6)
