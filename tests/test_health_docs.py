@@ -17,6 +17,7 @@ def test_readyz_is_503_without_database(tmp_path):
     assert c.get("/healthz").status_code == 200
     r = c.get("/readyz")
     assert r.status_code == 503 and r.mimetype == "application/problem+json"
+    app.extensions["crm"].pool.close()  # stop its background reconnection attempts
 
 
 def test_openapi_document(client):
