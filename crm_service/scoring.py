@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
@@ -281,25 +282,28 @@ def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason:
 
 
 def _scores(summary: score_store.Summary, bg: PurchaseModelT, gg: GammaGammaModel,
-            as_of: date) -> tuple[list[tuple], dict[str, Any]]:
+            as_of: date) -> tuple[Iterator[tuple], dict[str, Any]]:
+    """Per-customer scores as a row generator for COPY (no million-tuple list), and totals."""
     x, t_x, big_t, m = summary.frequency, summary.recency, summary.T, summary.monetary_value
     alive = bg.probability_alive(x, t_x, big_t)
     expected = {h: bg.conditional_expected_purchases(h, x, t_x, big_t) for h in HORIZONS}
     spend = gg.conditional_expected_spend(x, m)
     clv = customer_lifetime_value(bg, x, t_x, big_t, spend)
     wait = bg.median_time_to_next_purchase(x, t_x, big_t)
-    rows = []
-    for i, cid in enumerate(summary.customer_id):
-        xi = int(x[i])
-        next_order = (as_of + timedelta(days=math.ceil(wait[i]))
-                      if alive[i] >= 0.5 and wait[i] < 3650 else None)
-        rows.append((
-            cid, xi, int(t_x[i]), int(big_t[i]), round(float(m[i]), 2),
-            round(float(summary.historic_spend[i]), 2), summary.first_purchase[i],
-            summary.last_purchase[i], float(t_x[i]) / xi if xi else None, float(alive[i]),
-            float(expected[30][i]), float(expected[90][i]), float(expected[365][i]),
-            next_order, float(spend[i]), float(clv[i]),
-        ))
+
+    def rows() -> Iterator[tuple]:
+        for i, cid in enumerate(summary.customer_id):
+            xi = int(x[i])
+            next_order = (as_of + timedelta(days=math.ceil(wait[i]))
+                          if alive[i] >= 0.5 and wait[i] < 3650 else None)
+            yield (
+                cid, xi, int(t_x[i]), int(big_t[i]), round(float(m[i]), 2),
+                round(float(summary.historic_spend[i]), 2), summary.first_purchase[i],
+                summary.last_purchase[i], float(t_x[i]) / xi if xi else None, float(alive[i]),
+                float(expected[30][i]), float(expected[90][i]), float(expected[365][i]),
+                next_order, float(spend[i]), float(clv[i]),
+            )
+
     counts = {
         "customers": summary.size,
         "repeat_buyers": int(np.count_nonzero(x > 0)),
@@ -307,4 +311,4 @@ def _scores(summary: score_store.Summary, bg: PurchaseModelT, gg: GammaGammaMode
         "expected_purchases_90": float(expected[90].sum()),
         "clv_12m_total": float(clv.sum()),
     }
-    return rows, counts
+    return rows(), counts
