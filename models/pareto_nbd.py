@@ -34,6 +34,7 @@ from models._fitting import MLEModel, fit_weighted
 from models.rfm import RFMHistogram, check_rfm, compress
 
 PARAM_NAMES = ("r", "alpha", "s", "beta")
+_BLOCK = 100_000
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(20)
 _NODES, _WEIGHTS = (_NODES + 1) / 2, _WEIGHTS / 2
 
@@ -139,11 +140,17 @@ class ParetoNBDModel(MLEModel):
                           T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
         """P(alive | x, t_x, T) (Fader & Hardie 2005, eq. 18)."""
         params = self._params()
-        x, t_x, big_t = np.broadcast_arrays(*check_rfm(frequency, recency, T))
-        shape = x.shape
-        log_alive = _log_likelihood_terms(params, x.ravel(), t_x.ravel(), big_t.ravel(),
-                                          with_grad=False)[2]
-        return np.exp(log_alive).reshape(shape)
+        x, t_x, big_t = (a.ravel() for a in np.broadcast_arrays(*check_rfm(frequency, recency,
+                                                                            T)))
+        shape = np.broadcast(np.asarray(frequency), np.asarray(recency), np.asarray(T)).shape
+        out = np.empty(x.size)
+        # In blocks: each row carries a quadrature rule, so a million rows at once would hold
+        # several (rows x nodes) arrays of ~170 MB each.
+        for lo in range(0, x.size, _BLOCK):
+            hi = lo + _BLOCK
+            out[lo:hi] = np.exp(_log_likelihood_terms(params, x[lo:hi], t_x[lo:hi],
+                                                      big_t[lo:hi], with_grad=False)[2])
+        return out.reshape(shape)
 
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
         """E[X(t)] for a customer just acquired (Fader & Hardie 2005, eq. 17)."""
