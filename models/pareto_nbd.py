@@ -104,6 +104,18 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     return ll, np.stack([d_r, d_alpha, d_s, d_beta]), log_alive
 
 
+def _terms_in_blocks(params: NDArray[np.float64], x: NDArray[np.float64],
+                     t_x: NDArray[np.float64], big_t: NDArray[np.float64]):
+    """:func:`_log_likelihood_terms` over blocks of rows, so memory stays bounded."""
+    n = x.size
+    ll, grad, log_alive = np.empty(n), np.empty((4, n)), np.empty(n)
+    for lo in range(0, n, _BLOCK):
+        hi = lo + _BLOCK
+        ll[lo:hi], grad[:, lo:hi], log_alive[lo:hi] = _log_likelihood_terms(
+            params, x[lo:hi], t_x[lo:hi], big_t[lo:hi])
+    return ll, grad, log_alive
+
+
 class ParetoNBDModel(MLEModel):
     """Pareto/NBD model with scikit-learn conventions: ``fit`` returns self; ``params_`` etc.
 
@@ -127,7 +139,7 @@ class ParetoNBDModel(MLEModel):
         scale = max(float(np.mean(hist.T)), 1e-9)
         start = (np.log([initial[k] for k in PARAM_NAMES]) if initial
                  else np.log(np.array([1.0, scale, 1.0, scale])))
-        result, ll = fit_weighted(_log_likelihood_terms, (hist.frequency, hist.recency, hist.T),
+        result, ll = fit_weighted(_terms_in_blocks, (hist.frequency, hist.recency, hist.T),
                                   hist.weights, start, penalizer=self.penalizer,
                                   name="Pareto/NBD")
         self._set_fit(result, ll, hist.n_customers)
