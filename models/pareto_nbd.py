@@ -34,7 +34,7 @@ from models._fitting import MLEModel, fit_weighted
 from models.rfm import RFMHistogram, check_rfm, compress
 
 PARAM_NAMES = ("r", "alpha", "s", "beta")
-_BLOCK = 100_000
+_BLOCK = 10_000  # rows per block: the (rows x nodes) arrays stay in cache
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(20)
 _NODES, _WEIGHTS = (_NODES + 1) / 2, _WEIGHTS / 2
 
