@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
+
+from models.rfm import RFMHistogram, compress
 
 # (log-params) -> (negative log-likelihood, gradient w.r.t. log-params)
 Objective = Callable[[NDArray[np.float64]], tuple[float, NDArray[np.float64]]]
@@ -135,3 +138,34 @@ def _standard_errors(objective: Objective, log_params: NDArray[np.float64]) -> N
     var_log = np.clip(np.diag(cov_log), 0, None)
     # d(exp(u))/du = exp(u): SE(theta) = theta * SE(log theta)
     return np.exp(log_params) * np.sqrt(var_log)
+
+
+class PurchaseMLEModel(MLEModel):
+    """A purchase model fitted on the (x, t_x, T) histogram: the shared ``fit``.
+
+    Subclasses give ``label``, ``_likelihood`` (per-row log-likelihood and gradient) and
+    ``_default_start``.
+    """
+
+    label = ""
+    _likelihood: Terms
+
+    def _default_start(self, hist: RFMHistogram) -> list[float]:
+        raise NotImplementedError
+
+    def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
+            T: ArrayLike | None = None, *,  # noqa: N803
+            initial: dict[str, float] | None = None) -> Self:
+        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`.
+
+        ``initial`` starts the optimiser from given parameters (e.g. a fit on similar data).
+        """
+        hist = frequency if isinstance(frequency, RFMHistogram) else compress(
+            frequency, recency, T)  # type: ignore[arg-type]
+        start = np.log([initial[k] for k in self.param_names] if initial
+                       else self._default_start(hist))
+        result, ll = fit_weighted(type(self)._likelihood, (hist.frequency, hist.recency, hist.T),
+                                  hist.weights, start, penalizer=self.penalizer,
+                                  name=self.label)
+        self._set_fit(result, ll, hist.n_customers)
+        return self

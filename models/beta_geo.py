@@ -21,8 +21,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import eigh_tridiagonal
 from scipy.special import betaln, digamma, gammaln, hyp2f1
 
-from models._fitting import MLEModel, fit_weighted
-from models.rfm import RFMHistogram, check_rfm, compress
+from models._fitting import PurchaseMLEModel
+from models.rfm import RFMHistogram, check_rfm
 
 PARAM_NAMES = ("r", "alpha", "a", "b")
 _A_NEAR_ONE = 1e-4
@@ -57,7 +57,7 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     return ll, np.stack([d_r, d_alpha, d_a, d_b])
 
 
-class BetaGeoModel(MLEModel):
+class BetaGeoModel(PurchaseMLEModel):
     """BG/NBD model with scikit-learn conventions: ``fit`` returns self; ``params_`` etc.
 
     Parameters
@@ -69,21 +69,11 @@ class BetaGeoModel(MLEModel):
 
     param_names = PARAM_NAMES
 
-    def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
-            T: ArrayLike | None = None, *,  # noqa: N803
-            initial: dict[str, float] | None = None) -> BetaGeoModel:
-        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`.
+    label = "BG/NBD"
+    _likelihood = staticmethod(_log_likelihood_terms)
 
-        ``initial`` starts the optimiser from given parameters (e.g. a fit on similar data).
-        """
-        hist = frequency if isinstance(frequency, RFMHistogram) else compress(
-            frequency, recency, T)  # type: ignore[arg-type]
-        start = (np.log([initial[k] for k in PARAM_NAMES]) if initial
-                 else np.log(np.array([1.0, max(float(np.mean(hist.T)), 1e-9), 1.0, 1.0])))
-        result, ll = fit_weighted(_log_likelihood_terms, (hist.frequency, hist.recency, hist.T),
-                                  hist.weights, start, penalizer=self.penalizer, name="BG/NBD")
-        self._set_fit(result, ll, hist.n_customers)
-        return self
+    def _default_start(self, hist: RFMHistogram) -> list[float]:
+        return [1.0, max(float(np.mean(hist.T)), 1e-9), 1.0, 1.0]
 
     def _params(self) -> tuple[float, float, float, float]:
         r, alpha, a, b = self._fitted()

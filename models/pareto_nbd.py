@@ -30,8 +30,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import digamma, gammaln
 
-from models._fitting import MLEModel, fit_weighted
-from models.rfm import RFMHistogram, check_rfm, compress
+from models._fitting import PurchaseMLEModel
+from models.rfm import RFMHistogram, check_rfm
 
 PARAM_NAMES = ("r", "alpha", "s", "beta")
 _BLOCK = 10_000  # rows per block: the (rows x nodes) arrays stay in cache
@@ -116,7 +116,7 @@ def _terms_in_blocks(params: NDArray[np.float64], x: NDArray[np.float64],
     return ll, grad, log_alive
 
 
-class ParetoNBDModel(MLEModel):
+class ParetoNBDModel(PurchaseMLEModel):
     """Pareto/NBD model with scikit-learn conventions: ``fit`` returns self; ``params_`` etc.
 
     Parameters
@@ -127,23 +127,12 @@ class ParetoNBDModel(MLEModel):
 
     param_names = PARAM_NAMES
 
-    def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
-            T: ArrayLike | None = None, *,  # noqa: N803
-            initial: dict[str, float] | None = None) -> ParetoNBDModel:
-        """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`.
+    label = "Pareto/NBD"
+    _likelihood = staticmethod(_terms_in_blocks)
 
-        ``initial`` starts the optimiser from given parameters (e.g. a fit on similar data).
-        """
-        hist = frequency if isinstance(frequency, RFMHistogram) else compress(
-            frequency, recency, T)  # type: ignore[arg-type]
+    def _default_start(self, hist: RFMHistogram) -> list[float]:
         scale = max(float(np.mean(hist.T)), 1e-9)
-        start = (np.log([initial[k] for k in PARAM_NAMES]) if initial
-                 else np.log(np.array([1.0, scale, 1.0, scale])))
-        result, ll = fit_weighted(_terms_in_blocks, (hist.frequency, hist.recency, hist.T),
-                                  hist.weights, start, penalizer=self.penalizer,
-                                  name="Pareto/NBD")
-        self._set_fit(result, ll, hist.n_customers)
-        return self
+        return [1.0, scale, 1.0, scale]
 
     def _params(self) -> NDArray[np.float64]:
         return self._fitted()
