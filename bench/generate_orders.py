@@ -1,8 +1,17 @@
-"""Generate a synthetic multi-channel order log for the bulk-import benchmark.
+"""Generate a synthetic multi-channel order log for the import, scoring and churn benchmarks.
 
-Customers buy a geometric number of times (mean ~2 orders) across channels over three years;
-a small share of rows are refunds/cancellations and a configurable share is deliberately invalid,
-so the reject path is exercised too.
+Customers behave as the buy-till-you-die models assume, so the log has what a real base has:
+acquisition spread over time, heterogeneous purchase rates, dropout, and a spend level per
+customer. Each customer
+
+- arrives at a uniform time in the first 30 months of a three-year span (first order then);
+- buys at a Poisson rate lambda ~ Gamma(0.5, mean 1/400 days) while alive;
+- stays alive for an exponential time with rate mu ~ Gamma(0.9, mean 1/500 days);
+- spends Gamma(4, rate nu) per order with nu ~ Gamma(6, mean 0.05) (order value ~95).
+
+That is about two orders per customer. A small share of rows are refunds or cancellations and a
+configurable share is deliberately invalid, so the reject path is exercised too. The output is
+the same for the same seed and chunk size.
 
     python bench/generate_orders.py --customers 1000000 --out bench/out/orders_1m.csv
 """
@@ -19,7 +28,28 @@ CHANNEL_P = np.array([0.4, 0.25, 0.15, 0.15, 0.05])
 STATUSES = np.array(["paid", "refunded", "cancelled"])
 STATUS_P = np.array([0.96, 0.025, 0.015])
 START = np.datetime64("2022-01-01T00:00:00")
-SPAN_S = 3 * 365 * 86400
+DAY_S = 86400
+SPAN_DAYS = 3 * 365
+ARRIVAL_DAYS = 30 * 365 // 12
+
+
+def _customers(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer: order times (days from START, first order first) and their amounts."""
+    first = rng.uniform(0, ARRIVAL_DAYS, size=n)
+    lam = rng.gamma(0.5, 1 / (0.5 * 400), size=n)
+    mu = rng.gamma(0.9, 1 / (0.9 * 500), size=n)
+    alive_until = first + rng.exponential(1 / mu)
+    window = np.clip(np.minimum(alive_until, SPAN_DAYS) - first, 0, None)
+    repeats = rng.poisson(lam * window)
+    counts = repeats + 1
+    owner = np.repeat(np.arange(n), counts)
+    offset = rng.uniform(0, 1, size=owner.size) * np.repeat(window, counts)
+    starts = np.cumsum(counts) - counts
+    offset[starts] = 0.0  # each customer's first order opens their history
+    days = np.repeat(first, counts) + offset
+    nu = rng.gamma(6.0, 0.05 / 6.0, size=n)  # amount ~ Gamma(4, rate nu): mean 4/nu ~ 95
+    amount = rng.gamma(4.0, 1 / np.repeat(nu, counts)) + 1
+    return owner, days, amount
 
 
 def generate(customers: int, out: str, invalid_share: float, seed: int, chunk: int) -> int:
@@ -31,12 +61,11 @@ def generate(customers: int, out: str, invalid_share: float, seed: int, chunk: i
         fh.write("order_id,customer_id,ordered_at,amount,channel,status\n")
         for first in range(0, customers, chunk):
             n = min(chunk, customers - first)
-            counts = rng.geometric(0.5, size=n)
-            cust = np.repeat(np.arange(first, first + n), counts)
+            owner, days, amount = _customers(rng, n)
+            cust = owner + first
             m = cust.size
-            secs = rng.integers(0, SPAN_S, size=m)
+            secs = (days * DAY_S).astype(np.int64)
             ts = (START + secs.astype("timedelta64[s]")).astype(str)
-            amount = np.round(rng.gamma(2.0, 40.0, size=m) + 1, 2)
             chan = rng.choice(CHANNELS, size=m, p=CHANNEL_P)
             status = rng.choice(STATUSES, size=m, p=STATUS_P)
             oid = np.arange(rows, rows + m)

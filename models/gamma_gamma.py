@@ -12,6 +12,8 @@ http://www.brucehardie.com/notes/025/
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import digamma, gammaln
@@ -37,15 +39,35 @@ def _check(frequency: ArrayLike, monetary_value: ArrayLike, *, fitting: bool):
 def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
                           m: NDArray[np.float64]):
     """Per-row log-likelihood (FH 2013, eq. 4) and its gradient w.r.t. (p, q, v)."""
+    return _prepared_terms(params, *_prepare(x, m))
+
+
+def _prepare(x: NDArray[np.float64], m: NDArray[np.float64]) -> tuple[NDArray[Any], ...]:
+    """What the likelihood needs of the data, computed once per fit rather than per step.
+
+    Frequencies take few distinct values, so the special functions of p*x are evaluated once
+    per distinct x and indexed.
+    """
+    ux, idx = np.unique(x, return_inverse=True)
+    return ux, idx.reshape(x.shape), x, x * m, np.log(m), np.log(x)
+
+
+def _prepared_terms(params: NDArray[np.float64], ux: NDArray[np.float64],
+                    idx: NDArray[np.intp], x: NDArray[np.float64], xm: NDArray[np.float64],
+                    log_m: NDArray[np.float64], log_x: NDArray[np.float64]):
+    """:func:`_log_likelihood_terms` on :func:`_prepare`'d data."""
     p, q, v = params
+    pux = p * ux
+    lg = (gammaln(pux + q) - gammaln(pux))[idx]
+    dg_pxq, dg_px = digamma(pux + q)[idx], digamma(pux)[idx]
     px = p * x
-    log_xm_v = np.log(x * m + v)
+    log_xm_v = np.log(xm + v)
     # eq. 4: G(px+q)/(G(px) G(q)) v^q m^(px-1) x^px / (xm+v)^(px+q)
-    ll = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v)
-          + (px - 1) * np.log(m) + px * np.log(x) - (px + q) * log_xm_v)
-    d_p = x * (digamma(px + q) - digamma(px) + np.log(m) + np.log(x) - log_xm_v)
-    d_q = digamma(px + q) - digamma(q) + np.log(v) - log_xm_v
-    d_v = q / v - (px + q) / (x * m + v)
+    ll = (lg - gammaln(q) + q * np.log(v)
+          + (px - 1) * log_m + px * log_x - (px + q) * log_xm_v)
+    d_p = x * (dg_pxq - dg_px + log_m + log_x - log_xm_v)
+    d_q = dg_pxq - digamma(q) + np.log(v) - log_xm_v
+    d_v = q / v - (px + q) / (xm + v)
     return ll, np.stack([d_p, d_q, d_v])
 
 
@@ -66,7 +88,7 @@ class GammaGammaModel(MLEModel):
         x, m = _check(frequency, monetary_value, fitting=True)
         w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
         start = np.log(np.array([1.0, 1.0, max(float(np.average(m, weights=w)), 1e-6)]))
-        result, ll = fit_weighted(_log_likelihood_terms, (x, m), w, start,
+        result, ll = fit_weighted(_prepared_terms, _prepare(x, m), w, start,
                                   penalizer=self.penalizer, name="Gamma-Gamma")
         self._set_fit(result, ll, float(w.sum()))
         return self

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import digamma, gammaln
 
+from models._blocks import for_each_block
 from models._fitting import PurchaseMLEModel
 from models.rfm import RFMHistogram, check_rfm
 
@@ -106,13 +107,15 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
 
 def _terms_in_blocks(params: NDArray[np.float64], x: NDArray[np.float64],
                      t_x: NDArray[np.float64], big_t: NDArray[np.float64]):
-    """:func:`_log_likelihood_terms` over blocks of rows, so memory stays bounded."""
+    """:func:`_log_likelihood_terms` over blocks of rows (bounded memory, all cores)."""
     n = x.size
     ll, grad, log_alive = np.empty(n), np.empty((4, n)), np.empty(n)
-    for lo in range(0, n, _BLOCK):
-        hi = lo + _BLOCK
+
+    def block(lo: int, hi: int) -> None:
         ll[lo:hi], grad[:, lo:hi], log_alive[lo:hi] = _log_likelihood_terms(
             params, x[lo:hi], t_x[lo:hi], big_t[lo:hi])
+
+    for_each_block(n, _BLOCK, block)
     return ll, grad, log_alive
 
 
@@ -145,12 +148,14 @@ class ParetoNBDModel(PurchaseMLEModel):
                                                                             T)))
         shape = np.broadcast(np.asarray(frequency), np.asarray(recency), np.asarray(T)).shape
         out = np.empty(x.size)
+
         # In blocks: each row carries a quadrature rule, so a million rows at once would hold
         # several (rows x nodes) arrays of ~170 MB each.
-        for lo in range(0, x.size, _BLOCK):
-            hi = lo + _BLOCK
+        def block(lo: int, hi: int) -> None:
             out[lo:hi] = np.exp(_log_likelihood_terms(params, x[lo:hi], t_x[lo:hi],
                                                       big_t[lo:hi], with_grad=False)[2])
+
+        for_each_block(x.size, _BLOCK, block)
         return out.reshape(shape)
 
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:

@@ -85,8 +85,20 @@ class RFMHistogram:
 def compress(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike,  # noqa: N803
              weights: ArrayLike | None = None) -> RFMHistogram:
     """Collapse per-customer RFM arrays into an :class:`RFMHistogram` (validating them)."""
+    return compress_with_index(frequency, recency, T, weights)[0]
+
+
+def compress_with_index(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike,  # noqa: N803
+                        weights: ArrayLike | None = None
+                        ) -> tuple[RFMHistogram, NDArray[np.intp]]:
+    """:func:`compress`, plus each input row's index into the histogram.
+
+    Anything a purchase model computes per customer depends on (x, t_x, T) only, so it can be
+    computed once per histogram row and spread back with ``values[index]``.
+    """
     x, t_x, big_t = check_rfm(frequency, recency, T)
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
+    x, t_x, big_t = x.ravel(), t_x.ravel(), big_t.ravel()
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     if w.shape != x.shape or np.any(~np.isfinite(w)) or np.any(w <= 0):
         raise RFMInputError("weights must be positive, finite and one per row")
     span = float(big_t.max()) + 1 if big_t.size else 1.0
@@ -102,9 +114,10 @@ def compress(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike,  # noqa: N8
         rest = keys // int(span)
         return RFMHistogram((rest // int(span)).astype(np.float64),
                             (rest % int(span)).astype(np.float64),
-                            big_t_u.astype(np.float64), counts.astype(np.float64))
+                            big_t_u.astype(np.float64), counts.astype(np.float64)), inverse
     stacked = np.stack([x, t_x, big_t], axis=1)
     unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
-    counts = np.bincount(inverse.ravel(), weights=w, minlength=unique.shape[0])
+    inverse = inverse.ravel()
+    counts = np.bincount(inverse, weights=w, minlength=unique.shape[0])
     return RFMHistogram(unique[:, 0].copy(), unique[:, 1].copy(), unique[:, 2].copy(),
-                        counts.astype(np.float64))
+                        counts.astype(np.float64)), inverse

@@ -304,3 +304,29 @@ def test_heavy_buyers_match_high_precision_references(params, t, row, reference)
     model = BetaGeoModel.from_params(dict(zip(("r", "alpha", "a", "b"), params, strict=True)))
     got = float(model.conditional_expected_purchases(t, *row))
     assert got == pytest.approx(reference, rel=1e-6)
+
+
+def test_compress_index_spreads_histogram_rows_back_to_customers(cdnow):
+    from models.rfm import compress_with_index
+
+    hist, index = compress_with_index(cdnow["frequency"], cdnow["recency"], cdnow["T"])
+    np.testing.assert_array_equal(hist.frequency[index], cdnow["frequency"])
+    np.testing.assert_array_equal(hist.recency[index], cdnow["recency"])
+    np.testing.assert_array_equal(hist.T[index], cdnow["T"])
+    np.testing.assert_array_equal(np.bincount(index), hist.weights)
+
+
+def test_standard_errors_agree_with_lifetimes(bg_weeks, cdnow):
+    """lifetimes takes SEs from an autograd Hessian; ours from differences of the gradient."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = BetaGeoFitter().fit(cdnow["frequency"], cdnow["recency"] / 7, cdnow["T"] / 7)
+    for k in ("r", "alpha", "a", "b"):
+        assert bg_weeks.standard_errors_[k] == pytest.approx(ref.standard_errors_[k], rel=0.02)
+
+
+def test_a_fit_started_at_its_optimum_is_accepted(bg_weeks, cdnow):
+    again = BetaGeoModel().fit(cdnow["frequency"], cdnow["recency"] / 7, cdnow["T"] / 7,
+                               initial=bg_weeks.params_)
+    for k in bg_weeks.params_:
+        assert again.params_[k] == pytest.approx(bg_weeks.params_[k], rel=1e-6)
