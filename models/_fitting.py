@@ -119,7 +119,8 @@ def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
     log_params = np.asarray(res.x, dtype=np.float64)
     stationary = bool(np.all(np.isfinite(res.jac))
                       and np.max(np.abs(res.jac)) <= 1e-7 * max(scale, 1.0))
-    if not (res.success or stationary) or not np.all(np.isfinite(log_params)) or not np.isfinite(res.fun):
+    finite = bool(np.all(np.isfinite(log_params)) and np.isfinite(res.fun))
+    if not (res.success or stationary) or not finite:
         raise ConvergenceError(f"{name} fit did not converge: {res.message}")
     if np.any(np.abs(log_params) > 30):
         raise ConvergenceError(
