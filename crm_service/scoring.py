@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from crm_service import score_store
 from crm_service.config import Settings
@@ -27,7 +27,7 @@ from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.pareto_nbd import ParetoNBDModel
 from models.purchase import PURCHASE_MODELS
-from models.rfm import compress
+from models.rfm import RFMHistogram, compress_with_index
 
 if TYPE_CHECKING:
     import psycopg
@@ -71,7 +71,7 @@ class RunResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def _check_history(summary: score_store.Summary) -> None:
+def _check_history(summary: score_store.RFM) -> None:
     missing = []
     if summary.size < MIN_CUSTOMERS:
         missing.append(f"{summary.size} customers with a paid order (need {MIN_CUSTOMERS})")
@@ -86,7 +86,7 @@ def _check_history(summary: score_store.Summary) -> None:
                                        + "; ".join(missing))
 
 
-def _fit_purchase_models(summary: score_store.Summary,
+def _fit_purchase_models(hist: RFMHistogram,
                          start: dict[str, PurchaseModelT] | None = None
                          ) -> tuple[dict[str, PurchaseModelT], dict[str, str]]:
     """Fit every purchase model; return the fits and, by name, the ones that did not converge.
@@ -94,7 +94,6 @@ def _fit_purchase_models(summary: score_store.Summary,
     ``start`` (fits on similar data) warm-starts the optimiser. One model failing (e.g.
     Pareto/NBD running along its no-dropout ridge) does not stop the run while another fits.
     """
-    hist = compress(summary.frequency, summary.recency, summary.T)
     fitted: dict[str, PurchaseModelT] = {}
     failed: dict[str, str] = {}
     for name, cls in PURCHASE_MODELS.items():
@@ -108,38 +107,34 @@ def _fit_purchase_models(summary: score_store.Summary,
     return fitted, failed
 
 
-def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
-             summary: score_store.Summary
+def _holdout(summary: score_store.Summary
              ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, PurchaseModelT]]:
-    """Backtest both purchase models: fit on the first 3/4 of the history, predict the rest.
+    """Backtest both purchase models: fit up to the calibration end, predict the rest.
 
     Returns the metrics per model, the data behind the diagnostics plots, and the calibration
     fits (good starting points for the fits on the full history).
     """
-    span = int(summary.T.max())
-    holdout_days = max(span // 4, 1)
-    cal_end = as_of - timedelta(days=holdout_days)
-    cal = score_store.load_summary(conn, cal_end, settings.timezone)
+    cal, cal_end, holdout_days = summary.calibration, summary.calibration_end, \
+        summary.holdout_days
     try:
         _check_history(cal)
     except InsufficientHistoryError as exc:
         raise InsufficientHistoryError(
             f"the backtest holds out the last {holdout_days} days, which leaves too little "
             f"history before {cal_end}: {exc.detail.split(': ', 1)[1]}") from None
-    final = dict(zip(summary.customer_id, summary.frequency, strict=True))
-    actual = np.array([final[c] for c in cal.customer_id]) - cal.frequency
-    days, repeats, firsts = score_store.daily_activity(conn, as_of, settings.timezone)
-    weeks, cumulative = _weekly_cumulative(days, repeats, as_of)
+    actual = summary.frequency[summary.in_calibration] - cal.frequency
+    weeks, cumulative = _weekly_cumulative(summary.days, summary.repeats, summary.as_of)
     out = {}
     diagnostics: dict[str, Any] = {
         "calibration_end": cal_end.isoformat(), "holdout_days": holdout_days,
         "weeks": [w.isoformat() for w in weeks], "actual_cumulative": cumulative,
         "predicted_cumulative": {}, "by_frequency": {},
     }
-    calibration, _failed = _fit_purchase_models(cal)
+    hist, index = compress_with_index(cal.frequency, cal.recency, cal.T)
+    calibration, _failed = _fit_purchase_models(hist)
     for name, model in calibration.items():
-        predicted = model.conditional_expected_purchases(holdout_days, cal.frequency,
-                                                         cal.recency, cal.T)
+        predicted = model.conditional_expected_purchases(holdout_days, hist.frequency,
+                                                         hist.recency, hist.T)[index]
         err = predicted - actual
         out[name] = {
             "calibration_end": cal_end.isoformat(), "holdout_days": holdout_days,
@@ -149,7 +144,8 @@ def _holdout(conn: psycopg.Connection, settings: Settings, as_of: date,
             "predicted_repeat_purchases": float(predicted.sum()),
         }
         diagnostics["by_frequency"][name] = _by_frequency(cal.frequency, actual, predicted)
-        diagnostics["predicted_cumulative"][name] = _tracking(model, days, firsts, weeks)
+        diagnostics["predicted_cumulative"][name] = _tracking(model, summary.days,
+                                                              summary.firsts, weeks)
     return out, diagnostics, calibration
 
 
@@ -222,14 +218,14 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         run_id = score_store.create_run(conn, as_of, settings.timezone)
     try:
         score_store.set_progress(conn, run_id, attempt, "summarising orders")
-        # Both summaries from one snapshot, so the backtest sees the same orders as the fit.
+        # The summary and the backtest's calibration summary come from one pass (one snapshot).
         with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             summary = score_store.load_summary(conn, as_of, settings.timezone)
-            _check_history(summary)
-            holdout, diagnostics, calibration = _holdout(conn, settings, as_of, summary)
+        _check_history(summary)
         score_store.set_progress(conn, run_id, attempt, "fitting models")
-        fitted, failed = _fit_purchase_models(summary, start=calibration)
+        holdout, diagnostics, calibration = _holdout(summary)
+        hist, index = compress_with_index(summary.frequency, summary.recency, summary.T)
+        fitted, failed = _fit_purchase_models(hist, start=calibration)
         # The model that predicted the held-out period better (lower MAE) scores customers.
         candidates = [name for name in fitted if name in holdout]
         if not candidates:
@@ -239,7 +235,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         repeat = (summary.frequency > 0) & (summary.monetary_value > 0)
         gg = GammaGammaModel().fit(summary.frequency[repeat], summary.monetary_value[repeat])
         score_store.set_progress(conn, run_id, attempt, "scoring customers")
-        rows, counts = _scores(summary, fitted[selected], gg, as_of)
+        computed, counts = _scores(summary, hist, index, fitted[selected], gg)
         models = {
             "selected": selected,
             **{name: {**_params_json(m), "holdout": holdout.get(name)}
@@ -248,7 +244,10 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             "gamma_gamma": _params_json(gg),
             "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
         }
-        score_store.publish_run(conn, run_id, attempt, rows, counts, models, diagnostics)
+        score_store.publish_run(conn, run_id, attempt, as_of, computed, counts, models,
+                                diagnostics)
+        score_store.drop_summary(conn)
+        conn.commit()
     except score_store.RunTakenOverError:
         conn.rollback()
         raise
@@ -277,38 +276,38 @@ def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason:
     try:
         conn.rollback()
         score_store.fail_run(conn, run_id, attempt, reason)
+        score_store.drop_summary(conn)
+        conn.commit()
     except DatabaseError:
         log.exception("could not record the failure of scoring run %s", run_id)
 
 
-def _scores(summary: score_store.Summary, bg: PurchaseModelT, gg: GammaGammaModel,
-            as_of: date) -> tuple[Iterator[tuple], dict[str, Any]]:
-    """Per-customer scores as a row generator for COPY (no million-tuple list), and totals."""
-    x, t_x, big_t, m = summary.frequency, summary.recency, summary.T, summary.monetary_value
-    alive = bg.probability_alive(x, t_x, big_t)
-    expected = {h: bg.conditional_expected_purchases(h, x, t_x, big_t) for h in HORIZONS}
-    spend = gg.conditional_expected_spend(x, m)
-    clv = customer_lifetime_value(bg, x, t_x, big_t, spend)
-    wait = bg.median_time_to_next_purchase(x, t_x, big_t)
+def _scores(summary: score_store.Summary, hist: RFMHistogram, index: NDArray[np.intp],
+            model: PurchaseModelT, gg: GammaGammaModel
+            ) -> tuple[dict[str, NDArray[np.float64]], dict[str, Any]]:
+    """Per-customer scores (arrays in summary order, see ``score_store.COMPUTED``) and totals.
 
-    def rows() -> Iterator[tuple]:
-        for i, cid in enumerate(summary.customer_id):
-            xi = int(x[i])
-            next_order = (as_of + timedelta(days=math.ceil(wait[i]))
-                          if alive[i] >= 0.5 and wait[i] < 3650 else None)
-            yield (
-                cid, xi, int(t_x[i]), int(big_t[i]), round(float(m[i]), 2),
-                round(float(summary.historic_spend[i]), 2), summary.first_purchase[i],
-                summary.last_purchase[i], float(t_x[i]) / xi if xi else None, float(alive[i]),
-                float(expected[30][i]), float(expected[90][i]), float(expected[365][i]),
-                next_order, float(spend[i]), float(clv[i]),
-            )
-
+    What the purchase model predicts depends on (x, t_x, T) alone, so it is computed once per
+    histogram row and spread to customers through ``index``.
+    """
+    hx, ht_x, h_t = hist.frequency, hist.recency, hist.T
+    alive = model.probability_alive(hx, ht_x, h_t)
+    expected = {h: model.conditional_expected_purchases(h, hx, ht_x, h_t) for h in HORIZONS}
+    discounted = customer_lifetime_value(model, hx, ht_x, h_t, np.ones_like(hx))
+    wait = model.median_time_to_next_purchase(hx, ht_x, h_t)
+    next_order = np.where((alive >= 0.5) & (wait < 3650), np.ceil(wait), np.nan)
+    spend = gg.conditional_expected_spend(summary.frequency, summary.monetary_value)
+    clv = spend * discounted[index]
+    computed = {
+        "p_alive": alive[index],
+        **{f"expected_purchases_{h}": expected[h][index] for h in HORIZONS},
+        "next_order_days": next_order[index], "expected_spend": spend, "clv_12m": clv,
+    }
     counts = {
         "customers": summary.size,
-        "repeat_buyers": int(np.count_nonzero(x > 0)),
-        "occasions": int(x.sum() + summary.size),
-        "expected_purchases_90": float(expected[90].sum()),
+        "repeat_buyers": int(np.count_nonzero(summary.frequency > 0)),
+        "occasions": int(summary.frequency.sum() + summary.size),
+        "expected_purchases_90": float(computed["expected_purchases_90"].sum()),
         "clv_12m_total": float(clv.sum()),
     }
-    return rows(), counts
+    return computed, counts

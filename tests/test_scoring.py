@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from crm_service.cli import main
 from crm_service.demo import load_cdnow_sample
 from crm_service.scoring import InsufficientHistoryError, run_scoring
+from models.clv import customer_lifetime_value
+from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model
 from tests.cdnow import cdnow_rfm
 from tests.conftest import count
@@ -69,10 +71,15 @@ def test_scores_equal_the_models(cdnow_loaded, settings):
     model = purchase_model(selected, result.models[selected]["params"])
     rows = cdnow_loaded.execute(
         "SELECT frequency, recency_days, t_days, p_alive, expected_purchases_90,"
-        " expected_next_order, avg_days_between_orders FROM customer_scores"
-        " WHERE run_id = %s", (result.run_id,)).fetchall()
+        " expected_next_order, avg_days_between_orders, monetary_value, expected_spend,"
+        " clv_12m FROM customer_scores WHERE run_id = %s", (result.run_id,)).fetchall()
     x, t_x, big_t, alive, e90 = (np.array([r[i] for r in rows], dtype=float) for i in range(5))
+    m, spend, clv = (np.array([r[i] for r in rows], dtype=float) for i in (7, 8, 9))
     np.testing.assert_allclose(alive, model.probability_alive(x, t_x, big_t), rtol=1e-9)
+    gg = GammaGammaModel.from_params(result.models["gamma_gamma"]["params"])
+    np.testing.assert_allclose(spend, gg.conditional_expected_spend(x, m), rtol=1e-9)
+    np.testing.assert_allclose(clv, customer_lifetime_value(model, x, t_x, big_t, spend),
+                               rtol=1e-9)
     np.testing.assert_allclose(e90, model.conditional_expected_purchases(90, x, t_x, big_t),
                                rtol=1e-9)
     for r in rows:
