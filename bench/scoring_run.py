@@ -1,8 +1,10 @@
 """Benchmark: one full scoring run (summary, fits, backtest, scores, publish) in PostgreSQL.
 
 Loads the synthetic order log (bench/generate_orders.py) into a fresh embedded database with the
-bulk import (not timed), then times `crm-service score --json` as a child process and reports its
-wall time and peak RSS.
+bulk import and lets PostgreSQL analyse it (not timed; autovacuum does this in a live
+database), then times `crm-service score --json` as a child process and reports its wall time
+and peak RSS. In the same run, the reference (bench/reference_scoring.py: pandas + lifetimes on
+the same CSV, no database) is timed the same way; the ratio is printed.
 
     python bench/scoring_run.py --csv bench/out/orders_1m.csv --as-of 2024-12-31
 """
@@ -28,12 +30,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="scoring run benchmark")
     ap.add_argument("--csv", default="bench/out/orders_1m.csv")
     ap.add_argument("--as-of", default="2024-12-31")
+    ap.add_argument("--skip-reference", action="store_true")
     a = ap.parse_args()
     dsn, data_dir = fresh_database()
     env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir))
     subprocess.run([sys.executable, "-m", "crm_service", "import", "orders", a.csv, "--json",
                     "--report", str(data_dir / "rejects.csv")], env=env, check=True,
                    capture_output=True)
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE orders")
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "crm_service", "score", "--as-of", a.as_of,
                           "--json"], env=env, check=True, capture_output=True, text=True)
@@ -42,8 +49,19 @@ def main() -> None:
     run = json.loads(out.stdout)
     print(f"machine: {machine()}")
     print(f"| crm-service score, {run['counts']['customers']:,} customers | {wall:.1f} s "
-          f"| peak RSS {rss:.0f} MB (max over child processes) | selected "
-          f"{run['models']['selected']} |")
+          f"| peak RSS {rss:.0f} MB | selected {run['models']['selected']} |")
+    if a.skip_reference:
+        return
+    script = Path(__file__).resolve().parent / "reference_scoring.py"
+    t0 = time.perf_counter()
+    ref = subprocess.run([sys.executable, str(script), a.csv, a.as_of], check=True,
+                         capture_output=True, text=True)
+    ref_wall = time.perf_counter() - t0
+    ref_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    customers = json.loads(ref.stdout)["customers"]
+    print(f"| reference: pandas + lifetimes script, {customers:,} customers | {ref_wall:.1f} s "
+          f"| peak RSS {ref_rss:.0f} MB (max of all children so far) | BG/NBD only |")
+    print(f"crm-service is {ref_wall / wall:.1f}x faster than the reference")
 
 
 if __name__ == "__main__":
