@@ -20,6 +20,9 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 T = TypeVar("T", int, float)
 
 
+MIN_CHURN_HORIZON, MAX_CHURN_HORIZON = 7, 730
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide configuration; build it with :func:`load_settings`."""
@@ -41,6 +44,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
+    churn_horizon_days: int = 90
+    churn_risk_medium: float = 0.5
+    churn_risk_high: float = 0.8
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -127,6 +133,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             f"CRM_POOL_MAX_SIZE={pool_max} must be at least CRM_POOL_MIN_SIZE={pool_min}"
         )
+    risk_medium = _number(env, "CRM_CHURN_RISK_MEDIUM", 0.5, 0.01, 0.99)
+    risk_high = _number(env, "CRM_CHURN_RISK_HIGH", 0.8, 0.01, 0.99)
+    if risk_high <= risk_medium:
+        raise ConfigError(f"CRM_CHURN_RISK_HIGH={risk_high} must be above "
+                          f"CRM_CHURN_RISK_MEDIUM={risk_medium}")
     return Settings(
         database_url=_database_url(env),
         data_dir=Path(env.get("CRM_DATA_DIR") or ".crm-data").expanduser(),
@@ -145,4 +156,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=(env.get("CRM_HOST") or "127.0.0.1").strip(),
         port=_number(env, "CRM_PORT", 8000, 1, 65535),
         workers=_number(env, "CRM_WORKERS", 2, 1, 64),
+        churn_horizon_days=_number(env, "CRM_CHURN_HORIZON_DAYS", 90, MIN_CHURN_HORIZON,
+                                   MAX_CHURN_HORIZON),
+        churn_risk_medium=risk_medium,
+        churn_risk_high=risk_high,
     )

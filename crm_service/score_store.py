@@ -16,37 +16,54 @@ from psycopg import sql
 # reporting zone are one occasion, their amounts summed; cancelled and refunded orders do not
 # count. Only orders up to the end of `as_of` (local) are seen.
 #
-# One pass over the orders yields, per customer, the summary as of `as_of` and as of the
-# backtest's calibration end, and per day the repeat occasions and first purchases (the
-# tracking plot). It lands in a temporary table of this session: row i is customer i in id
-# order, so scores computed in numpy come back by index and customer ids never enter Python.
+# One pass over the orders collects the occasions into a temporary table of this session
+# (the churn features read it too). From it, one GROUP BY yields per customer the summary as
+# of `as_of` and as of the backtest's calibration end, and per day the repeat occasions and
+# first purchases (the tracking plot). Row i of run_summary is customer i in id order, so
+# scores computed in numpy come back by index and customer ids never enter Python.
+# Occasions (customer, day) up to as_of, with the gap since the customer's previous occasion
+# (NULL for the first), plus days with only refunds (amount NULL; churn features count them).
+_OCCASIONS = """
+CREATE TEMP TABLE run_occasions AS
+WITH days AS (
+    SELECT customer_id, (ordered_at AT TIME ZONE {tz})::date AS day,
+           sum(amount) FILTER (WHERE status = 'paid')    AS amount,
+           count(*) FILTER (WHERE status = 'paid')       AS paid_orders,
+           count(*) FILTER (WHERE status = 'refunded')   AS refunded_orders,
+           min(channel) FILTER (WHERE status = 'paid')   AS channel
+    FROM orders
+    WHERE status IN ('paid', 'refunded')
+      AND ordered_at < ({as_of}::date + 1)::timestamp AT TIME ZONE {tz}
+    GROUP BY customer_id, day
+)
+SELECT customer_id, day, amount, paid_orders, refunded_orders, channel,
+       day - lag(day) OVER w          AS gap,
+       lead(day) OVER w               AS next_day,
+       first_value(channel) OVER w    AS first_channel
+FROM days WHERE paid_orders > 0
+WINDOW w AS (PARTITION BY customer_id ORDER BY day)
+UNION ALL
+SELECT customer_id, day, NULL, 0, refunded_orders, NULL, NULL, NULL, NULL
+FROM days WHERE paid_orders = 0
+"""
+
 _SUMMARY = """
 CREATE TEMP TABLE run_summary AS
-WITH occasions AS (
-    SELECT customer_id, (ordered_at AT TIME ZONE {tz})::date AS day, sum(amount) AS amount
-    FROM orders
-    WHERE status = 'paid' AND ordered_at < ({as_of}::date + 1)::timestamp AT TIME ZONE {tz}
-    GROUP BY customer_id, day
-),
-numbered AS (
-    SELECT customer_id, day, amount,
-           row_number() OVER (PARTITION BY customer_id ORDER BY day) AS k
-    FROM occasions
-)
 SELECT (row_number() OVER (ORDER BY customer_id NULLS LAST) - 1)::int AS i,
        customer_id, day,
        (count(*) - 1)::int                                   AS frequency,
        max(day) - min(day)                                   AS recency,
        {as_of}::date - min(day)                              AS t,
-       round(coalesce(avg(amount) FILTER (WHERE k > 1), 0), 2) AS monetary_value,
+       round(coalesce(avg(amount) FILTER (WHERE gap IS NOT NULL), 0), 2) AS monetary_value,
        sum(amount)                                           AS historic_spend,
        min(day)                                              AS first_purchase,
        max(day)                                              AS last_purchase,
        (count(*) FILTER (WHERE day <= {cal_end}) - 1)::int   AS cal_frequency,
        coalesce(max(day) FILTER (WHERE day <= {cal_end}) - min(day), -1) AS cal_recency,
-       (count(*) FILTER (WHERE k > 1))::int                  AS repeats,
-       (count(*) FILTER (WHERE k = 1))::int                  AS firsts
-FROM numbered
+       (count(*) FILTER (WHERE gap IS NOT NULL))::int        AS repeats,
+       (count(*) FILTER (WHERE gap IS NULL))::int            AS firsts
+FROM run_occasions
+WHERE amount IS NOT NULL
 GROUP BY GROUPING SETS ((customer_id), (day))
 """
 
@@ -105,7 +122,7 @@ class Summary(RFM):
 
 def load_summary(conn: psycopg.Connection, as_of: date, timezone: str, *,
                  holdout_share: float = 0.25) -> Summary:
-    """Compute the summary in PostgreSQL (into the session's ``run_summary``) and read it.
+    """Compute the summary in PostgreSQL (the session's ``run_occasions`` and ``run_summary``).
 
     The calibration end is ``as_of`` minus ``holdout_share`` of the span from the first
     purchase (at least one day). Call inside one transaction if the summary and anything
@@ -120,10 +137,12 @@ def load_summary(conn: psycopg.Connection, as_of: date, timezone: str, *,
         tz=timezone, as_of=as_of)).fetchone()
     span = (as_of - first[0]).days if first and first[0] else 0
     cal_end = as_of - timedelta(days=max(int(span * holdout_share), 1))
-    conn.execute("DROP TABLE IF EXISTS pg_temp.run_summary")
+    drop_summary(conn)
     conn.execute(f"SET LOCAL work_mem = '{_RUN_WORK_MEM}'")
-    conn.execute(bind(_SUMMARY, tz=timezone, as_of=as_of, cal_end=cal_end))
-    conn.execute("ANALYZE run_summary")  # temporary tables are never auto-analysed
+    conn.execute(bind(_OCCASIONS, tz=timezone, as_of=as_of))
+    conn.execute("ANALYZE run_occasions")  # temporary tables are never auto-analysed
+    conn.execute(bind(_SUMMARY, as_of=as_of, cal_end=cal_end))
+    conn.execute("ANALYZE run_summary")
     with conn.cursor(binary=True) as cur:
         packed = cur.execute(_PACKED).fetchone()
         daily = cur.execute("SELECT day, repeats, firsts FROM run_summary"
@@ -149,18 +168,20 @@ def load_summary(conn: psycopg.Connection, as_of: date, timezone: str, *,
 
 
 def drop_summary(conn: psycopg.Connection) -> None:
-    """Drop the session's summary table (a run's working data) if it exists."""
+    """Drop the session's working tables of a run (occasions and summary) if they exist."""
     conn.execute("DROP TABLE IF EXISTS pg_temp.run_summary")
+    conn.execute("DROP TABLE IF EXISTS pg_temp.run_occasions")
 
 
 def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
-               status: str = "running") -> int:
+               status: str = "running", churn_horizon_days: int = 90) -> int:
     """Record a new run (running, or queued for a worker); committed at once."""
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO scoring_runs (status, as_of, timezone, started_at, heartbeat_at)"
-            " VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END, now())"
-            " RETURNING id", (status, as_of, timezone, status)).fetchone()
+            "INSERT INTO scoring_runs (status, as_of, timezone, started_at, heartbeat_at,"
+            " churn_horizon_days) VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END,"
+            " now(), %s) RETURNING id",
+            (status, as_of, timezone, status, churn_horizon_days)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -218,13 +239,14 @@ SCORE_COLUMNS = (
     "customer_id", "frequency", "recency_days", "t_days", "monetary_value", "historic_spend",
     "first_purchase", "last_purchase", "avg_days_between_orders", "p_alive",
     "expected_purchases_30", "expected_purchases_90", "expected_purchases_365",
-    "expected_next_order", "expected_spend", "clv_12m",
+    "expected_next_order", "expected_spend", "clv_12m", "churn_probability", "churn_risk",
 )
 
 # What a run computes per customer, sent back in row order of run_summary. NaN in
 # next_order_days means no expected next order.
 COMPUTED = ("p_alive", "expected_purchases_30", "expected_purchases_90",
-            "expected_purchases_365", "next_order_days", "expected_spend", "clv_12m")
+            "expected_purchases_365", "next_order_days", "expected_spend", "clv_12m",
+            "churn_probability")
 
 _INSERT_SCORES = """
 INSERT INTO customer_scores (run_id, {columns})
@@ -233,7 +255,9 @@ SELECT %(run_id)s, s.customer_id, s.frequency, s.recency, s.t, s.monetary_value,
        CASE WHEN s.frequency > 0 THEN s.recency::float8 / s.frequency END,
        c.p_alive, c.expected_purchases_30, c.expected_purchases_90, c.expected_purchases_365,
        CASE WHEN c.next_order_days <> 'NaN' THEN %(as_of)s::date + c.next_order_days::int END,
-       c.expected_spend, c.clv_12m
+       c.expected_spend, c.clv_12m, c.churn_probability,
+       CASE WHEN c.churn_probability >= %(high)s THEN 'high'
+            WHEN c.churn_probability >= %(medium)s THEN 'medium' ELSE 'low' END
 FROM run_summary s JOIN run_computed c USING (i)
 WHERE s.customer_id IS NOT NULL
 """
@@ -264,11 +288,15 @@ def _binary_copy(columns: dict[str, NDArray[np.float64]], chunk: int = 100_000):
 
 def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
                 computed: dict[str, NDArray[np.float64]], counts: dict[str, Any],
-                models: dict[str, Any], diagnostics: dict[str, Any] | None = None) -> None:
+                models: dict[str, Any], diagnostics: dict[str, Any] | None = None, *,
+                risk_thresholds: tuple[float, float] = (0.5, 0.8),
+                churn_artifact: tuple[bytes, dict[str, Any]] | None = None) -> None:
     """Write the run's scores and make it the live run, all in one transaction.
 
     ``computed`` holds the :data:`COMPUTED` arrays in the row order of the session's summary
     (:func:`load_summary`); they go in by binary COPY and are joined to the summary there.
+    ``risk_thresholds`` (medium, high) band the churn probability; ``churn_artifact`` (skops
+    bytes and their metadata) is stored with the run.
     Readers switch from the previous run to this one at commit: they never see a mix. The run
     row is locked first, and only the attempt that owns it may publish.
 
@@ -291,7 +319,11 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
                 copy.write(part)
         cur.execute("ANALYZE run_computed")
         cur.execute(sql.SQL(_INSERT_SCORES).format(columns=sql.SQL(", ".join(SCORE_COLUMNS))),
-                    {"run_id": run_id, "as_of": as_of})
+                    {"run_id": run_id, "as_of": as_of, "medium": risk_thresholds[0],
+                     "high": risk_thresholds[1]})
+        if churn_artifact is not None:
+            cur.execute("INSERT INTO churn_models (run_id, artifact, meta) VALUES (%s, %s, %s)",
+                        (run_id, churn_artifact[0], json.dumps(churn_artifact[1])))
         cur.execute(
             "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
             " models = %s, progress = 'published' WHERE id = %s",
@@ -317,13 +349,14 @@ def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
 def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     """One run's record by id."""
     row = conn.execute(
-        "SELECT id, status, progress, as_of, time_unit, timezone, created_at, started_at,"
-        " finished_at, error, counts, models FROM scoring_runs WHERE id = %s",
-        (run_id,)).fetchone()
+        "SELECT id, status, progress, as_of, time_unit, timezone, churn_horizon_days,"
+        " created_at, started_at, finished_at, error, counts, models FROM scoring_runs"
+        " WHERE id = %s", (run_id,)).fetchone()
     if row is None:
         return None
-    keys = ("run_id", "status", "progress", "as_of", "time_unit", "timezone", "created_at",
-            "started_at", "finished_at", "error", "counts", "models")
+    keys = ("run_id", "status", "progress", "as_of", "time_unit", "timezone",
+            "churn_horizon_days", "created_at", "started_at", "finished_at", "error", "counts",
+            "models")
     return dict(zip(keys, row, strict=True))
 
 

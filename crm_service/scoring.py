@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from crm_service import score_store
+from crm_service.churn import score_churn
 from crm_service.config import Settings
 from crm_service.db import DatabaseError, TransactionStatus
 from crm_service.errors import CrmError
@@ -63,12 +64,13 @@ class RunResult:
     counts: dict[str, Any]
     models: dict[str, Any]
     seconds: float
+    churn_horizon_days: int = 90
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "time_unit": "days",
-                "counts": self.counts, "models": self.models,
-                "seconds": round(self.seconds, 3)}
+                "churn_horizon_days": self.churn_horizon_days, "counts": self.counts,
+                "models": self.models, "seconds": round(self.seconds, 3)}
 
 
 def _check_history(summary: score_store.RFM) -> None:
@@ -198,11 +200,13 @@ def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
 
 
 def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
-                run_id: int | None = None, attempt: int = 1) -> RunResult:
+                run_id: int | None = None, attempt: int = 1,
+                churn_horizon_days: int | None = None) -> RunResult:
     """Score every customer as of ``as_of`` and publish the run atomically.
 
-    ``run_id`` and ``attempt`` identify a run already claimed by a worker; without them a new
-    run is recorded.
+    ``run_id`` and ``attempt`` identify a run already claimed by a worker (its churn horizon
+    is the one recorded with it); without them a new run is recorded with
+    ``churn_horizon_days`` (default: the configured one).
 
     Raises
     ------
@@ -214,13 +218,28 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise RuntimeError("run_scoring commits its own transactions; pass an idle connection")
     started = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def stage_done(name: str, since: list[float] = [started]) -> None:  # noqa: B006
+        now = time.perf_counter()
+        stages[name] = round(now - since[0], 3)
+        since[0] = now
+
     if run_id is None:
-        run_id = score_store.create_run(conn, as_of, settings.timezone)
+        horizon = churn_horizon_days or settings.churn_horizon_days
+        run_id = score_store.create_run(conn, as_of, settings.timezone,
+                                        churn_horizon_days=horizon)
+    else:
+        record = score_store.run_record(conn, run_id)
+        conn.commit()
+        horizon = int(record["churn_horizon_days"]) if record else settings.churn_horizon_days
     try:
         score_store.set_progress(conn, run_id, attempt, "summarising orders")
-        # The summary and the backtest's calibration summary come from one pass (one snapshot).
+        # Summary, backtest summary and the occasions the churn features use: one snapshot.
         with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             summary = score_store.load_summary(conn, as_of, settings.timezone)
+        stage_done("summary")
         _check_history(summary)
         score_store.set_progress(conn, run_id, attempt, "fitting models")
         holdout, diagnostics, calibration = _holdout(summary)
@@ -234,8 +253,27 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         selected = min(candidates, key=lambda name: holdout[name]["mae"])
         repeat = (summary.frequency > 0) & (summary.monetary_value > 0)
         gg = GammaGammaModel().fit(summary.frequency[repeat], summary.monetary_value[repeat])
+        stage_done("fits")
         score_store.set_progress(conn, run_id, attempt, "scoring customers")
-        computed, counts = _scores(summary, hist, index, fitted[selected], gg)
+        model = fitted[selected]
+        computed, counts = _scores(summary, hist, index, model, gg)
+        stage_done("scores")
+        score_store.set_progress(conn, run_id, attempt, "churn model")
+        baseline = model.probability_no_purchases(horizon, hist.frequency, hist.recency,
+                                                  hist.T)[index]
+        churn = score_churn(conn, as_of=as_of, horizon=horizon, span_days=int(summary.T.max()),
+                            model_name=selected, model=model, baseline=baseline)
+        conn.commit()
+        computed["churn_probability"] = churn.probability
+        bands = (settings.churn_risk_medium, settings.churn_risk_high)
+        counts["churn_risk"] = {
+            "low": int(np.count_nonzero(churn.probability < bands[0])),
+            "medium": int(np.count_nonzero((churn.probability >= bands[0])
+                                           & (churn.probability < bands[1]))),
+            "high": int(np.count_nonzero(churn.probability >= bands[1])),
+        }
+        stage_done("churn")
+        counts["stage_seconds"] = stages
         models = {
             "selected": selected,
             **{name: {**_params_json(m), "holdout": holdout.get(name)}
@@ -243,9 +281,11 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             **{name: {"error": reason} for name, reason in failed.items()},
             "gamma_gamma": _params_json(gg),
             "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
+            "churn": {**churn.info, "risk_thresholds": {"medium": bands[0], "high": bands[1]}},
         }
         score_store.publish_run(conn, run_id, attempt, as_of, computed, counts, models,
-                                diagnostics)
+                                diagnostics, risk_thresholds=bands,
+                                churn_artifact=churn.artifact)
         score_store.drop_summary(conn)
         conn.commit()
     except score_store.RunTakenOverError:
@@ -264,7 +304,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     seconds = time.perf_counter() - started
     log.info("scoring run %s published: %s customers in %.1f s", run_id, counts["customers"],
              seconds)
-    return RunResult(run_id, as_of, counts, models, seconds)
+    return RunResult(run_id, as_of, counts, models, seconds, horizon)
 
 
 def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> None:

@@ -105,6 +105,22 @@ class BetaGeoModel(PurchaseMLEModel):
         x, _t_x, big_t = check_rfm(frequency, recency, T)
         return (alpha + big_t) * np.expm1(np.log(2.0) / (r + x))
 
+    def probability_no_purchases(self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike,
+                                 T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
+        """P(no purchase in (T, T+t] | x, t_x, T): the BTYD churn probability over t.
+
+        A BG/NBD customer drops out only right after a purchase, so one who is alive at T
+        makes no purchase in t with probability E[exp(-lambda t)] under the posterior
+        lambda ~ Gamma(r+x, alpha+T), i.e. ((alpha+T)/(alpha+T+t))^(r+x); a customer who has
+        dropped out makes none. Hence 1 - P(alive) + P(alive) ((alpha+T)/(alpha+T+t))^(r+x).
+        """
+        r, alpha, _a, _b = self._params()
+        t = np.asarray(t, dtype=np.float64)
+        x, t_x, big_t = check_rfm(frequency, recency, T)
+        alive = self.probability_alive(x, t_x, big_t)
+        quiet = np.exp(-(r + x) * np.log1p(t / (alpha + big_t)))
+        return 1.0 - alive * (1.0 - quiet)
+
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
         """E[X(t)] for a customer just acquired (FHL 2005, eq. 7)."""
         r, alpha, a, b = self._params()

@@ -158,6 +158,33 @@ class ParetoNBDModel(PurchaseMLEModel):
         for_each_block(x.size, _BLOCK, block)
         return out.reshape(shape)
 
+    def probability_no_purchases(self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike,
+                                 T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
+        """P(no purchase in (T, T+t] | x, t_x, T): the BTYD churn probability over t.
+
+        Given alive at T, lambda ~ Gamma(r+x, alpha+T) and mu ~ Gamma(s, beta+T) independently
+        (Fader & Hardie 2005, section 3), so the remaining lifetime tau is Lomax with survival
+        S(u) = ((beta+T)/(beta+T+u))^s, and a customer with remaining lifetime tau buys nothing
+        in t with probability g(min(tau, t)), g(u) = ((alpha+T)/(alpha+T+u))^(r+x). Then
+
+            P(quiet | alive) = g(t) S(t) + Int_0^t g(u) f(u) du,   f = -S',
+
+        integrated by 32-node Gauss-Legendre (the integrand is smooth and monotone on [0, t]).
+        """
+        r, alpha, s, beta = self._params()
+        x, t_x, big_t = check_rfm(frequency, recency, T)
+        t, x, t_x, big_t = np.broadcast_arrays(np.asarray(t, dtype=np.float64), x, t_x, big_t)
+        alive = self.probability_alive(x, t_x, big_t)
+        nodes, weights = np.polynomial.legendre.leggauss(32)
+        u = (t[..., None] * (nodes + 1) / 2)
+        a_t, b_t = (alpha + big_t)[..., None], (beta + big_t)[..., None]
+        g = np.exp(-(r + x)[..., None] * np.log1p(u / a_t))
+        f = s / b_t * np.exp(-(s + 1) * np.log1p(u / b_t))
+        integral = (g * f * weights).sum(axis=-1) * t / 2
+        end = (np.exp(-(r + x) * np.log1p(t / (alpha + big_t)))
+               * np.exp(-s * np.log1p(t / (beta + big_t))))
+        return 1.0 - alive * (1.0 - (end + integral))
+
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
         """E[X(t)] for a customer just acquired (Fader & Hardie 2005, eq. 17)."""
         r, alpha, s, beta = self._params()

@@ -330,3 +330,34 @@ def test_a_fit_started_at_its_optimum_is_accepted(bg_weeks, cdnow):
                                initial=bg_weeks.params_)
     for k in bg_weeks.params_:
         assert again.params_[k] == pytest.approx(bg_weeks.params_[k], rel=1e-6)
+
+
+def test_probability_of_no_purchases_equals_lifetimes_pareto_nbd(pnbd_weeks, cdnow):
+    from lifetimes import ParetoNBDFitter
+
+    ref = ParetoNBDFitter()
+    ref.params_ = pd.Series(pnbd_weeks.params_)
+    x, t_x, big_t = cdnow["frequency"], cdnow["recency"] / 7, cdnow["T"] / 7
+    for t in (4.0, 13.0, 52.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = ref.conditional_probability_of_n_purchases_up_to_time(0, t, x, t_x, big_t)
+        ours = pnbd_weeks.probability_no_purchases(t, x, t_x, big_t)
+        assert rel(ours, expected) < 1e-6
+
+
+def test_probability_of_no_purchases_bgnbd(bg_weeks, cdnow):
+    """New customers: the unconditional P(X(t) = 0) of lifetimes; otherwise bounded by the
+    probability of having dropped out, and decreasing in t."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = BetaGeoFitter()
+        ref.params_ = pd.Series(bg_weeks.params_)
+        for t in (1.0, 10.0, 52.0):
+            assert bg_weeks.probability_no_purchases(t, 0, 0, 0) == pytest.approx(
+                ref.probability_of_n_purchases_up_to_time(t, 0), rel=1e-9)
+    x, t_x, big_t = cdnow["frequency"], cdnow["recency"] / 7, cdnow["T"] / 7
+    p13, p52 = (bg_weeks.probability_no_purchases(t, x, t_x, big_t) for t in (13.0, 52.0))
+    assert np.all(p52 <= p13 + 1e-12)
+    assert np.all(p13 >= 1 - bg_weeks.probability_alive(x, t_x, big_t) - 1e-12)
+    assert np.all((p13 >= 0) & (p13 <= 1))

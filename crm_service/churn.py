@@ -1,0 +1,208 @@
+"""Churn scoring within a run: time-split training, out-of-time validation, model choice.
+
+With ``A`` = as_of and ``H`` the horizon (DESIGN.md §2):
+
+- **validation**: the classifier is trained on features as of ``A − 2H − k`` with labels from
+  the H days after each cut-off, for ``k`` in 0, H/3, 2H/3, H (windows stacked: more data and
+  more than one season), and judged on features as of ``A − H`` against what customers did in
+  ``(A − H, A]`` (out of time, like its real use). The BTYD baseline, P(no purchase in H) from
+  the run's selected purchase model fitted as of ``A − H``, is judged on the same customers.
+- **choice**: the one with the lower Brier score on that window scores the customers (Brier is
+  a proper score: it rewards both ranking and calibration); both sets of metrics are recorded.
+- **final model**: retrained the same way on the windows ending at ``A`` (cut-offs
+  ``A − H − k``; the latest labels are ``(A − H, A]``), then applied to features as of ``A``.
+
+Large bases train on a fixed hash sample of customers (about 200k rows in all).
+
+Too little history (under 2H) or too few churners or non-churners in a window: the baseline
+scores, and the run says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from crm_service import churn_features
+from models import churn as churn_model
+from models._fitting import ConvergenceError
+from models.beta_geo import BetaGeoModel
+from models.rfm import compress_with_index
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from crm_service.scoring import PurchaseModelT
+
+log = logging.getLogger(__name__)
+
+MIN_CLASS = 50  # churners and non-churners each, per window
+MIN_CUSTOMERS = 500
+WINDOW_OFFSETS = (0.0, 1 / 3, 2 / 3, 1.0)  # training cut-offs, in horizons before the latest
+MIN_WINDOW_HISTORY = 30  # days of history a training cut-off needs
+
+
+@dataclass
+class ChurnResult:
+    """Per-customer churn probability (summary order) and what the run records about it."""
+
+    probability: NDArray[np.float64]
+    info: dict[str, Any]
+    artifact: tuple[bytes, dict[str, Any]] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def btyd_outputs(model: PurchaseModelT, x: NDArray[np.float64], t_x: NDArray[np.float64],
+                 big_t: NDArray[np.float64], horizon: int) -> NDArray[np.float64]:
+    """P(alive), E[purchases in H] and P(no purchase in H), one column each.
+
+    Computed once per distinct (x, t_x, T) and spread back.
+    """
+    hist, index = compress_with_index(x, t_x, big_t)
+    hx, ht, hT = hist.frequency, hist.recency, hist.T
+    cols = (model.probability_alive(hx, ht, hT),
+            model.conditional_expected_purchases(horizon, hx, ht, hT),
+            model.probability_no_purchases(horizon, hx, ht, hT))
+    return np.stack([c[index] for c in cols], axis=1)
+
+
+def feature_matrix(raw: NDArray[np.float64], btyd: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The model's features (order of ``models.churn.FEATURES``) from raw SQL aggregates."""
+    col = {name: raw[:, j] for j, name in enumerate(churn_features.RAW)}
+    x, t_x, big_t = col["frequency"], col["recency"], col["T"]
+    since_last = big_t - t_x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_interval = np.where(x > 0, t_x / x, np.nan)
+        overdue = since_last / mean_interval
+    derived = {
+        "days_since_last": since_last, "mean_interval": mean_interval, "overdue_ratio": overdue,
+        "spend_trend": np.log1p(col["spend_90"]) - np.log1p(col["spend_prev_90"]),
+        "mean_occasion_value": col["historic_spend"] / (x + 1),
+        "p_alive": btyd[:, 0], "expected_purchases_h": btyd[:, 1],
+        "p_no_purchase_h": btyd[:, 2],
+    }
+    return np.stack([derived[n] if n in derived else col[n] for n in churn_model.FEATURES],
+                    axis=1)
+
+
+def _window(conn: psycopg.Connection, cutoff: date, horizon: int, fallback: PurchaseModelT,
+            share: float = 1.0) -> tuple[NDArray[np.float64], NDArray[np.bool_], str]:
+    """Features and labels of the customers who had bought by ``cutoff``; how BTYD was fitted.
+
+    The BTYD features come from the run's model type fitted as of ``cutoff`` if it converges
+    there, else BG/NBD, else (rarely) the run's own fit as of as_of.
+    """
+    model_cls, start = type(fallback), fallback.params_
+    raw = churn_features.load_raw(conn, cutoff, horizon, share=share)
+    j = churn_features.RAW.index
+    x, t_x, big_t = raw[:, j("frequency")], raw[:, j("recency")], raw[:, j("T")]
+    btyd, fitted_as = fallback, "the run's model fitted as of as_of"
+    for cls, initial in ((model_cls, start), (BetaGeoModel, None)):
+        try:
+            btyd, fitted_as = cls().fit(x, t_x, big_t, initial=initial), f"{cls.label} fitted"
+            break
+        except (ConvergenceError, ValueError) as exc:  # e.g. Pareto/NBD on a young history
+            log.info("churn features as of %s: %s; trying the next model", cutoff, exc)
+    churned = raw[:, j("future")] == 0
+    features = feature_matrix(raw, btyd_outputs(btyd, x, t_x, big_t, horizon))
+    return features, churned, fitted_as
+
+
+def _stacked(conn: psycopg.Connection, end: date, horizon: int, first_day: date,
+             fallback: PurchaseModelT, share: float
+             ) -> tuple[NDArray[np.float64], NDArray[np.bool_], list[str]]:
+    """Training windows whose labels end by ``end``: cut-offs ``end − H − k``, stacked."""
+    xs, ys, cuts = [], [], []
+    for k in WINDOW_OFFSETS:
+        cutoff = end - timedelta(days=horizon + round(k * horizon))
+        if (cutoff - first_day).days < MIN_WINDOW_HISTORY:
+            continue
+        x, y, _ = _window(conn, cutoff, horizon, fallback, share)
+        xs.append(x)
+        ys.append(y)
+        cuts.append(cutoff.isoformat())
+    if not xs:
+        return np.empty((0, len(churn_model.FEATURES))), np.empty(0, dtype=bool), cuts
+    return np.vstack(xs), np.concatenate(ys), cuts
+
+
+def _class_problem(churned: NDArray[np.bool_], label: str) -> str | None:
+    n, pos = churned.size, int(churned.sum())
+    if n < MIN_CUSTOMERS:
+        return f"{label}: {n} customers (need {MIN_CUSTOMERS})"
+    if pos < MIN_CLASS or n - pos < MIN_CLASS:
+        return (f"{label}: {pos} churners and {n - pos} non-churners "
+                f"(need {MIN_CLASS} of each)")
+    return None
+
+
+def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
+                span_days: int, model_name: str, model: PurchaseModelT,
+                baseline: NDArray[np.float64], seed: int = 0) -> ChurnResult:
+    """Train, validate and choose; return P(churn) for the customers of the run's summary.
+
+    ``baseline`` is P(no purchase in H) of the run's selected purchase model at ``as_of``, in
+    summary order. Reads the session's ``run_occasions`` and ``run_summary``.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    info: dict[str, Any] = {"horizon_days": horizon, "baseline_model": model_name,
+                            "criterion": "brier"}
+
+    def use_baseline(reason: str) -> ChurnResult:
+        info.update({"used": "btyd_baseline", "reason": reason})
+        timings["churn_total"] = time.perf_counter() - started
+        return ChurnResult(np.clip(baseline, 0.0, 1.0), info, None, timings)
+
+    if span_days < 2 * horizon:
+        return use_baseline(f"{span_days} days of history; training and validating a churn "
+                            f"model over {horizon} days needs {2 * horizon}")
+    val_cut = as_of - timedelta(days=horizon)
+    first_day = as_of - timedelta(days=span_days)
+    n = int(baseline.size)
+    share = min(1.0, churn_model.MAX_TRAINING_ROWS / len(WINDOW_OFFSETS) / max(n, 1))
+    x_fit, y_fit, fit_cuts = _stacked(conn, val_cut, horizon, first_day, model, share)
+    x_val, y_val, val_btyd = _window(conn, val_cut, horizon, model,
+                                     min(1.0, churn_model.MAX_TRAINING_ROWS / max(n, 1)))
+    info.update({"validation_cutoff": val_cut.isoformat(), "validation_training_cutoffs":
+                 fit_cuts, "btyd_features_at_validation": val_btyd,
+                 "customer_share": round(share, 4)})
+    timings["churn_validation_features"] = time.perf_counter() - started
+    problems = [p for p in (_class_problem(y_fit, f"training windows before {val_cut}"),
+                            _class_problem(y_val, f"validation window to {as_of}")) if p]
+    if problems:
+        return use_baseline("too little data to train a churn model: " + "; ".join(problems))
+
+    candidate = churn_model.fit(x_fit, y_fit, seed)
+    p_val = churn_model.predict(candidate, x_val)
+    base_val = x_val[:, churn_model.FEATURES.index("p_no_purchase_h")]
+    ml_metrics, base_metrics = churn_model.metrics(y_val, p_val), churn_model.metrics(y_val,
+                                                                                       base_val)
+    info.update({"validation": {"ml": ml_metrics, "btyd_baseline": base_metrics}})
+    timings["churn_validation"] = time.perf_counter() - started
+    ml_brier, base_brier = float(ml_metrics["brier"] or 0.0), float(base_metrics["brier"] or 0.0)
+    if ml_brier >= base_brier:
+        return use_baseline("the BTYD baseline validated better (Brier "
+                            f"{base_metrics['brier']:.4f} vs {ml_metrics['brier']:.4f})")
+
+    x_train, y_train, train_cuts = _stacked(conn, as_of, horizon, first_day, model, share)
+    final = churn_model.fit(x_train, y_train, seed)
+    raw_now = churn_features.load_raw(conn, as_of, horizon, summary_order=True)
+    j = churn_features.RAW.index
+    x, t_x, big_t = raw_now[:, j("frequency")], raw_now[:, j("recency")], raw_now[:, j("T")]
+    features_now = feature_matrix(raw_now, btyd_outputs(model, x, t_x, big_t, horizon))
+    probability = churn_model.predict(final, features_now)
+    artifact = churn_model.dumps(final)
+    info.update({"used": "ml", "reason": "the ML model validated better (Brier "
+                 f"{ml_metrics['brier']:.4f} vs {base_metrics['brier']:.4f})",
+                 "training_cutoffs": train_cuts, "training_rows": int(y_train.size),
+                 "training_churn_rate": float(y_train.mean()),
+                 "artifact": {k: v for k, v in artifact[1].items() if k != "features"}})
+    timings["churn_total"] = time.perf_counter() - started
+    return ChurnResult(probability, info, artifact, timings)

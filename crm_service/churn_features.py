@@ -1,0 +1,103 @@
+"""SQL for churn features: per customer, as of a cut-off, computed in PostgreSQL.
+
+They read the session's ``run_occasions``, built with the run's summary
+(``score_store.load_summary``: one row per customer and day with paid orders, their amount,
+channel and the gap since the customer's previous occasion, plus days that only saw refunds).
+Each cut-off's features are one GROUP BY over that table, read into numpy as packed float4
+columns (no customer ids enter Python). Definitions follow DESIGN.md §2: paid orders of one
+local day are one occasion.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import numpy as np
+import psycopg
+from numpy.typing import NDArray
+from psycopg import sql
+
+# Raw per-customer aggregates as of cut-off {c}; derived features are computed in numpy.
+# `future` counts occasions in (c, c + H]: the label when the window is in the past.
+RAW = ("frequency", "recency", "T", "std_interval", "last_interval", "max_interval",
+       "occasions_30", "occasions_90", "occasions_180", "spend_30", "spend_90", "spend_180",
+       "spend_prev_90", "historic_spend", "channels", "first_channel_share", "refund_share",
+       "occasions_365", "spend_365", "active_months", "first_spend", "future")
+_FEATURES = """
+CREATE TEMP TABLE run_features AS
+WITH f AS (
+    SELECT customer_id,
+           count(*) FILTER (WHERE p) - 1                                    AS frequency,
+           max(day) FILTER (WHERE p) - min(day) FILTER (WHERE p)            AS recency,
+           {c}::date - min(day) FILTER (WHERE p)                            AS t,
+           stddev_samp(gap) FILTER (WHERE p)                                AS std_interval,
+           max(gap) FILTER (WHERE p AND (next_day IS NULL OR next_day > {c})) AS last_interval,
+           max(gap) FILTER (WHERE p)                                        AS max_interval,
+           count(*) FILTER (WHERE p AND day > {c}::date - 30)               AS occasions_30,
+           count(*) FILTER (WHERE p AND day > {c}::date - 90)               AS occasions_90,
+           count(*) FILTER (WHERE p AND day > {c}::date - 180)              AS occasions_180,
+           coalesce(sum(amount) FILTER (WHERE p AND day > {c}::date - 30), 0)  AS spend_30,
+           coalesce(sum(amount) FILTER (WHERE p AND day > {c}::date - 90), 0)  AS spend_90,
+           coalesce(sum(amount) FILTER (WHERE p AND day > {c}::date - 180), 0) AS spend_180,
+           coalesce(sum(amount) FILTER (WHERE p AND day > {c}::date - 180
+                                          AND day <= {c}::date - 90), 0)    AS spend_prev_90,
+           sum(amount) FILTER (WHERE p)                                     AS historic_spend,
+           count(DISTINCT channel) FILTER (WHERE p)                         AS channels,
+           avg((channel = first_channel)::int) FILTER (WHERE p)             AS first_channel_share,
+           sum(refunded_orders) FILTER (WHERE day <= {c})::float8
+               / nullif(sum(paid_orders + refunded_orders) FILTER (WHERE day <= {c}), 0)
+                                                                            AS refund_share,
+           count(*) FILTER (WHERE p AND day > {c}::date - 365)              AS occasions_365,
+           coalesce(sum(amount) FILTER (WHERE p AND day > {c}::date - 365), 0) AS spend_365,
+           count(DISTINCT date_trunc('month', day)) FILTER (WHERE p)        AS active_months,
+           sum(amount) FILTER (WHERE p AND gap IS NULL)                     AS first_spend,
+           count(*) FILTER (WHERE amount IS NOT NULL AND day > {c}
+                              AND day <= {c}::date + {h})                   AS future
+    FROM (SELECT *, amount IS NOT NULL AND day <= {c} AS p FROM run_occasions
+          WHERE {sample}) o
+    GROUP BY customer_id
+    HAVING count(*) FILTER (WHERE p) > 0
+)
+SELECT {k} AS k, f.* FROM f {join}
+"""
+
+
+def load_raw(conn: psycopg.Connection, cutoff: date, horizon_days: int, *,
+             summary_order: bool = False, share: float = 1.0,
+             chunk: int = 500_000) -> NDArray[Any]:
+    """Per-customer raw aggregates (columns :data:`RAW`) as of ``cutoff``.
+
+    With ``summary_order`` the rows are the customers of the session's ``run_summary`` in its
+    order (the cut-off must then be the summary's ``as_of``); otherwise the customers who had
+    bought by ``cutoff``, in no particular order. ``share`` < 1 keeps a fixed pseudo-random
+    share of the customers (by a hash of their id, so the same customers at every cut-off).
+    Returns a float64 array (rows x columns); NaN where a value is undefined (e.g. interval
+    statistics without repeat purchases).
+    """
+    conn.execute("DROP TABLE IF EXISTS pg_temp.run_features")
+    k = sql.SQL("s.i" if summary_order else "(row_number() OVER () - 1)::int")
+    join = sql.SQL("JOIN run_summary s USING (customer_id)" if summary_order else "")
+    sample = sql.SQL("true") if share >= 1 or summary_order else sql.SQL(
+        "(hashtext(customer_id) & 65535) < {}").format(sql.Literal(int(share * 65536) + 1))
+    conn.execute(sql.SQL(_FEATURES).format(c=sql.Literal(cutoff), h=sql.Literal(horizon_days),
+                                           k=k, join=join, sample=sample))
+    n = conn.execute("SELECT count(*) FROM run_features").fetchone()
+    rows = int(n[0]) if n else 0
+    packed = sql.SQL(" || ").join(
+        [sql.SQL("int4send(k)")] + [sql.SQL("float4send(coalesce({}::float4, 'NaN'))").format(
+            sql.Identifier(c.lower())) for c in RAW])
+    dtype = np.dtype([("k", ">i4")] + [(c, ">f4") for c in RAW])
+    out = np.empty((rows, len(RAW)), dtype=np.float64)
+    with conn.cursor(binary=True) as cur:
+        for lo in range(0, rows, chunk):
+            row = cur.execute(sql.SQL("SELECT string_agg({}, ''::bytea) FROM run_features"
+                                      " WHERE k >= %s AND k < %s").format(packed),
+                              (lo, lo + chunk)).fetchone()
+            part = np.frombuffer(row[0] if row and row[0] else b"", dtype=dtype)
+            for j, c in enumerate(RAW):
+                out[part["k"], j] = part[c]
+    conn.execute("DROP TABLE IF EXISTS pg_temp.run_features")
+    return out
+
+
