@@ -75,8 +75,9 @@ def evaluate(conn, settings, as_of: date, horizon: int) -> dict:
     expected = model.conditional_expected_purchases(horizon, x, t_x, big_t)
     p0 = model.probability_no_purchases(horizon, x, t_x, big_t)
     churn = run.models["churn"]
+    # Only the AUC (a ranking) of expected purchases is used: exp(-E) keeps its order.
     return {"as_of": as_of, "h": horizon, "used": churn["used"], "selected": selected,
-            "service": metrics(churned, p), "expected": metrics(churned, np.exp(-expected)),  # only its AUC (a ranking) is used
+            "service": metrics(churned, p), "expected": metrics(churned, np.exp(-expected)),
             "p0": metrics(churned, p0), "seconds": run.seconds,
             "validation": churn.get("validation"), "reason": churn.get("reason")}
 

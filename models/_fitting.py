@@ -114,7 +114,10 @@ def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
     ConvergenceError
         If the optimiser stops without convergence or the result is not finite.
     """
+    # Bounded: on data that cannot identify a model the line search would otherwise step to
+    # log-parameters of 1e280 and overflow; a fit that ends on a bound is refused below.
     res = minimize(objective, start, jac=True, method="L-BFGS-B",
+                   bounds=[(-40.0, 40.0)] * start.size,
                    options={"maxiter": max_iter, "gtol": 1e-8, "ftol": 1e-12})
     log_params = np.asarray(res.x, dtype=np.float64)
     stationary = bool(np.all(np.isfinite(res.jac))

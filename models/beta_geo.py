@@ -42,7 +42,7 @@ def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
     a2 = (betaln(a, b + ux) - betaln(a, b))[idx]
     a3 = -(r + x) * np.log(alpha + big_t)
     repeat = x > 0
-    bx1 = np.where(repeat, b + x - 1, 1.0)
+    bx1 = np.where(repeat, np.maximum(b + x - 1, 1e-300), 1.0)  # b can underflow in a line search
     a4 = np.where(repeat, np.log(a) - np.log(bx1) - (r + x) * np.log(alpha + t_x), -np.inf)
     top = np.maximum(a3, a4)
     e3, e4 = np.exp(a3 - top), np.exp(a4 - top)

@@ -4,8 +4,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STORAGE = {"db", "embedded", "schema", "order_store", "customer_store", "api_keys", "locks",
-           "score_store", "idempotency"}
+STORAGE = {"db", "churn_features", "embedded", "schema", "order_store", "customer_store",
+           "api_keys", "locks", "score_store", "idempotency"}
 
 
 def runtime_imports(path: Path) -> set[str]:
