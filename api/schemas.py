@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
+
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
     "invalid": "must be a string", "null": "must not be null", "required": "required"}
 
@@ -117,6 +119,10 @@ class ScoringRunRequestSchema(Schema):
 
     as_of = fields.Date(metadata={"example": "1998-06-30",
                                   "description": "default: today in CRM_TIMEZONE"})
+    churn_horizon_days = fields.Integer(
+        strict=True, validate=validate.Range(min=MIN_CHURN_HORIZON, max=MAX_CHURN_HORIZON),
+        metadata={"example": 90, "description": "churn = no purchase in the next H days; "
+                                                "default CRM_CHURN_HORIZON_DAYS (90)"})
 
 
 class RunSchema(Schema):
@@ -129,13 +135,16 @@ class RunSchema(Schema):
     as_of = fields.String(metadata={"example": "1998-06-30"})
     time_unit = fields.String(metadata={"example": "days"})
     timezone = fields.String()
+    churn_horizon_days = fields.Integer(metadata={"example": 90})
     created_at = fields.String()
     finished_at = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
     counts = fields.Dict(allow_none=True)
     models = fields.Dict(allow_none=True, metadata={
         "description": "bgnbd: params r, alpha, a, b, standard_errors, log_likelihood, holdout;"
-                       " gamma_gamma: params p, q, v"})
+                       " gamma_gamma: params p, q, v; churn: used (ml or btyd_baseline), reason,"
+                       " validation metrics (roc_auc, brier, ece, top_decile_lift) of both,"
+                       " risk_thresholds"})
 
 
 class PredictionCaseSchema(Schema):

@@ -46,7 +46,8 @@ class ScoringRuns(MethodView):
     """Request a scoring run; a worker executes it."""
 
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.arguments(ScoringRunRequestSchema, example={"as_of": "1998-06-30"})
+    @blp.arguments(ScoringRunRequestSchema, example={"as_of": "1998-06-30",
+                                                     "churn_horizon_days": 90})
     @blp.response(202, RunSchema, headers={"Location": {"schema": {"type": "string"},
                                                         "description": "the run's URL"}})
     @blp.alt_response(422, description="as_of in the future")
@@ -63,7 +64,10 @@ class ScoringRuns(MethodView):
         if as_of > today:
             raise ValidationError(f"as_of {as_of} is in the future (today is {today})")
         with svc.pool.connection() as conn:
-            run_id = score_store.create_run(conn, as_of, svc.settings.timezone, status="queued")
+            run_id = score_store.create_run(
+                conn, as_of, svc.settings.timezone, status="queued",
+                churn_horizon_days=body.get("churn_horizon_days")
+                or svc.settings.churn_horizon_days)
             run = score_store.run_record(conn, run_id)
         assert run is not None
         return _jsonable(run), 202, {"Location": url_for("scoring.ScoringRun", run_id=run_id)}

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from crm_service import __version__, api_keys, bulk_import, schema
-from crm_service.config import Settings, load_settings
+from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON, Settings, load_settings
 from crm_service.db import DatabaseError, connect, redact, resolve_dsn
 from crm_service.errors import ConfigError, CrmError, ValidationError
 
@@ -283,16 +283,20 @@ def _today(settings: Settings) -> date:
 @main.command()
 @click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Scoring date (orders up to the end of that day count); default today.")
+@click.option("--churn-horizon-days", "horizon", type=click.IntRange(MIN_CHURN_HORIZON,
+                                                                    MAX_CHURN_HORIZON),
+              default=None, help="Churn = no purchase in the next H days (default "
+                                 "CRM_CHURN_HORIZON_DAYS, 90).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @pass_ctx
 @handles_errors
-def score(ctx: Context, as_of: datetime | None, as_json: bool) -> None:
+def score(ctx: Context, as_of: datetime | None, horizon: int | None, as_json: bool) -> None:
     """Run one full scoring run and publish it atomically."""
     from crm_service.scoring import run_scoring
 
     day = as_of.date() if as_of else _today(ctx.settings)
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
-        result = run_scoring(conn, ctx.settings, as_of=day)
+        result = run_scoring(conn, ctx.settings, as_of=day, churn_horizon_days=horizon)
     _print_run(result.as_dict(), as_json)
 
 
@@ -316,6 +320,18 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
     click.echo("Gamma-Gamma: " + ", ".join(f"{k}={v:.4g}" for k, v in gg.items()))
     click.echo(f"expected purchases next 90 days: {counts['expected_purchases_90']:,.0f}; "
                f"12-month CLV total: {counts['clv_12m_total']:,.0f}")
+    churn = models.get("churn")
+    if churn:
+        risk = counts.get("churn_risk", {})
+        used = "ML model" if churn["used"] == "ml" else "BTYD baseline"
+        line = f"churn over {churn['horizon_days']} days: {used} ({churn['reason']})"
+        val = churn.get("validation")
+        if val and val["ml"]["roc_auc"] is not None:
+            line += (f"; validation AUC {val['ml']['roc_auc']:.3f} (ML) vs "
+                     f"{val['btyd_baseline']['roc_auc']:.3f} (baseline)")
+        click.echo(line)
+        click.echo("churn risk: " + ", ".join(f"{k} {risk.get(k, 0):,}"
+                                              for k in ("low", "medium", "high")))
 
 
 @main.group("export")

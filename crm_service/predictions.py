@@ -48,6 +48,10 @@ def predict(conn: psycopg.Connection, cases: list[dict[str, Any]],
     spend = spend_model.conditional_expected_spend(np.where(m > 0, x, 0.0), m)
     clv = customer_lifetime_value(model, x, t_x, big_t, spend)
     wait = model.median_time_to_next_purchase(x, t_x, big_t)
+    # The ML churn model needs a customer's whole history; for a what-if history the run's
+    # BTYD model gives P(no purchase in H), the baseline the churn model is judged against.
+    horizon = int(run.get("churn_horizon_days") or 90)
+    quiet = model.probability_no_purchases(horizon, x, t_x, big_t)
     return {
         "run_id": run["run_id"], "model": models["selected"], "time_unit": "days",
         "predictions": [{
@@ -58,5 +62,7 @@ def predict(conn: psycopg.Connection, cases: list[dict[str, Any]],
                 float(np.round(wait[i], 3)) if np.isfinite(wait[i]) else None),
             "expected_spend": float(spend[i]),
             "clv_12m": float(clv[i]),
+            "p_no_purchase_btyd": float(quiet[i]),
         } for i in range(len(cases))],
+        "churn_horizon_days": horizon,
     }

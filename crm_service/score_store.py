@@ -336,13 +336,13 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
 def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
     """The live run's record, or None before the first successful run."""
     row = conn.execute(
-        "SELECT r.id, r.status, r.as_of, r.time_unit, r.timezone, r.created_at, r.finished_at,"
-        " r.counts, r.models FROM scoring_state s JOIN scoring_runs r ON r.id = s.active_run_id"
-    ).fetchone()
+        "SELECT r.id, r.status, r.as_of, r.time_unit, r.timezone, r.churn_horizon_days,"
+        " r.created_at, r.finished_at, r.counts, r.models"
+        " FROM scoring_state s JOIN scoring_runs r ON r.id = s.active_run_id").fetchone()
     if row is None:
         return None
-    keys = ("run_id", "status", "as_of", "time_unit", "timezone", "created_at", "finished_at",
-            "counts", "models")
+    keys = ("run_id", "status", "as_of", "time_unit", "timezone", "churn_horizon_days",
+            "created_at", "finished_at", "counts", "models")
     return dict(zip(keys, row, strict=True))
 
 
@@ -370,7 +370,8 @@ def iter_run_scores(conn: psycopg.Connection, run_id: int, batch: int = 20_000):
         cur.itersize = batch
         cur.execute(
             "SELECT customer_id, frequency, recency_days, t_days, monetary_value, p_alive,"
-            " clv_12m FROM customer_scores WHERE run_id = %s ORDER BY customer_id", (run_id,))
+            " clv_12m, churn_probability, churn_risk FROM customer_scores WHERE run_id = %s"
+            " ORDER BY customer_id", (run_id,))
         yield from cur
 
 
