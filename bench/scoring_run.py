@@ -50,6 +50,16 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"| crm-service score, {run['counts']['customers']:,} customers | {wall:.1f} s "
           f"| peak RSS {rss:.0f} MB | selected {run['models']['selected']} |")
+    stages = run["counts"].get("stage_seconds", {})
+    print("stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    churn = run["models"].get("churn", {})
+    print(f"churn: {churn.get('used')} ({churn.get('reason')}); training rows "
+          f"{churn.get('training_rows')}; churn stage {stages.get('churn', 0):.1f} s")
+    if churn.get("validation"):
+        v = churn["validation"]
+        print("validation: " + "; ".join(
+            f"{k} AUC {m['roc_auc']:.4f} Brier {m['brier']:.4f} ECE {m['ece']:.4f} "
+            f"lift {m['top_decile_lift']:.2f}" for k, m in v.items()))
     if a.skip_reference:
         return
     script = Path(__file__).resolve().parent / "reference_scoring.py"

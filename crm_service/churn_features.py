@@ -1,8 +1,9 @@
 """SQL for churn features: per customer, as of a cut-off, computed in PostgreSQL.
 
-They read the session's ``run_occasions``, built with the run's summary
-(``score_store.load_summary``: one row per customer and day with paid orders, their amount,
-channel and the gap since the customer's previous occasion, plus days that only saw refunds).
+They read the session's ``run_occasions`` and ``run_refunds``, built in the transaction of the
+run's summary (``score_store.collect_occasions``: one row per customer and day with paid
+orders, their amount, channel and the gap since the customer's previous occasion; refunded
+orders per customer and day).
 Each cut-off's features are one GROUP BY over that table, read into numpy as packed float4
 columns (no customer ids enter Python). Definitions follow DESIGN.md §2: paid orders of one
 local day are one occasion.
@@ -45,21 +46,25 @@ WITH f AS (
            sum(amount) FILTER (WHERE p)                                     AS historic_spend,
            count(DISTINCT channel) FILTER (WHERE p)                         AS channels,
            avg((channel = first_channel)::int) FILTER (WHERE p)             AS first_channel_share,
-           sum(refunded_orders) FILTER (WHERE day <= {c})::float8
-               / nullif(sum(paid_orders + refunded_orders) FILTER (WHERE day <= {c}), 0)
-                                                                            AS refund_share,
+           sum(paid_orders) FILTER (WHERE p)                                AS paid_orders,
            count(*) FILTER (WHERE p AND day > {c}::date - 365)              AS occasions_365,
            coalesce(sum(amount) FILTER (WHERE p AND day > {c}::date - 365), 0) AS spend_365,
            count(DISTINCT date_trunc('month', day)) FILTER (WHERE p)        AS active_months,
            sum(amount) FILTER (WHERE p AND gap IS NULL)                     AS first_spend,
-           count(*) FILTER (WHERE amount IS NOT NULL AND day > {c}
+           count(*) FILTER (WHERE day > {c}
                               AND day <= {c}::date + {h})                   AS future
-    FROM (SELECT *, amount IS NOT NULL AND day <= {c} AS p FROM run_occasions
-          WHERE {sample}) o
+    FROM (SELECT *, day <= {c} AS p FROM run_occasions WHERE {sample}) o
     GROUP BY customer_id
     HAVING count(*) FILTER (WHERE p) > 0
+),
+r AS (
+    SELECT customer_id, sum(refunded_orders) AS refunded_orders FROM run_refunds
+    WHERE day <= {c} GROUP BY customer_id
 )
-SELECT {k} AS k, f.* FROM f {join}
+SELECT {k} AS k, f.*,
+       coalesce(r.refunded_orders, 0)::float8 / (f.paid_orders + coalesce(r.refunded_orders, 0))
+           AS refund_share
+FROM f LEFT JOIN r USING (customer_id) {join}
 """
 
 

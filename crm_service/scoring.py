@@ -239,7 +239,11 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             summary = score_store.load_summary(conn, as_of, settings.timezone)
-        stage_done("summary")
+            stage_done("summary")
+            span = int(summary.T.max()) if summary.size else 0
+            if span >= 2 * horizon:  # else the churn stage uses the baseline (too short)
+                score_store.collect_occasions(conn, as_of, settings.timezone)
+            stage_done("churn_occasions")
         _check_history(summary)
         score_store.set_progress(conn, run_id, attempt, "fitting models")
         holdout, diagnostics, calibration = _holdout(summary)
@@ -261,7 +265,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         score_store.set_progress(conn, run_id, attempt, "churn model")
         baseline = model.probability_no_purchases(horizon, hist.frequency, hist.recency,
                                                   hist.T)[index]
-        churn = score_churn(conn, as_of=as_of, horizon=horizon, span_days=int(summary.T.max()),
+        churn = score_churn(conn, as_of=as_of, horizon=horizon, span_days=span,
                             model_name=selected, model=model, baseline=baseline)
         conn.commit()
         computed["churn_probability"] = churn.probability
