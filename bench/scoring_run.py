@@ -31,9 +31,12 @@ def main() -> None:
     ap.add_argument("--csv", default="bench/out/orders_1m.csv")
     ap.add_argument("--as-of", default="2024-12-31")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--churn-model", choices=["auto", "ml", "baseline"], default="auto",
+                    help="CRM_CHURN_MODEL for the run (ml: always time the full ML path)")
     a = ap.parse_args()
     dsn, data_dir = fresh_database()
-    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir))
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir),
+               CRM_CHURN_MODEL=a.churn_model)
     subprocess.run([sys.executable, "-m", "crm_service", "import", "orders", a.csv, "--json",
                     "--report", str(data_dir / "rejects.csv")], env=env, check=True,
                    capture_output=True)

@@ -144,11 +144,14 @@ def _class_problem(churned: NDArray[np.bool_], label: str) -> str | None:
 
 def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
                 span_days: int, model_name: str, model: PurchaseModelT,
-                baseline: NDArray[np.float64], seed: int = 0) -> ChurnResult:
+                baseline: NDArray[np.float64], policy: str = "auto",
+                seed: int = 0) -> ChurnResult:
     """Train, validate and choose; return P(churn) for the customers of the run's summary.
 
     ``baseline`` is P(no purchase in H) of the run's selected purchase model at ``as_of``, in
-    summary order. Reads the session's ``run_occasions`` and ``run_summary``.
+    summary order. ``policy`` (``CRM_CHURN_MODEL``): ``auto`` uses whichever validates better,
+    ``ml`` the trained model whenever there is data to train it, ``baseline`` never trains.
+    Reads the session's ``run_occasions``, ``run_refunds`` and ``run_summary``.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -160,6 +163,9 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
         timings["churn_total"] = time.perf_counter() - started
         return ChurnResult(np.clip(baseline, 0.0, 1.0), info, None, timings)
 
+    info["policy"] = policy
+    if policy == "baseline":
+        return use_baseline("CRM_CHURN_MODEL=baseline")
     if span_days < 2 * horizon:
         return use_baseline(f"{span_days} days of history; training and validating a churn "
                             f"model over {horizon} days needs {2 * horizon}")
@@ -187,7 +193,7 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     info.update({"validation": {"ml": ml_metrics, "btyd_baseline": base_metrics}})
     timings["churn_validation"] = time.perf_counter() - started
     ml_brier, base_brier = float(ml_metrics["brier"] or 0.0), float(base_metrics["brier"] or 0.0)
-    if ml_brier >= base_brier:
+    if policy == "auto" and ml_brier >= base_brier:
         return use_baseline("the BTYD baseline validated better (Brier "
                             f"{base_metrics['brier']:.4f} vs {ml_metrics['brier']:.4f})")
 
@@ -199,8 +205,9 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     features_now = feature_matrix(raw_now, btyd_outputs(model, x, t_x, big_t, horizon))
     probability = churn_model.predict(final, features_now)
     artifact = churn_model.dumps(final)
-    info.update({"used": "ml", "reason": "the ML model validated better (Brier "
-                 f"{ml_metrics['brier']:.4f} vs {base_metrics['brier']:.4f})",
+    why = ("the ML model validated better" if ml_brier < base_brier
+           else "CRM_CHURN_MODEL=ml, although the baseline validated better")
+    info.update({"used": "ml", "reason": f"{why} (Brier {ml_brier:.4f} vs {base_brier:.4f})",
                  "training_cutoffs": train_cuts, "training_rows": int(y_train.size),
                  "training_churn_rate": float(y_train.mean()),
                  "artifact": {k: v for k, v in artifact[1].items() if k != "features"}})

@@ -47,6 +47,7 @@ class Settings:
     churn_horizon_days: int = 90
     churn_risk_medium: float = 0.5
     churn_risk_high: float = 0.8
+    churn_model: str = "auto"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -111,6 +112,13 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r} must be one of " + ", ".join(allowed))
+    return raw
+
+
 def _log_level(env: Mapping[str, str]) -> str:
     raw = (env.get("CRM_LOG_LEVEL") or "INFO").strip().upper()
     if raw not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -160,4 +168,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                    MAX_CHURN_HORIZON),
         churn_risk_medium=risk_medium,
         churn_risk_high=risk_high,
+        churn_model=_choice(env, "CRM_CHURN_MODEL", "auto", ("auto", "ml", "baseline")),
     )

@@ -266,7 +266,8 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         baseline = model.probability_no_purchases(horizon, hist.frequency, hist.recency,
                                                   hist.T)[index]
         churn = score_churn(conn, as_of=as_of, horizon=horizon, span_days=span,
-                            model_name=selected, model=model, baseline=baseline)
+                            model_name=selected, model=model, baseline=baseline,
+                            policy=settings.churn_model)
         conn.commit()
         computed["churn_probability"] = churn.probability
         bands = (settings.churn_risk_medium, settings.churn_risk_high)

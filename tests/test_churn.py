@@ -180,3 +180,22 @@ def test_training_sample_is_stratified_and_bounded():
     assert rows.size == 100 and y[rows].sum() == 25
     assert np.array_equal(rows, churn_model.sample_rows(y, limit=100))  # deterministic
     assert churn_model.sample_rows(y, limit=5000).size == 1000
+
+
+@pytest.mark.parametrize("policy", ["ml", "baseline"])
+def test_churn_model_policy(cdnow_loaded, settings, policy):
+    forced = dataclasses.replace(settings, churn_model=policy)
+    result = run_scoring(cdnow_loaded, forced, as_of=date(1998, 6, 30))
+    churn = result.models["churn"]
+    assert churn["policy"] == policy
+    assert churn["used"] == ("ml" if policy == "ml" else "btyd_baseline")
+    if policy == "ml":
+        assert "validation" in churn and churn["training_rows"] > 2357
+    else:
+        assert "validation" not in churn and "CRM_CHURN_MODEL=baseline" in churn["reason"]
+
+
+def test_churn_policy_setting_is_validated():
+    assert load_settings({"CRM_CHURN_MODEL": "ML"}).churn_model == "ml"
+    with pytest.raises(ConfigError, match="must be one of auto, ml, baseline"):
+        load_settings({"CRM_CHURN_MODEL": "xgboost"})
