@@ -72,7 +72,7 @@ def btyd_outputs(model: PurchaseModelT, x: NDArray[np.float64], t_x: NDArray[np.
     return np.stack([c[index] for c in cols], axis=1)
 
 
-def feature_matrix(raw: NDArray[np.float64], btyd: NDArray[np.float64]) -> NDArray[np.float64]:
+def feature_matrix(raw: NDArray[np.float32], btyd: NDArray[np.float64]) -> NDArray[np.float32]:
     """The model's features (order of ``models.churn.FEATURES``) from raw SQL aggregates."""
     col = {name: raw[:, j] for j, name in enumerate(churn_features.RAW)}
     x, t_x, big_t = col["frequency"], col["recency"], col["T"]
@@ -87,49 +87,63 @@ def feature_matrix(raw: NDArray[np.float64], btyd: NDArray[np.float64]) -> NDArr
         "p_alive": btyd[:, 0], "expected_purchases_h": btyd[:, 1],
         "p_no_purchase_h": btyd[:, 2],
     }
-    return np.stack([derived[n] if n in derived else col[n] for n in churn_model.FEATURES],
-                    axis=1)
+    out = np.empty((raw.shape[0], len(churn_model.FEATURES)), dtype=np.float32)
+    for i, name in enumerate(churn_model.FEATURES):
+        out[:, i] = derived[name] if name in derived else col[name]
+    return out
 
 
-def _window(conn: psycopg.Connection, cutoff: date, horizon: int, fallback: PurchaseModelT,
-            share: float = 1.0) -> tuple[NDArray[np.float64], NDArray[np.bool_], str]:
-    """Features and labels of the customers who had bought by ``cutoff``; how BTYD was fitted.
+class _Windows:
+    """Training and validation windows of one run, each computed once (they overlap)."""
 
-    The BTYD features come from the run's model type fitted as of ``cutoff`` if it converges
-    there, else BG/NBD, else (rarely) the run's own fit as of as_of.
-    """
-    model_cls, start = type(fallback), fallback.params_
-    raw = churn_features.load_raw(conn, cutoff, horizon, share=share)
-    j = churn_features.RAW.index
-    x, t_x, big_t = raw[:, j("frequency")], raw[:, j("recency")], raw[:, j("T")]
-    btyd, fitted_as = fallback, "the run's model fitted as of as_of"
-    for cls, initial in ((model_cls, start), (BetaGeoModel, None)):
-        try:
-            btyd, fitted_as = cls().fit(x, t_x, big_t, initial=initial), f"{cls.label} fitted"
-            break
-        except (ConvergenceError, ValueError) as exc:  # e.g. Pareto/NBD on a young history
-            log.info("churn features as of %s: %s; trying the next model", cutoff, exc)
-    churned = raw[:, j("future")] == 0
-    features = feature_matrix(raw, btyd_outputs(btyd, x, t_x, big_t, horizon))
-    return features, churned, fitted_as
+    def __init__(self, conn: psycopg.Connection, horizon: int, first_day: date,
+                 fallback: PurchaseModelT, sampled: bool) -> None:
+        self.conn, self.horizon, self.first_day = conn, horizon, first_day
+        self.fallback, self.sampled = fallback, sampled
+        self._cache: dict[date, tuple[NDArray[np.float32], NDArray[np.bool_], str]] = {}
 
+    def at(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str]:
+        """Features and labels of the (sampled) customers who had bought by ``cutoff``.
 
-def _stacked(conn: psycopg.Connection, end: date, horizon: int, first_day: date,
-             fallback: PurchaseModelT, share: float
-             ) -> tuple[NDArray[np.float64], NDArray[np.bool_], list[str]]:
-    """Training windows whose labels end by ``end``: cut-offs ``end − H − k``, stacked."""
-    xs, ys, cuts = [], [], []
-    for k in WINDOW_OFFSETS:
-        cutoff = end - timedelta(days=horizon + round(k * horizon))
-        if (cutoff - first_day).days < MIN_WINDOW_HISTORY:
-            continue
-        x, y, _ = _window(conn, cutoff, horizon, fallback, share)
-        xs.append(x)
-        ys.append(y)
-        cuts.append(cutoff.isoformat())
-    if not xs:
-        return np.empty((0, len(churn_model.FEATURES))), np.empty(0, dtype=bool), cuts
-    return np.vstack(xs), np.concatenate(ys), cuts
+        The BTYD features come from the run's model type fitted as of ``cutoff`` if it
+        converges there, else BG/NBD, else (rarely) the run's own fit as of as_of.
+        """
+        if cutoff not in self._cache:
+            self._cache[cutoff] = self._load(cutoff)
+        return self._cache[cutoff]
+
+    def _load(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str]:
+        raw = churn_features.load_raw(self.conn, cutoff, self.horizon, sampled=self.sampled)
+        j = churn_features.RAW.index
+        x, t_x, big_t = (raw[:, j(c)].astype(np.float64) for c in ("frequency", "recency", "T"))
+        fallback = self.fallback
+        btyd, fitted_as = fallback, "the run's model fitted as of as_of"
+        for cls, initial in ((type(fallback), fallback.params_), (BetaGeoModel, None)):
+            try:
+                btyd = cls().fit(x, t_x, big_t, initial=initial)
+                fitted_as = f"{cls.label} fitted"
+                break
+            except (ConvergenceError, ValueError) as exc:  # e.g. Pareto/NBD, young history
+                log.info("churn features as of %s: %s; trying the next model", cutoff, exc)
+        churned = raw[:, j("future")] == 0
+        features = feature_matrix(raw, btyd_outputs(btyd, x, t_x, big_t, self.horizon))
+        return features, churned, fitted_as
+
+    def stacked(self, end: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], list[str]]:
+        """Training windows whose labels end by ``end``: cut-offs ``end − H − k``, stacked."""
+        xs, ys, cuts = [], [], []
+        for k in WINDOW_OFFSETS:
+            cutoff = end - timedelta(days=self.horizon + round(k * self.horizon))
+            if (cutoff - self.first_day).days < MIN_WINDOW_HISTORY:
+                continue
+            x, y, _ = self.at(cutoff)
+            xs.append(x)
+            ys.append(y)
+            cuts.append(cutoff.isoformat())
+        if not xs:
+            return (np.empty((0, len(churn_model.FEATURES)), dtype=np.float32),
+                    np.empty(0, dtype=bool), cuts)
+        return np.vstack(xs), np.concatenate(ys), cuts
 
 
 def _class_problem(churned: NDArray[np.bool_], label: str) -> str | None:
@@ -170,12 +184,13 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
         return use_baseline(f"{span_days} days of history; training and validating a churn "
                             f"model over {horizon} days needs {2 * horizon}")
     val_cut = as_of - timedelta(days=horizon)
-    first_day = as_of - timedelta(days=span_days)
     n = int(baseline.size)
     share = min(1.0, churn_model.MAX_TRAINING_ROWS / len(WINDOW_OFFSETS) / max(n, 1))
-    x_fit, y_fit, fit_cuts = _stacked(conn, val_cut, horizon, first_day, model, share)
-    x_val, y_val, val_btyd = _window(conn, val_cut, horizon, model,
-                                     min(1.0, churn_model.MAX_TRAINING_ROWS / max(n, 1)))
+    if share < 1.0:
+        churn_features.make_sample(conn, share)
+    windows = _Windows(conn, horizon, as_of - timedelta(days=span_days), model, share < 1.0)
+    x_fit, y_fit, fit_cuts = windows.stacked(val_cut)
+    x_val, y_val, val_btyd = windows.at(val_cut)
     info.update({"validation_cutoff": val_cut.isoformat(), "validation_training_cutoffs":
                  fit_cuts, "btyd_features_at_validation": val_btyd,
                  "customer_share": round(share, 4)})
@@ -197,11 +212,11 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
         return use_baseline("the BTYD baseline validated better (Brier "
                             f"{base_metrics['brier']:.4f} vs {ml_metrics['brier']:.4f})")
 
-    x_train, y_train, train_cuts = _stacked(conn, as_of, horizon, first_day, model, share)
+    x_train, y_train, train_cuts = windows.stacked(as_of)
     final = churn_model.fit(x_train, y_train, seed)
     raw_now = churn_features.load_raw(conn, as_of, horizon, summary_order=True)
     j = churn_features.RAW.index
-    x, t_x, big_t = raw_now[:, j("frequency")], raw_now[:, j("recency")], raw_now[:, j("T")]
+    x, t_x, big_t = (raw_now[:, j(c)].astype(np.float64) for c in ("frequency", "recency", "T"))
     features_now = feature_matrix(raw_now, btyd_outputs(model, x, t_x, big_t, horizon))
     probability = churn_model.predict(final, features_now)
     artifact = churn_model.dumps(final)

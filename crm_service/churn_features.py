@@ -53,12 +53,12 @@ WITH f AS (
            sum(amount) FILTER (WHERE p AND gap IS NULL)                     AS first_spend,
            count(*) FILTER (WHERE day > {c}
                               AND day <= {c}::date + {h})                   AS future
-    FROM (SELECT *, day <= {c} AS p FROM run_occasions WHERE {sample}) o
+    FROM (SELECT *, day <= {c} AS p FROM {occasions}) o
     GROUP BY customer_id
     HAVING count(*) FILTER (WHERE p) > 0
 ),
 r AS (
-    SELECT customer_id, sum(refunded_orders) AS refunded_orders FROM run_refunds
+    SELECT customer_id, sum(refunded_orders) AS refunded_orders FROM {refunds}
     WHERE day <= {c} GROUP BY customer_id
 )
 SELECT {k} AS k, f.*,
@@ -68,32 +68,47 @@ FROM f LEFT JOIN r USING (customer_id) {join}
 """
 
 
+def make_sample(conn: psycopg.Connection, share: float) -> None:
+    """Keep a fixed pseudo-random ``share`` of the customers in ``run_*_sample`` tables.
+
+    The sample is by a hash of the customer id, so the same customers at every cut-off.
+    """
+    keep = sql.SQL("WHERE (hashtext(customer_id) & 65535) < {}").format(
+        sql.Literal(int(share * 65536) + 1))
+    for table in ("run_occasions", "run_refunds"):
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(
+            sql.Identifier(table + "_sample")))
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} AS SELECT * FROM {} {}").format(
+            sql.Identifier(table + "_sample"), sql.Identifier(table), keep))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table + "_sample")))
+
+
 def load_raw(conn: psycopg.Connection, cutoff: date, horizon_days: int, *,
-             summary_order: bool = False, share: float = 1.0,
+             summary_order: bool = False, sampled: bool = False,
              chunk: int = 500_000) -> NDArray[Any]:
     """Per-customer raw aggregates (columns :data:`RAW`) as of ``cutoff``.
 
     With ``summary_order`` the rows are the customers of the session's ``run_summary`` in its
     order (the cut-off must then be the summary's ``as_of``); otherwise the customers who had
-    bought by ``cutoff``, in no particular order. ``share`` < 1 keeps a fixed pseudo-random
-    share of the customers (by a hash of their id, so the same customers at every cut-off).
-    Returns a float64 array (rows x columns); NaN where a value is undefined (e.g. interval
-    statistics without repeat purchases).
+    bought by ``cutoff``, in no particular order; with ``sampled``, only those kept by
+    :func:`make_sample`. Returns a float32 array (rows x columns); NaN where a value is
+    undefined (e.g. interval statistics without repeat purchases).
     """
     conn.execute("DROP TABLE IF EXISTS pg_temp.run_features")
     k = sql.SQL("s.i" if summary_order else "(row_number() OVER () - 1)::int")
     join = sql.SQL("JOIN run_summary s USING (customer_id)" if summary_order else "")
-    sample = sql.SQL("true") if share >= 1 or summary_order else sql.SQL(
-        "(hashtext(customer_id) & 65535) < {}").format(sql.Literal(int(share * 65536) + 1))
-    conn.execute(sql.SQL(_FEATURES).format(c=sql.Literal(cutoff), h=sql.Literal(horizon_days),
-                                           k=k, join=join, sample=sample))
+    suffix = "_sample" if sampled and not summary_order else ""
+    conn.execute(sql.SQL(_FEATURES).format(
+        c=sql.Literal(cutoff), h=sql.Literal(horizon_days), k=k, join=join,
+        occasions=sql.Identifier("run_occasions" + suffix),
+        refunds=sql.Identifier("run_refunds" + suffix)))
     n = conn.execute("SELECT count(*) FROM run_features").fetchone()
     rows = int(n[0]) if n else 0
     packed = sql.SQL(" || ").join(
         [sql.SQL("int4send(k)")] + [sql.SQL("float4send(coalesce({}::float4, 'NaN'))").format(
             sql.Identifier(c.lower())) for c in RAW])
     dtype = np.dtype([("k", ">i4")] + [(c, ">f4") for c in RAW])
-    out = np.empty((rows, len(RAW)), dtype=np.float64)
+    out = np.empty((rows, len(RAW)), dtype=np.float32)
     with conn.cursor(binary=True) as cur:
         for lo in range(0, rows, chunk):
             row = cur.execute(sql.SQL("SELECT string_agg({}, ''::bytea) FROM run_features"
