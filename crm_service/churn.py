@@ -218,6 +218,7 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     j = churn_features.RAW.index
     x, t_x, big_t = (raw_now[:, j(c)].astype(np.float64) for c in ("frequency", "recency", "T"))
     features_now = feature_matrix(raw_now, btyd_outputs(model, x, t_x, big_t, horizon))
+    del raw_now, x, t_x, big_t, x_fit, y_fit, x_train  # peak memory: only what predict needs
     probability = churn_model.predict(final, features_now)
     artifact = churn_model.dumps(final)
     why = ("the ML model validated better" if ml_brier < base_brier

@@ -111,7 +111,7 @@ def fit(features: NDArray[np.floating], churned: NDArray[np.bool_], seed: int = 
 
 
 def predict(model: Any, features: NDArray[np.floating],
-            block: int = 200_000) -> NDArray[np.float64]:
+            block: int = 50_000) -> NDArray[np.float64]:
     """Calibrated P(churn) per row (in blocks, so memory stays bounded)."""
     out = np.empty(features.shape[0])
     for lo in range(0, features.shape[0], block):

@@ -174,16 +174,25 @@ class ParetoNBDModel(PurchaseMLEModel):
         r, alpha, s, beta = self._params()
         x, t_x, big_t = check_rfm(frequency, recency, T)
         t, x, t_x, big_t = np.broadcast_arrays(np.asarray(t, dtype=np.float64), x, t_x, big_t)
+        shape = x.shape
+        t, x, t_x, big_t = (np.ascontiguousarray(a).ravel() for a in (t, x, t_x, big_t))
         alive = self.probability_alive(x, t_x, big_t)
         nodes, weights = np.polynomial.legendre.leggauss(32)
-        u = (t[..., None] * (nodes + 1) / 2)
-        a_t, b_t = (alpha + big_t)[..., None], (beta + big_t)[..., None]
-        g = np.exp(-(r + x)[..., None] * np.log1p(u / a_t))
-        f = s / b_t * np.exp(-(s + 1) * np.log1p(u / b_t))
-        integral = (g * f * weights).sum(axis=-1) * t / 2
-        end = (np.exp(-(r + x) * np.log1p(t / (alpha + big_t)))
-               * np.exp(-s * np.log1p(t / (beta + big_t))))
-        return 1.0 - alive * (1.0 - (end + integral))
+        quiet = np.empty(x.size)
+
+        def block(lo: int, hi: int) -> None:  # rows x 32 nodes: blocks bound the memory
+            tb, xb, tb_big = t[lo:hi], x[lo:hi], big_t[lo:hi]
+            u = tb[:, None] * (nodes + 1) / 2
+            a_t, b_t = (alpha + tb_big)[:, None], (beta + tb_big)[:, None]
+            g = np.exp(-(r + xb)[:, None] * np.log1p(u / a_t))
+            f = s / b_t * np.exp(-(s + 1) * np.log1p(u / b_t))
+            integral = (g * f * weights).sum(axis=1) * tb / 2
+            end = (np.exp(-(r + xb) * np.log1p(tb / (alpha + tb_big)))
+                   * np.exp(-s * np.log1p(tb / (beta + tb_big))))
+            quiet[lo:hi] = end + integral
+
+        for_each_block(x.size, _BLOCK, block)
+        return (1.0 - alive * (1.0 - quiet)).reshape(shape)
 
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
         """E[X(t)] for a customer just acquired (Fader & Hardie 2005, eq. 17)."""
