@@ -4,7 +4,7 @@ What a data team would write without the service: read the order log, keep paid 
 the cut-off, summarise per customer with lifetimes' ``summary_data_from_transaction_data``
 (purchase occasions per day), fit BG/NBD and Gamma-Gamma, and compute P(alive), expected
 purchases over 30/90/365 days and 12-month CLV. It does less than a run: no database, no
-backtest, no Pareto/NBD, nothing persisted. Prints one JSON line: seconds and customers.
+backtest, no Pareto/NBD, nothing persisted. Prints one JSON line: seconds, customers, peak RSS.
 
     python bench/reference_scoring.py bench/out/orders_1m.csv 2024-12-31
 """
@@ -12,6 +12,7 @@ backtest, no Pareto/NBD, nothing persisted. Prints one JSON line: seconds and cu
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 import warnings
@@ -46,7 +47,9 @@ def main() -> None:
     rfm["clv"] = gg.customer_lifetime_value(bg, rfm["frequency"], rfm["recency"], rfm["T"],
                                             rfm["monetary_value"], time=12, freq="D",
                                             discount_rate=0.01)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "customers": len(rfm)}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": time.perf_counter() - t0, "customers": len(rfm),
+                      "peak_rss_mb": peak}))
 
 
 if __name__ == "__main__":
