@@ -19,6 +19,7 @@ import argparse
 import csv
 import sys
 import tempfile
+import time
 from datetime import date, timedelta
 from importlib import resources
 from pathlib import Path
@@ -32,7 +33,7 @@ from crm_service.bulk_import import import_orders  # noqa: E402
 from crm_service.config import load_settings  # noqa: E402
 from crm_service.db import connect  # noqa: E402
 from crm_service.scoring import run_scoring  # noqa: E402
-from models.churn import metrics  # noqa: E402
+from models.churn import loads, metrics  # noqa: E402
 from models.purchase import purchase_model  # noqa: E402
 
 SPLITS = [(date(1998, 3, 31), 90), (date(1998, 1, 31), 90), (date(1998, 3, 31), 60),
@@ -75,11 +76,22 @@ def evaluate(conn, settings, as_of: date, horizon: int) -> dict:
     expected = model.conditional_expected_purchases(horizon, x, t_x, big_t)
     p0 = model.probability_no_purchases(horizon, x, t_x, big_t)
     churn = run.models["churn"]
+    artifact = conn.execute("SELECT artifact, meta FROM churn_models WHERE run_id = %s",
+                            (run.run_id,)).fetchone()
+    load = None
+    if artifact is not None:
+        data, meta = bytes(artifact[0]), artifact[1]
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            loads(data, meta)
+            times.append(time.perf_counter() - t0)
+        load = (len(data), float(np.median(times)) * 1000, max(times) * 1000)
     # Only the AUC (a ranking) of expected purchases is used: exp(-E) keeps its order.
     return {"as_of": as_of, "h": horizon, "used": churn["used"], "selected": selected,
             "service": metrics(churned, p), "expected": metrics(churned, np.exp(-expected)),
             "p0": metrics(churned, p0), "seconds": run.seconds,
-            "validation": churn.get("validation"), "reason": churn.get("reason")}
+            "validation": churn.get("validation"), "reason": churn.get("reason"), "load": load}
 
 
 def main() -> None:
@@ -111,6 +123,10 @@ def main() -> None:
                 print(f"|   validation window: ML AUC {v['ml']['roc_auc']:.4f} Brier "
                       f"{v['ml']['brier']:.4f}; baseline AUC {v['btyd_baseline']['roc_auc']:.4f}"
                       f" Brier {v['btyd_baseline']['brier']:.4f} ({r['reason']}) |||||||||||")
+            if r["load"]:
+                size, median, worst = r["load"]
+                print(f"|   stored churn model: {size / 1024:.0f} KB (skops); load + checks: "
+                      f"median {median:.1f} ms, max {worst:.1f} ms over 20 loads |||||||||||")
 
 
 if __name__ == "__main__":
