@@ -70,6 +70,16 @@ def client(app, conn):
 
 
 @pytest.fixture()
+def cdnow_loaded(conn: psycopg.Connection, settings: Settings) -> psycopg.Connection:
+    """The CDNOW demo sample (2,357 customers) loaded through the bulk import."""
+    from crm_service.demo import load_cdnow_sample
+
+    load_cdnow_sample(conn, settings)
+    conn.commit()
+    return conn
+
+
+@pytest.fixture()
 def make_token(conn: psycopg.Connection):
     def make(*scopes: str) -> str:
         _, token = api_keys.create_key(conn, "test", list(scopes) or ["admin"])

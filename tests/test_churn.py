@@ -12,18 +12,10 @@ from click.testing import CliRunner
 
 from crm_service.cli import main
 from crm_service.config import ConfigError, load_settings
-from crm_service.demo import load_cdnow_sample
 from crm_service.export import export_scores
 from crm_service.scoring import run_scoring
 from models import churn as churn_model
 from tests.conftest import count
-
-
-@pytest.fixture()
-def cdnow_loaded(conn, settings):
-    load_cdnow_sample(conn, settings)
-    conn.commit()
-    return conn
 
 
 def _scores(conn, run_id):

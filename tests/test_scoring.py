@@ -8,20 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from crm_service.cli import main
-from crm_service.demo import load_cdnow_sample
 from crm_service.scoring import InsufficientHistoryError, run_scoring
 from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model
 from tests.cdnow import cdnow_rfm
 from tests.conftest import count
-
-
-@pytest.fixture()
-def cdnow_loaded(conn, settings):
-    load_cdnow_sample(conn, settings)
-    conn.commit()
-    return conn
 
 
 def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
