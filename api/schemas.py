@@ -171,3 +171,32 @@ class PredictionRequestSchema(Schema):
     horizons = fields.List(fields.Integer(validate=validate.Range(min=0, max=3650)),
                            load_default=lambda: [30, 90, 365],
                            validate=validate.Length(min=1, max=10))
+
+
+class CustomerScoresSchema(Schema):
+    """One customer's scores in the live run (days; money in CRM_CURRENCY)."""
+
+    customer_id = fields.String(metadata={"example": "cdnow-0001"})
+    run_id = fields.Integer(metadata={"example": 3})
+    as_of = fields.String(metadata={"example": "1998-06-30"})
+    scored_at = fields.String(allow_none=True)
+    churn_horizon_days = fields.Integer(metadata={"example": 90})
+    frequency = fields.Integer(metadata={"description": "repeat purchase occasions"})
+    recency_days = fields.Integer(metadata={"description": "first to last occasion"})
+    t_days = fields.Integer(metadata={"description": "first occasion to as_of"})
+    monetary_value = fields.Float(metadata={"description": "mean repeat occasion amount"})
+    historic_spend = fields.Float()
+    first_purchase = fields.String()
+    last_purchase = fields.String()
+    avg_days_between_orders = fields.Float(allow_none=True)
+    p_alive = fields.Float(metadata={"example": 0.82})
+    expected_purchases_30 = fields.Float()
+    expected_purchases_90 = fields.Float()
+    expected_purchases_365 = fields.Float()
+    expected_next_order = fields.String(allow_none=True, metadata={
+        "description": "as_of + median wait, when P(alive) >= 0.5"})
+    expected_spend = fields.Float(allow_none=True)
+    clv_12m = fields.Float(allow_none=True)
+    churn_probability = fields.Float(allow_none=True, metadata={
+        "example": 0.37, "description": "P(no purchase in the next churn_horizon_days)"})
+    churn_risk = fields.String(allow_none=True, metadata={"enum": ["low", "medium", "high"]})

@@ -10,10 +10,16 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.auth import require
-from api.schemas import PredictionRequestSchema, RunSchema, ScoringRunRequestSchema
+from api.schemas import (
+    CustomerScoresSchema,
+    PredictionRequestSchema,
+    RunSchema,
+    ScoringRunRequestSchema,
+)
 from api.services import services
 from crm_service import score_store
 from crm_service.errors import NotFoundError, ValidationError
+from crm_service.ingestion import MAX_ID_LENGTH
 from crm_service.plots import PLOTS, render
 from crm_service.predictions import predict
 
@@ -129,3 +135,31 @@ class RunPlot(MethodView):
                                 "succeeded)")
         return Response(render(name, data), mimetype="image/svg+xml",
                         headers={"Cache-Control": "private, max-age=3600"})
+
+
+@blp.route("/customers/<string:customer_id>/scores")
+class CustomerScores(MethodView):
+    """One customer's scores in the live run."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, CustomerScoresSchema)
+    @blp.alt_response(404, description="no run published yet, or no scores for this customer")
+    @blp.alt_response(422, description="not a valid customer id")
+    @require("scores:read")
+    def get(self, customer_id: str):
+        """One customer's P(alive), expected purchases, spend, CLV and churn probability and band.
+
+        Also the run (id, as_of) they come from: all from the live run, in one read.
+        """
+        if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
+            raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} printable characters")
+        with services().pool.connection() as conn:
+            found = score_store.customer_scores(conn, customer_id)
+        if found is None:
+            raise NotFoundError("no scoring run has been published yet")
+        if found["scores"] is None:
+            raise NotFoundError(f"customer {customer_id!r} has no scores in the live run "
+                                f"(run {found['run_id']} as of {found['as_of']}): no paid "
+                                "order on or before that day, or an unknown id")
+        scores = _jsonable(found.pop("scores"))
+        return {**_jsonable(found), **scores}

@@ -369,6 +369,30 @@ def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
     return dict(zip(keys, row, strict=True))
 
 
+def customer_scores(conn: psycopg.Connection, customer_id: str) -> dict[str, Any] | None:
+    """One customer's scores in the live run (one statement: never a mix of runs).
+
+    Returns None when no run is live; ``{"run_id": ..., "scores": None}`` when the live run
+    has no scores for the customer.
+    """
+    cols = ", ".join(f"s.{c}" for c in SCORE_COLUMNS)
+    row = conn.execute(
+        f"SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, s.customer_id IS NOT NULL,"
+        f" {cols} FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id"
+        " LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %s",
+        (customer_id,)).fetchone()
+    if row is None:
+        return None
+    run = {"run_id": row[0], "as_of": row[1], "scored_at": row[2],
+           "churn_horizon_days": row[3]}
+    if not row[4]:
+        return {**run, "scores": None}
+    scores = dict(zip(SCORE_COLUMNS, row[5:], strict=True))
+    for key in ("monetary_value", "historic_spend"):
+        scores[key] = float(scores[key])
+    return {**run, "scores": scores}
+
+
 def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     """One run's record by id."""
     row = conn.execute(

@@ -191,3 +191,28 @@ def test_churn_policy_setting_is_validated():
     assert load_settings({"CRM_CHURN_MODEL": "ML"}).churn_model == "ml"
     with pytest.raises(ConfigError, match="must be one of auto, ml, baseline"):
         load_settings({"CRM_CHURN_MODEL": "xgboost"})
+
+
+def test_customer_scores_over_http(cdnow_loaded, settings, client, make_token):
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    r = client.get("/v1/customers/cdnow-0001/scores", headers=token)
+    assert r.status_code == 404 and "no scoring run" in r.json["detail"]
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    r = client.get("/v1/customers/cdnow-0001/scores", headers=token)
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["run_id"] == result.run_id and body["as_of"] == "1998-06-30"
+    assert body["churn_horizon_days"] == 90 and body["customer_id"] == "cdnow-0001"
+    stored = cdnow_loaded.execute(
+        "SELECT churn_probability, churn_risk, p_alive FROM customer_scores"
+        " WHERE run_id = %s AND customer_id = 'cdnow-0001'", (result.run_id,)).fetchone()
+    assert body["churn_probability"] == pytest.approx(stored[0])
+    assert body["churn_risk"] == stored[1] and body["p_alive"] == pytest.approx(stored[2])
+    run = client.get(f"/v1/scoring-runs/{result.run_id}", headers=token).json
+    assert set(run["models"]["churn"]["validation"]) == {"ml", "btyd_baseline"}
+    assert set(run["counts"]["churn_risk"]) == {"low", "medium", "high"}
+    r = client.get("/v1/customers/nobody/scores", headers=token)
+    assert r.status_code == 404 and "no scores in the live run" in r.json["detail"]
+    assert client.get("/v1/customers/" + "x" * 200 + "/scores", headers=token).status_code == 422
+    no_scope = {"Authorization": f"Bearer {make_token('orders:write')}"}
+    assert client.get("/v1/customers/cdnow-0001/scores", headers=no_scope).status_code == 403
