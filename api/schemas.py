@@ -200,3 +200,11 @@ class CustomerScoresSchema(Schema):
     churn_probability = fields.Float(allow_none=True, metadata={
         "example": 0.37, "description": "P(no purchase in the next churn_horizon_days)"})
     churn_risk = fields.String(allow_none=True, metadata={"enum": ["low", "medium", "high"]})
+    tier = fields.String(allow_none=True, metadata={
+        "enum": ["new", "active", "dormant", "high_value"]})
+    value_segment = fields.String(allow_none=True, metadata={"enum": ["low", "medium", "high"]})
+    rfm_recency = fields.Integer(allow_none=True, metadata={"description": "1-5"})
+    rfm_frequency = fields.Integer(allow_none=True, metadata={"description": "1-5"})
+    rfm_monetary = fields.Integer(allow_none=True, metadata={"description": "1-5"})
+    rfm_segment = fields.String(allow_none=True, metadata={"example": "champions"})
+    recommended_action = fields.String(allow_none=True, metadata={"example": "vip_care"})

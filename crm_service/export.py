@@ -14,8 +14,7 @@ from models.purchase import purchase_model
 if TYPE_CHECKING:
     import psycopg
 
-# DESIGN.md §5. Tier, segments and the action are filled in by a later stage; the columns are
-# already here so tools can rely on the header.
+# DESIGN.md §5.
 COLUMNS = ("customer_id", "tier", "value_segment", "rfm_segment", "frequency", "recency_days",
            "T_days", "monetary_value", "p_alive", "expected_purchases", "clv_12m",
            "churn_probability", "churn_risk", "recommended_action")
@@ -47,8 +46,9 @@ def export_scores(conn: psycopg.Connection, out: IO[str], *, horizon_days: int =
         expected = model.conditional_expected_purchases(horizon_days, x, t_x, big_t)
         for r, e in zip(batch, expected, strict=True):
             churn = "" if r[7] is None else f"{r[7]:.6f}"
-            writer.writerow((r[0], "", "", "", r[1], r[2], r[3], f"{r[4]:.2f}", f"{r[5]:.6f}",
-                             f"{e:.6f}", f"{r[6]:.2f}", churn, r[8] or "", ""))
+            writer.writerow((r[0], r[9] or "", r[10] or "", r[11] or "", r[1], r[2], r[3],
+                             f"{r[4]:.2f}", f"{r[5]:.6f}", f"{e:.6f}", f"{r[6]:.2f}", churn,
+                             r[8] or "", r[12] or ""))
         batch.clear()
 
     for row in score_store.iter_run_scores(conn, run["run_id"], _BATCH):

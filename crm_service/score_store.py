@@ -82,13 +82,13 @@ GROUP BY GROUPING SETS ((customer_id), (day))
 # the database in well under a second, where a CSV of the same took four.
 _PACKED = """
 SELECT string_agg(int4send(i) || int4send(frequency) || int4send(recency) || int4send(t)
-                  || float8send(monetary_value::float8) || int4send(cal_frequency)
-                  || int4send(cal_recency), ''::bytea)
+                  || float8send(monetary_value::float8) || float8send(historic_spend::float8)
+                  || int4send(cal_frequency) || int4send(cal_recency), ''::bytea)
 FROM run_summary WHERE customer_id IS NOT NULL
 """
 _PACKED_DTYPE = np.dtype([("i", ">i4"), ("frequency", ">i4"), ("recency", ">i4"),
-                          ("t", ">i4"), ("monetary_value", ">f8"), ("cal_frequency", ">i4"),
-                          ("cal_recency", ">i4")])
+                          ("t", ">i4"), ("monetary_value", ">f8"), ("historic_spend", ">f8"),
+                          ("cal_frequency", ">i4"), ("cal_recency", ">i4")])
 # Sorts and hashes of a million rows fit in memory with this; the default spills to disk.
 _RUN_WORK_MEM = "128MB"
 
@@ -118,6 +118,7 @@ class Summary(RFM):
 
     as_of: date
     monetary_value: NDArray[np.float64]
+    historic_spend: NDArray[np.float64]
     calibration_end: date
     in_calibration: NDArray[np.bool_]
     calibration: RFM
@@ -168,7 +169,8 @@ def load_summary(conn: psycopg.Connection, as_of: date, timezone: str, *,
     in_cal = cal_x >= 0
     return Summary(
         frequency=x, recency=t_x, T=big_t, as_of=as_of,
-        monetary_value=col("monetary_value"), calibration_end=cal_end, in_calibration=in_cal,
+        monetary_value=col("monetary_value"), historic_spend=col("historic_spend"),
+        calibration_end=cal_end, in_calibration=in_cal,
         calibration=RFM(cal_x[in_cal], cal_t_x[in_cal],
                         big_t[in_cal] - (as_of - cal_end).days),
         days=[r[0] for r in daily], repeats=np.array([r[1] for r in daily], dtype=float),
@@ -263,13 +265,16 @@ SCORE_COLUMNS = (
     "first_purchase", "last_purchase", "avg_days_between_orders", "p_alive",
     "expected_purchases_30", "expected_purchases_90", "expected_purchases_365",
     "expected_next_order", "expected_spend", "clv_12m", "churn_probability", "churn_risk",
+    "tier", "value_segment", "rfm_recency", "rfm_frequency", "rfm_monetary", "rfm_segment",
+    "recommended_action",
 )
 
 # What a run computes per customer, sent back in row order of run_summary. NaN in
 # next_order_days means no expected next order.
 COMPUTED = ("p_alive", "expected_purchases_30", "expected_purchases_90",
             "expected_purchases_365", "next_order_days", "expected_spend", "clv_12m",
-            "churn_probability")
+            "churn_probability", "tier_code", "value_code", "rfm_recency", "rfm_frequency",
+            "rfm_monetary", "rfm_code", "action_code")
 
 _INSERT_SCORES = """
 INSERT INTO customer_scores (run_id, {columns})
@@ -280,7 +285,10 @@ SELECT %(run_id)s, s.customer_id, s.frequency, s.recency, s.t, s.monetary_value,
        CASE WHEN c.next_order_days <> 'NaN' THEN %(as_of)s::date + c.next_order_days::int END,
        c.expected_spend, c.clv_12m, c.churn_probability,
        CASE WHEN c.churn_probability >= %(high)s THEN 'high'
-            WHEN c.churn_probability >= %(medium)s THEN 'medium' ELSE 'low' END
+            WHEN c.churn_probability >= %(medium)s THEN 'medium' ELSE 'low' END,
+       (%(tiers)s::text[])[c.tier_code::int + 1], (%(values)s::text[])[c.value_code::int + 1],
+       c.rfm_recency::smallint, c.rfm_frequency::smallint, c.rfm_monetary::smallint,
+       (%(rfm)s::text[])[c.rfm_code::int + 1], (%(actions)s::text[])[c.action_code::int + 1]
 FROM run_summary s JOIN run_computed c USING (i)
 WHERE s.customer_id IS NOT NULL
 """
@@ -313,13 +321,16 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
                 computed: dict[str, NDArray[np.float64]], counts: dict[str, Any],
                 models: dict[str, Any], diagnostics: dict[str, Any] | None = None, *,
                 risk_thresholds: tuple[float, float] = (0.5, 0.8),
-                churn_artifact: tuple[bytes, dict[str, Any]] | None = None) -> None:
+                churn_artifact: tuple[bytes, dict[str, Any]] | None = None,
+                labels: dict[str, list[str]] | None = None,
+                tier_policy_version: int | None = None) -> None:
     """Write the run's scores and make it the live run, all in one transaction.
 
     ``computed`` holds the :data:`COMPUTED` arrays in the row order of the session's summary
     (:func:`load_summary`); they go in by binary COPY and are joined to the summary there.
     ``risk_thresholds`` (medium, high) band the churn probability; ``churn_artifact`` (skops
-    bytes and their metadata) is stored with the run.
+    bytes and their metadata) is stored with the run. ``labels`` name the codes of the
+    ``*_code`` arrays (``tiers``, ``values``, ``rfm``, ``actions``).
     Readers switch from the previous run to this one at commit: they never see a mix. The run
     row is locked first, and only the attempt that owns it may publish.
 
@@ -343,14 +354,14 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
         cur.execute("ANALYZE run_computed")
         cur.execute(sql.SQL(_INSERT_SCORES).format(columns=sql.SQL(", ".join(SCORE_COLUMNS))),
                     {"run_id": run_id, "as_of": as_of, "medium": risk_thresholds[0],
-                     "high": risk_thresholds[1]})
+                     "high": risk_thresholds[1], **(labels or {})})
         if churn_artifact is not None:
             cur.execute("INSERT INTO churn_models (run_id, artifact, meta) VALUES (%s, %s, %s)",
                         (run_id, churn_artifact[0], json.dumps(churn_artifact[1])))
         cur.execute(
             "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
-            " models = %s, progress = 'published' WHERE id = %s",
-            (json.dumps(counts), json.dumps(models), run_id))
+            " models = %s, progress = 'published', tier_policy_version = %s WHERE id = %s",
+            (json.dumps(counts), json.dumps(models), tier_policy_version, run_id))
         if diagnostics is not None:
             store_diagnostics(conn, run_id, diagnostics)
         cur.execute("UPDATE scoring_state SET active_run_id = %s", (run_id,))
@@ -393,6 +404,45 @@ def customer_scores(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
     return {**run, "scores": scores}
 
 
+def current_tier_policy(conn: psycopg.Connection) -> tuple[int, dict[str, Any]]:
+    """The tier policy in force (version, JSON); the built-in defaults become version 1."""
+    from models.segments import TierPolicy
+
+    row = conn.execute("SELECT version, policy FROM tier_policies"
+                       " ORDER BY version DESC LIMIT 1").fetchone()
+    if row is not None:
+        return int(row[0]), row[1]
+    conn.execute("INSERT INTO tier_policies (version, policy, created_by) VALUES (1, %s,"
+                 " 'defaults') ON CONFLICT DO NOTHING", (json.dumps(TierPolicy().as_dict()),))
+    row = conn.execute("SELECT version, policy FROM tier_policies WHERE version = 1").fetchone()
+    assert row is not None
+    return 1, row[1]
+
+
+def set_tier_policy(conn: psycopg.Connection, policy: dict[str, Any], created_by: str) -> int:
+    """Store a (validated) policy as the next version; return it. Runs from now on use it."""
+    with conn.transaction():
+        conn.execute("LOCK TABLE tier_policies IN SHARE ROW EXCLUSIVE MODE")
+        current_tier_policy(conn)
+        row = conn.execute(
+            "INSERT INTO tier_policies (version, policy, created_by)"
+            " SELECT max(version) + 1, %s, %s FROM tier_policies RETURNING version",
+            (json.dumps(policy), created_by)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def previous_high_value(conn: psycopg.Connection) -> NDArray[np.int32]:
+    """Row indices (run_summary order) of customers high-value in the live run."""
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(
+            "SELECT string_agg(int4send(s.i), ''::bytea) FROM run_summary s"
+            " JOIN scoring_state st ON true"
+            " JOIN customer_scores p ON p.run_id = st.active_run_id"
+            "  AND p.customer_id = s.customer_id AND p.tier = 'high_value'").fetchone()
+    return np.frombuffer(row[0] if row and row[0] else b"", dtype=">i4").astype(np.int32)
+
+
 def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     """One run's record by id."""
     row = conn.execute(
@@ -417,7 +467,8 @@ def iter_run_scores(conn: psycopg.Connection, run_id: int, batch: int = 20_000):
         cur.itersize = batch
         cur.execute(
             "SELECT customer_id, frequency, recency_days, t_days, monetary_value, p_alive,"
-            " clv_12m, churn_probability, churn_risk FROM customer_scores WHERE run_id = %s"
+            " clv_12m, churn_probability, churn_risk, tier, value_segment, rfm_segment,"
+            " recommended_action FROM customer_scores WHERE run_id = %s"
             " ORDER BY customer_id", (run_id,))
         yield from cur
 

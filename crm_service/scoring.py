@@ -22,6 +22,7 @@ from crm_service.churn import score_churn
 from crm_service.config import Settings
 from crm_service.db import DatabaseError, TransactionStatus
 from crm_service.errors import CrmError
+from models import segments
 from models._fitting import ConvergenceError
 from models.beta_geo import BetaGeoModel
 from models.clv import customer_lifetime_value
@@ -29,6 +30,7 @@ from models.gamma_gamma import GammaGammaModel
 from models.pareto_nbd import ParetoNBDModel
 from models.purchase import PURCHASE_MODELS
 from models.rfm import RFMHistogram, compress_with_index
+from models.segments import TierPolicy
 
 if TYPE_CHECKING:
     import psycopg
@@ -278,6 +280,13 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             "high": int(np.count_nonzero(churn.probability >= bands[1])),
         }
         stage_done("churn")
+        policy_version, policy_json = score_store.current_tier_policy(conn)
+        policy = TierPolicy.from_dict(policy_json)
+        was_high = np.zeros(summary.size, dtype=bool)
+        was_high[score_store.previous_high_value(conn)] = True
+        conn.commit()
+        labels = _segments(summary, computed, policy, was_high, bands[1], counts)
+        stage_done("tiers")
         counts["stage_seconds"] = stages
         models = {
             "selected": selected,
@@ -287,10 +296,12 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             "gamma_gamma": _params_json(gg),
             "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
             "churn": {**churn.info, "risk_thresholds": {"medium": bands[0], "high": bands[1]}},
+            "tier_policy": {"version": policy_version, **policy.as_dict()},
         }
         score_store.publish_run(conn, run_id, attempt, as_of, computed, counts, models,
                                 diagnostics, risk_thresholds=bands,
-                                churn_artifact=churn.artifact)
+                                churn_artifact=churn.artifact, labels=labels,
+                                tier_policy_version=policy_version)
         score_store.drop_summary(conn)
         conn.commit()
     except score_store.RunTakenOverError:
@@ -325,6 +336,36 @@ def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason:
         conn.commit()
     except DatabaseError:
         log.exception("could not record the failure of scoring run %s", run_id)
+
+
+def _segments(summary: score_store.Summary, computed: dict[str, NDArray[np.float64]],
+              policy: TierPolicy, was_high_value: NDArray[np.bool_], high_risk: float,
+              counts: dict[str, Any]) -> dict[str, list[str]]:
+    """Tier, value segment, RFM scores and segment, and action per customer (DESIGN.md §2).
+
+    Adds the code arrays to ``computed`` and per-category counts to ``counts``; returns the
+    names behind the codes.
+    """
+    since_last = summary.T - summary.recency
+    churn = computed["churn_probability"]
+    tiers = segments.assign_tiers(policy, days_since_first=summary.T,
+                                  days_since_last=since_last, churn=churn,
+                                  clv=computed["clv_12m"], was_high_value=was_high_value)
+    value = segments.value_segments(summary.historic_spend, policy)
+    r, f, m = segments.rfm_scores(since_last, summary.frequency + 1, summary.historic_spend)
+    rfm = segments.rfm_segments(r, f, m)
+    actions = segments.recommended_actions(policy, tiers, value, churn >= high_risk)
+    names = {"tiers": list(segments.TIERS), "values": list(segments.VALUE_SEGMENTS),
+             "rfm": list(segments.RFM_SEGMENTS), "actions": segments.action_names(policy)}
+    for key, codes in (("tier_code", tiers), ("value_code", value), ("rfm_recency", r),
+                       ("rfm_frequency", f), ("rfm_monetary", m), ("rfm_code", rfm),
+                       ("action_code", actions)):
+        computed[key] = codes.astype(np.float64)
+    for label, codes, key in (("tiers", tiers, "tiers"), ("value_segments", value, "values"),
+                              ("rfm_segments", rfm, "rfm"), ("actions", actions, "actions")):
+        tally = np.bincount(codes, minlength=len(names[key]))
+        counts[label] = {name: int(n) for name, n in zip(names[key], tally, strict=True)}
+    return names
 
 
 def _scores(summary: score_store.Summary, hist: RFMHistogram, index: NDArray[np.intp],
