@@ -53,6 +53,7 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
         c.execute("UPDATE scoring_state SET active_run_id = NULL")
         c.execute(f"TRUNCATE {TABLES}")
         c.execute("DELETE FROM scoring_runs")  # referenced by scoring_state: no TRUNCATE
+        c.execute("DELETE FROM tier_policies")  # referenced by scoring_runs
         c.commit()
         yield c
 
