@@ -100,34 +100,34 @@ class _Windows:
                  fallback: PurchaseModelT, sampled: bool) -> None:
         self.conn, self.horizon, self.first_day = conn, horizon, first_day
         self.fallback, self.sampled = fallback, sampled
-        self._cache: dict[date, tuple[NDArray[np.float32], NDArray[np.bool_], str]] = {}
+        self._cache: dict[date, tuple[NDArray[np.float32], NDArray[np.bool_], str] | None] = {}
 
-    def at(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str]:
+    def at(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str] | None:
         """Features and labels of the (sampled) customers who had bought by ``cutoff``.
 
         The BTYD features come from the run's model type fitted as of ``cutoff`` if it
-        converges there, else BG/NBD, else (rarely) the run's own fit as of as_of.
+        converges there, else BG/NBD. If neither does, None: the window is not used (the
+        run's own fit has seen the orders after ``cutoff``, and would leak them).
         """
         if cutoff not in self._cache:
             self._cache[cutoff] = self._load(cutoff)
         return self._cache[cutoff]
 
-    def _load(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str]:
+    def _load(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str] | None:
         raw = churn_features.load_raw(self.conn, cutoff, self.horizon, sampled=self.sampled)
         j = churn_features.RAW.index
         x, t_x, big_t = (raw[:, j(c)].astype(np.float64) for c in ("frequency", "recency", "T"))
-        fallback = self.fallback
-        btyd, fitted_as = fallback, "the run's model fitted as of as_of"
-        for cls, initial in ((type(fallback), fallback.params_), (BetaGeoModel, None)):
+        for cls, initial in ((type(self.fallback), self.fallback.params_), (BetaGeoModel, None)):
             try:
                 btyd = cls().fit(x, t_x, big_t, initial=initial)
-                fitted_as = f"{cls.label} fitted"
-                break
             except (ConvergenceError, ValueError) as exc:  # e.g. Pareto/NBD, young history
                 log.info("churn features as of %s: %s; trying the next model", cutoff, exc)
-        churned = raw[:, j("future")] == 0
-        features = feature_matrix(raw, btyd_outputs(btyd, x, t_x, big_t, self.horizon))
-        return features, churned, fitted_as
+                continue
+            churned = raw[:, j("future")] == 0
+            features = feature_matrix(raw, btyd_outputs(btyd, x, t_x, big_t, self.horizon))
+            return features, churned, f"{cls.label} fitted"
+        log.info("churn window as of %s skipped: no BTYD model converged there", cutoff)
+        return None
 
     def stacked(self, end: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], list[str]]:
         """Training windows whose labels end by ``end``: cut-offs ``end − H − k``, stacked."""
@@ -136,7 +136,10 @@ class _Windows:
             cutoff = end - timedelta(days=self.horizon + round(k * self.horizon))
             if (cutoff - self.first_day).days < MIN_WINDOW_HISTORY:
                 continue
-            x, y, _ = self.at(cutoff)
+            window = self.at(cutoff)
+            if window is None:
+                continue
+            x, y, _ = window
             xs.append(x)
             ys.append(y)
             cuts.append(cutoff.isoformat())
@@ -175,6 +178,9 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     def use_baseline(reason: str) -> ChurnResult:
         info.update({"used": "btyd_baseline", "reason": reason})
         timings["churn_total"] = time.perf_counter() - started
+        if not np.all(np.isfinite(baseline)):
+            raise ValueError("the BTYD churn baseline is not finite for "
+                             f"{int(np.count_nonzero(~np.isfinite(baseline)))} customers")
         return ChurnResult(np.clip(baseline, 0.0, 1.0), info, None, timings)
 
     info["policy"] = policy
@@ -190,7 +196,11 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
         churn_features.make_sample(conn, share)
     windows = _Windows(conn, horizon, as_of - timedelta(days=span_days), model, share < 1.0)
     x_fit, y_fit, fit_cuts = windows.stacked(val_cut)
-    x_val, y_val, val_btyd = windows.at(val_cut)
+    validation = windows.at(val_cut)
+    if validation is None:
+        return use_baseline(f"no BTYD model converged on the history before {val_cut}, so "
+                            "the churn model could not be validated")
+    x_val, y_val, val_btyd = validation
     info.update({"validation_cutoff": val_cut.isoformat(), "validation_training_cutoffs":
                  fit_cuts, "btyd_features_at_validation": val_btyd,
                  "customer_share": round(share, 4)})
@@ -220,6 +230,9 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     features_now = feature_matrix(raw_now, btyd_outputs(model, x, t_x, big_t, horizon))
     del raw_now, x, t_x, big_t, x_fit, y_fit, x_train  # peak memory: only what predict needs
     probability = churn_model.predict(final, features_now)
+    if not np.all(np.isfinite(probability)):
+        return use_baseline("the churn model produced non-finite probabilities for "
+                            f"{int(np.count_nonzero(~np.isfinite(probability)))} customers")
     artifact = churn_model.dumps(final)
     why = ("the ML model validated better" if ml_brier < base_brier
            else "CRM_CHURN_MODEL=ml, although the baseline validated better")

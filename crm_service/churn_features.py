@@ -104,6 +104,12 @@ def load_raw(conn: psycopg.Connection, cutoff: date, horizon_days: int, *,
         refunds=sql.Identifier("run_refunds" + suffix)))
     n = conn.execute("SELECT count(*) FROM run_features").fetchone()
     rows = int(n[0]) if n else 0
+    if summary_order:
+        expected = conn.execute("SELECT count(customer_id) FROM run_summary").fetchone()
+        if not expected or int(expected[0]) != rows:
+            raise RuntimeError(f"churn features cover {rows} customers, the run's summary "
+                               f"{expected[0] if expected else 0}: the occasion and summary "
+                               "tables are out of step")
     packed = sql.SQL(" || ").join(
         [sql.SQL("int4send(k)")] + [sql.SQL("float4send(coalesce({}::float4, 'NaN'))").format(
             sql.Identifier(c.lower())) for c in RAW])

@@ -194,7 +194,8 @@ def collect_occasions(conn: psycopg.Connection, as_of: date, timezone: str) -> N
 
 def drop_summary(conn: psycopg.Connection) -> None:
     """Drop the session's working tables of a run if they exist."""
-    for table in ("run_summary", "run_occasions", "run_refunds"):
+    for table in ("run_summary", "run_occasions", "run_refunds", "run_occasions_sample",
+                  "run_refunds_sample", "run_features"):
         conn.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")
 
 

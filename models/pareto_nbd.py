@@ -169,7 +169,8 @@ class ParetoNBDModel(PurchaseMLEModel):
 
             P(quiet | alive) = g(t) S(t) + Int_0^t g(u) f(u) du,   f = -S',
 
-        integrated by 32-node Gauss-Legendre (the integrand is smooth and monotone on [0, t]).
+        integrated by 32-node Gauss-Legendre in v = log(1 + u/c), c = min(alpha+T, beta+T),
+        where the integrand is smooth however long t is against those scales.
         """
         r, alpha, s, beta = self._params()
         x, t_x, big_t = check_rfm(frequency, recency, T)
@@ -182,11 +183,17 @@ class ParetoNBDModel(PurchaseMLEModel):
 
         def block(lo: int, hi: int) -> None:  # rows x 32 nodes: blocks bound the memory
             tb, xb, tb_big = t[lo:hi], x[lo:hi], big_t[lo:hi]
-            u = tb[:, None] * (nodes + 1) / 2
             a_t, b_t = (alpha + tb_big)[:, None], (beta + tb_big)[:, None]
+            # In v = log(1 + u/c), c the smaller scale, both power laws become smooth
+            # exponentials in v even when t is many times alpha+T or beta+T.
+            c = np.minimum(a_t, b_t)
+            span = np.log1p(tb[:, None] / c)
+            v = span * (nodes + 1) / 2
+            u = c * np.expm1(v)
+            jacobian = c * np.exp(v) * span / 2
             g = np.exp(-(r + xb)[:, None] * np.log1p(u / a_t))
             f = s / b_t * np.exp(-(s + 1) * np.log1p(u / b_t))
-            integral = (g * f * weights).sum(axis=1) * tb / 2
+            integral = (g * f * jacobian * weights).sum(axis=1)
             end = (np.exp(-(r + xb) * np.log1p(tb / (alpha + tb_big)))
                    * np.exp(-s * np.log1p(tb / (beta + tb_big))))
             quiet[lo:hi] = end + integral

@@ -216,3 +216,18 @@ def test_customer_scores_over_http(cdnow_loaded, settings, client, make_token):
     assert client.get("/v1/customers/" + "x" * 200 + "/scores", headers=token).status_code == 422
     no_scope = {"Authorization": f"Bearer {make_token('orders:write')}"}
     assert client.get("/v1/customers/cdnow-0001/scores", headers=no_scope).status_code == 403
+
+
+def test_sampled_training_leaves_no_working_tables(cdnow_loaded, settings, monkeypatch):
+    """A base larger than the training cap trains on a hash sample; nothing is left behind."""
+    monkeypatch.setattr(churn_model, "MAX_TRAINING_ROWS", 4000)
+    forced = dataclasses.replace(settings, churn_model="ml")
+    result = run_scoring(cdnow_loaded, forced, as_of=date(1998, 6, 30))
+    churn = result.models["churn"]
+    assert churn["customer_share"] < 1 and churn["used"] == "ml"
+    assert churn["training_rows"] <= 4000
+    left = cdnow_loaded.execute(
+        "SELECT string_agg(relname, ', ') FROM pg_class WHERE relpersistence = 't'"
+        " AND relkind = 'r' AND relname LIKE 'run\\_%'").fetchone()[0]
+    assert left is None
+    assert all(0 <= p <= 1 for p, _ in _scores(cdnow_loaded, result.run_id))

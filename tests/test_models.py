@@ -361,3 +361,33 @@ def test_probability_of_no_purchases_bgnbd(bg_weeks, cdnow):
     assert np.all(p52 <= p13 + 1e-12)
     assert np.all(p13 >= 1 - bg_weeks.probability_alive(x, t_x, big_t) - 1e-12)
     assert np.all((p13 >= 0) & (p13 <= 1))
+
+
+@pytest.mark.parametrize("params", [
+    (0.553, 74.0, 0.606, 81.7), (0.5, 200.0, 0.9, 0.5), (0.5, 200.0, 5.0, 1.0),
+    (2.0, 1.0, 2.0, 0.05), (0.1, 1000.0, 3.0, 10.0),
+])
+@pytest.mark.parametrize("row", [(0, 0, 0), (3, 40, 50), (20, 300, 301)])
+def test_pareto_no_purchase_integral_against_adaptive_quadrature(params, row):
+    """Including T = 0 and beta + T much shorter than the horizon."""
+    from scipy.integrate import quad
+
+    from models.pareto_nbd import ParetoNBDModel
+
+    r, alpha, s, beta = params
+    x, t_x, big_t = row
+    t = 90.0
+    m = ParetoNBDModel.from_params(dict(zip(("r", "alpha", "s", "beta"), params, strict=True)))
+    k = r + x
+
+    def g(u):
+        return (1 + u / (alpha + big_t)) ** -k
+
+    def f(u):
+        return s / (beta + big_t) * (1 + u / (beta + big_t)) ** -(s + 1)
+
+    inner = quad(lambda u: g(u) * f(u), 0, t, epsabs=1e-14, epsrel=1e-12, limit=200)[0]
+    quiet = g(t) * (1 + t / (beta + big_t)) ** -s + inner
+    alive = m.probability_alive(x, t_x, big_t)
+    expected = 1 - alive * (1 - quiet)
+    assert m.probability_no_purchases(t, x, t_x, big_t) == pytest.approx(expected, rel=1e-8)
