@@ -78,6 +78,7 @@ def evaluate(conn, settings, as_of: date, horizon: int) -> dict:
     churn = run.models["churn"]
     artifact = conn.execute("SELECT artifact, meta FROM churn_models WHERE run_id = %s",
                             (run.run_id,)).fetchone()
+    conn.commit()
     load = None
     if artifact is not None:
         data, meta = bytes(artifact[0]), artifact[1]
