@@ -243,7 +243,8 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             summary = score_store.load_summary(conn, as_of, settings.timezone)
             stage_done("summary")
             span = int(summary.T.max()) if summary.size else 0
-            if span >= 2 * horizon:  # else the churn stage uses the baseline (too short)
+            # Only when a churn model can be trained: history of 2H at least, not disabled.
+            if span >= 2 * horizon and settings.churn_model != "baseline":
                 score_store.collect_occasions(conn, as_of, settings.timezone)
             stage_done("churn_occasions")
         _check_history(summary)
