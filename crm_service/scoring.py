@@ -105,7 +105,14 @@ def _fit_purchase_models(hist: RFMHistogram,
         try:
             fitted[name] = cls().fit(hist, initial=initial)
         except ConvergenceError as exc:
-            failed[name] = str(exc)
+            if initial is None:
+                failed[name] = str(exc)
+                continue
+            # A warm start can send the first line search far out; start cold once more.
+            try:
+                fitted[name] = cls().fit(hist)
+            except ConvergenceError as cold:
+                failed[name] = str(cold)
     if not fitted:
         raise ConvergenceError("no purchase model converged: " + "; ".join(failed.values()))
     return fitted, failed

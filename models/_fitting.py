@@ -22,6 +22,9 @@ from models.rfm import RFMHistogram, compress
 Objective = Callable[[NDArray[np.float64]], tuple[float, NDArray[np.float64]]]
 
 
+_LOG_BOUND = 30.0  # parameters between e^-30 and e^30; a fit that ends near a bound is refused
+
+
 class ConvergenceError(RuntimeError):
     """The optimiser did not reach a maximum of the likelihood."""
 
@@ -119,7 +122,7 @@ def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
     # log-parameters of 1e280 and overflow; a fit that ends on a bound is refused below.
     def run(x0: NDArray[np.float64]) -> Any:
         return minimize(objective, x0, jac=True, method="L-BFGS-B",
-                        bounds=[(-40.0, 40.0)] * start.size,
+                        bounds=[(-_LOG_BOUND, _LOG_BOUND)] * start.size,
                         options={"maxiter": max_iter, "gtol": 1e-8, "ftol": 1e-12})
 
     def stationary(r: Any) -> bool:
@@ -135,7 +138,7 @@ def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
     finite = bool(np.all(np.isfinite(log_params)) and np.isfinite(res.fun))
     if not (res.success or stationary(res)) or not finite:
         raise ConvergenceError(f"{name} fit did not converge: {res.message}")
-    if np.any(np.abs(log_params) > 30):
+    if np.any(np.abs(log_params) > _LOG_BOUND - 0.5):
         raise ConvergenceError(
             f"{name} fit ran to a boundary (a parameter is ~0 or ~infinite): "
             "the data cannot identify the model"
