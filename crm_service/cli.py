@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from crm_service import __version__, api_keys, bulk_import, schema
+from crm_service import __version__, api_keys, bulk_import, schema, score_store
 from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON, Settings, load_settings
 from crm_service.db import DatabaseError, connect, redact, resolve_dsn
 from crm_service.errors import ConfigError, CrmError, ValidationError
@@ -196,6 +196,49 @@ def keys_revoke(ctx: Context, key_id: str) -> None:
                    f"{before.revoked_at:%Y-%m-%d %H:%M}")
     else:
         click.echo(f"revoked key {key.id} ({key.name})")
+
+
+# --- tier policy -----------------------------------------------------------------------------
+
+
+@main.group("tier-policy")
+def tier_policy() -> None:
+    """Show or replace the tier policy (versioned; each run records the version it used)."""
+
+
+@tier_policy.command("show")
+@pass_ctx
+@handles_errors
+def tier_policy_show(ctx: Context) -> None:
+    """Print the policy in force as JSON (a valid file for `tier-policy set`)."""
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        version, policy = score_store.current_tier_policy(conn)
+        conn.commit()
+    click.echo(json.dumps({"version": version, **policy}, indent=2, sort_keys=True))
+
+
+@tier_policy.command("set")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+@handles_errors
+def tier_policy_set(ctx: Context, file: Path) -> None:
+    """Replace the policy from a JSON file; fields left out take their defaults."""
+    from models.segments import PolicyError, TierPolicy
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"{file}: not a JSON file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValidationError(f"{file}: the policy must be a JSON object")
+    data.pop("version", None)
+    try:
+        policy = TierPolicy.from_dict(data).as_dict()
+    except (PolicyError, TypeError) as exc:
+        raise ValidationError(f"{file}: invalid tier policy: {exc}") from None
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        version = score_store.set_tier_policy(conn, policy, f"cli {file.name}")
+    click.echo(f"tier policy version {version} stored; the next scoring run uses it")
 
 
 # --- import ----------------------------------------------------------------------------------

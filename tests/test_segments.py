@@ -1,6 +1,7 @@
 """Tiers, value and RFM segments and recommended actions: the policy and its application."""
 
 import csv
+import json
 import io
 from datetime import date
 
@@ -150,3 +151,26 @@ def test_tier_policy_over_http(conn, client, make_token):
                    headers=admin)
     assert r.status_code == 422
     assert client.get("/v1/tier-policy", headers=reader).json["version"] == 2
+
+
+def test_tier_policy_cli(conn, cli_env, tmp_path):
+    from click.testing import CliRunner
+
+    from crm_service.cli import main
+
+    r = CliRunner().invoke(main, ["tier-policy", "show"], catch_exceptions=False)
+    assert r.exit_code == 0
+    shown = json.loads(r.output)
+    assert shown["version"] == 1 and shown["dormant_days"] == 180
+    good = tmp_path / "policy.json"
+    good.write_text(json.dumps({**shown, "new_days": 14}), encoding="utf-8")
+    r = CliRunner().invoke(main, ["tier-policy", "set", str(good)], catch_exceptions=False)
+    assert r.exit_code == 0 and "version 2" in r.output
+    for text, message in (('{"new_days": 0}', "new_days"), ("[1, 2]", "JSON object"),
+                          ("{not json", "not a JSON file")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text, encoding="utf-8")
+        r = CliRunner().invoke(main, ["tier-policy", "set", str(bad)])
+        assert r.exit_code == 1 and message in r.output
+    r = CliRunner().invoke(main, ["tier-policy", "show"], catch_exceptions=False)
+    assert json.loads(r.output)["version"] == 2 and json.loads(r.output)["new_days"] == 14
