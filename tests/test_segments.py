@@ -1,8 +1,8 @@
 """Tiers, value and RFM segments and recommended actions: the policy and its application."""
 
 import csv
-import json
 import io
+import json
 from datetime import date
 
 import numpy as np
