@@ -11,8 +11,8 @@ from flask_smorest import Blueprint
 from api.auth import require
 from api.services import services
 from crm_service import score_store
-from crm_service.errors import ValidationError
-from models.segments import PolicyError, TierPolicy
+from crm_service.policy import validate_policy
+from models.segments import TierPolicy
 
 blp = Blueprint("policy", __name__, url_prefix="/v1", description="Tier policy")
 
@@ -51,16 +51,7 @@ class Policy(MethodView):
         ``active_high_churn_risk``, ``high_value``, ``dormant``, ``dormant_high_value_segment``
         to action names.
         """
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ValidationError("send the policy as a JSON object")
-        body.pop("version", None)  # echoing a GET back is fine; the server numbers versions
-        try:
-            policy = TierPolicy.from_dict(body).as_dict()
-        except PolicyError as exc:
-            raise ValidationError(f"invalid tier policy: {exc}") from None
-        except TypeError as exc:
-            raise ValidationError(f"invalid tier policy: {exc}") from None
+        policy = validate_policy(request.get_json(silent=True), "request body")
         with services().pool.connection() as conn:
             version = score_store.set_tier_policy(conn, policy, f"api key {g.api_key.id}")
         return _policy(version, policy)

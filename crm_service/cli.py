@@ -223,19 +223,13 @@ def tier_policy_show(ctx: Context) -> None:
 @handles_errors
 def tier_policy_set(ctx: Context, file: Path) -> None:
     """Replace the policy from a JSON file; fields left out take their defaults."""
-    from models.segments import PolicyError, TierPolicy
+    from crm_service.policy import validate_policy
 
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValidationError(f"{file}: not a JSON file: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValidationError(f"{file}: the policy must be a JSON object")
-    data.pop("version", None)
-    try:
-        policy = TierPolicy.from_dict(data).as_dict()
-    except (PolicyError, TypeError) as exc:
-        raise ValidationError(f"{file}: invalid tier policy: {exc}") from None
+    policy = validate_policy(data, str(file))
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
         version = score_store.set_tier_policy(conn, policy, f"cli {file.name}")
     click.echo(f"tier policy version {version} stored; the next scoring run uses it")
