@@ -208,3 +208,31 @@ class CustomerScoresSchema(Schema):
     rfm_monetary = fields.Integer(allow_none=True, metadata={"description": "1-5"})
     rfm_segment = fields.String(allow_none=True, metadata={"example": "champions"})
     recommended_action = fields.String(allow_none=True, metadata={"example": "vip_care"})
+
+
+class TierTransitionSchema(Schema):
+    """One change of tier, in the run that made it."""
+
+    run_id = fields.Integer()
+    as_of = fields.String(metadata={"example": "1998-06-30"})
+    from_tier = fields.String(allow_none=True, metadata={"description": "null: first scored"})
+    to_tier = fields.String()
+
+
+class CustomerTierSchema(Schema):
+    """A customer's tier for agents and campaign tools (from the live run)."""
+
+    customer_id = fields.String(metadata={"example": "cdnow-0001"})
+    tier = fields.String(metadata={"enum": ["new", "active", "dormant", "high_value"]})
+    tier_since = fields.String(allow_none=True, metadata={
+        "description": "as_of of the run in which the customer entered this tier"})
+    value_segment = fields.String(allow_none=True)
+    rfm_segment = fields.String(allow_none=True)
+    recommended_action = fields.String(allow_none=True)
+    churn_risk = fields.String(allow_none=True)
+    churn_probability = fields.Float(allow_none=True)
+    clv_12m = fields.Float(allow_none=True)
+    p_alive = fields.Float(allow_none=True)
+    run_id = fields.Integer()
+    as_of = fields.String()
+    recent_transitions = fields.List(fields.Nested(TierTransitionSchema))

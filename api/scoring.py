@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 from api.auth import require
 from api.schemas import (
     CustomerScoresSchema,
+    CustomerTierSchema,
     PredictionRequestSchema,
     RunSchema,
     ScoringRunRequestSchema,
@@ -163,3 +164,26 @@ class CustomerScores(MethodView):
                                 "order on or before that day, or an unknown id")
         scores = _jsonable(found.pop("scores"))
         return {**_jsonable(found), **scores}
+
+
+@blp.route("/customers/<string:customer_id>/tier")
+class CustomerTier(MethodView):
+    """The small, fast answer for agents and campaign tools."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, CustomerTierSchema)
+    @blp.alt_response(404, description="no run published yet, or no scores for this customer")
+    @blp.alt_response(422, description="not a valid customer id")
+    @require("scores:read")
+    def get(self, customer_id: str):
+        """Tier and since when, value and RFM segment, action, churn risk, latest changes."""
+        if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
+            raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} printable characters")
+        with services().pool.connection() as conn:
+            found = score_store.customer_tier(conn, customer_id)
+        if found is None:
+            raise NotFoundError("no scoring run has been published yet")
+        if found["tier"] is None:
+            raise NotFoundError(f"customer {customer_id!r} has no tier in the live run "
+                                f"(run {found['run_id']} as of {found['as_of']})")
+        return {"customer_id": customer_id, **_jsonable(found)}

@@ -356,6 +356,15 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
         cur.execute(sql.SQL(_INSERT_SCORES).format(columns=sql.SQL(", ".join(SCORE_COLUMNS))),
                     {"run_id": run_id, "as_of": as_of, "medium": risk_thresholds[0],
                      "high": risk_thresholds[1], **(labels or {})})
+        # Tier history against the run live until now (same transaction: all or nothing).
+        cur.execute(
+            "INSERT INTO tier_transitions (customer_id, run_id, from_tier, to_tier)"
+            " SELECT n.customer_id, n.run_id, p.tier, n.tier FROM customer_scores n"
+            " LEFT JOIN scoring_state st ON true"
+            " LEFT JOIN customer_scores p ON p.run_id = st.active_run_id"
+            "  AND p.customer_id = n.customer_id"
+            " WHERE n.run_id = %s AND n.tier IS NOT NULL AND p.tier IS DISTINCT FROM n.tier",
+            (run_id,))
         if churn_artifact is not None:
             cur.execute("INSERT INTO churn_models (run_id, artifact, meta) VALUES (%s, %s, %s)",
                         (run_id, churn_artifact[0], json.dumps(churn_artifact[1])))
@@ -442,6 +451,32 @@ def previous_high_value(conn: psycopg.Connection) -> NDArray[np.int32]:
             " JOIN customer_scores p ON p.run_id = st.active_run_id"
             "  AND p.customer_id = s.customer_id AND p.tier = 'high_value'").fetchone()
     return np.frombuffer(row[0] if row and row[0] else b"", dtype=">i4").astype(np.int32)
+
+
+def customer_tier(conn: psycopg.Connection, customer_id: str,
+                  history: int = 5) -> dict[str, Any] | None:
+    """A customer's tier in the live run, since when, and their latest tier changes.
+
+    None when no run is live; ``tier`` None when the live run has no scores for them.
+    """
+    row = conn.execute(
+        "SELECT r.id, r.as_of, s.tier, s.value_segment, s.rfm_segment, s.recommended_action,"
+        " s.churn_risk, s.churn_probability, s.clv_12m, s.p_alive,"
+        " (SELECT sr.as_of FROM tier_transitions t JOIN scoring_runs sr ON sr.id = t.run_id"
+        "   WHERE t.customer_id = %(c)s AND t.run_id <= r.id ORDER BY t.run_id DESC LIMIT 1),"
+        " (SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM ("
+        "   SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t"
+        "   JOIN scoring_runs sr ON sr.id = t.run_id WHERE t.customer_id = %(c)s"
+        "   AND t.run_id <= r.id ORDER BY t.run_id DESC LIMIT %(n)s) h)"
+        " FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id"
+        " LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s",
+        {"c": customer_id, "n": history}).fetchone()
+    if row is None:
+        return None
+    keys = ("run_id", "as_of", "tier", "value_segment", "rfm_segment", "recommended_action",
+            "churn_risk", "churn_probability", "clv_12m", "p_alive", "tier_since",
+            "recent_transitions")
+    return dict(zip(keys, row, strict=True))
 
 
 def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:

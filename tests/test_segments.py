@@ -174,3 +174,46 @@ def test_tier_policy_cli(conn, cli_env, tmp_path):
         assert r.exit_code == 1 and message in r.output
     r = CliRunner().invoke(main, ["tier-policy", "show"], catch_exceptions=False)
     assert json.loads(r.output)["version"] == 2 and json.loads(r.output)["new_days"] == 14
+
+
+def test_tier_history_and_hysteresis_across_two_runs(cdnow_loaded, settings, client,
+                                                     make_token):
+    first = run_scoring(cdnow_loaded, settings, as_of=date(1998, 3, 31))
+    second = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    q = cdnow_loaded.execute
+    assert q("SELECT count(*) FROM tier_transitions WHERE run_id = %s AND from_tier IS NULL",
+             (first.run_id,)).fetchone()[0] == 2357
+    changed = q("SELECT count(*) FROM customer_scores n JOIN customer_scores p"
+                " ON p.customer_id = n.customer_id AND p.run_id = %s"
+                " WHERE n.run_id = %s AND n.tier <> p.tier",
+                (first.run_id, second.run_id)).fetchone()[0]
+    recorded = q("SELECT count(*) FROM tier_transitions WHERE run_id = %s",
+                 (second.run_id,)).fetchone()[0]
+    assert recorded == changed > 0
+    # Hysteresis: high-value customers of the first run who stayed in the top 15% of CLV
+    # (among the eligible) kept the tier in the second.
+    kept = q("SELECT count(*) FROM customer_scores n JOIN customer_scores p"
+             " ON p.customer_id = n.customer_id AND p.run_id = %s AND p.tier = 'high_value'"
+             " WHERE n.run_id = %s AND n.tier = 'high_value'",
+             (first.run_id, second.run_id)).fetchone()[0]
+    eligible = q("SELECT count(*) FROM customer_scores WHERE run_id = %s"
+                 " AND tier IN ('active', 'high_value')", (second.run_id,)).fetchone()[0]
+    high = second.counts["tiers"]["high_value"]
+    assert high >= int(eligible * 0.10) and kept > 0
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    mover = q("SELECT customer_id, to_tier FROM tier_transitions WHERE run_id = %s"
+              " ORDER BY customer_id LIMIT 1", (second.run_id,)).fetchone()
+    r = client.get(f"/v1/customers/{mover[0]}/tier", headers=token)
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["tier"] == mover[1] and body["tier_since"] == "1998-06-30"
+    assert [t["run_id"] for t in body["recent_transitions"]] == [second.run_id, first.run_id]
+    assert body["recent_transitions"][1]["from_tier"] is None
+    stayer = q("SELECT n.customer_id, n.tier FROM customer_scores n JOIN customer_scores p"
+               " ON p.customer_id = n.customer_id AND p.run_id = %s"
+               " WHERE n.run_id = %s AND n.tier = p.tier ORDER BY 1 LIMIT 1",
+               (first.run_id, second.run_id)).fetchone()
+    body = client.get(f"/v1/customers/{stayer[0]}/tier", headers=token).json
+    assert body["tier"] == stayer[1] and body["tier_since"] == "1998-03-31"
+    assert client.get("/v1/customers/nobody/tier", headers=token).status_code == 404
+    assert client.get("/v1/customers/" + "y" * 300 + "/tier", headers=token).status_code == 422
