@@ -178,6 +178,7 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     def use_baseline(reason: str) -> ChurnResult:
         info.update({"used": "btyd_baseline", "reason": reason})
         timings["churn_total"] = time.perf_counter() - started
+        info["stage_seconds"] = {k: round(v, 3) for k, v in timings.items()}
         if not np.all(np.isfinite(baseline)):
             raise ValueError("the BTYD churn baseline is not finite for "
                              f"{int(np.count_nonzero(~np.isfinite(baseline)))} customers")
@@ -241,4 +242,5 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
                  "training_churn_rate": float(y_train.mean()),
                  "artifact": {k: v for k, v in artifact[1].items() if k != "features"}})
     timings["churn_total"] = time.perf_counter() - started
+    info["stage_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     return ChurnResult(probability, info, artifact, timings)
