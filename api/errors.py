@@ -53,6 +53,20 @@ class ApiProblem(Exception):
         self.extra = extra
 
 
+def _flatten(messages: Any, path: str = "") -> list[str]:
+    """Field errors (webargs' nested {location: {field: [messages]}}) as readable lines."""
+    if isinstance(messages, dict):
+        out: list[str] = []
+        for key, value in messages.items():
+            where = "" if key in {"json", "query", "path", "_schema"} and not path else str(key)
+            out += _flatten(value, f"{path}.{where}".strip(".") if where else path)
+        return out
+    if isinstance(messages, list):
+        return [f"{path}: {m}" if path else str(m) for m in messages if not isinstance(m, dict)] \
+            + [line for m in messages if isinstance(m, dict) for line in _flatten(m, path)]
+    return [f"{path}: {messages}" if path else str(messages)]
+
+
 def register_error_handlers(app: Flask) -> None:
     """Route every error through :func:`problem`."""
 
@@ -75,21 +89,36 @@ def register_error_handlers(app: Flask) -> None:
         log.exception("unmapped service error")
         return problem(500, "Internal error", "an unexpected error occurred")
 
+    @app.before_request
+    def _json_bodies_only() -> None:
+        # A body sent as anything but JSON is refused, never silently ignored (the schema
+        # parser would otherwise see no fields and fall back to defaults).
+        if request.method in {"POST", "PUT", "PATCH"} and request.path.startswith("/v1/") \
+                and (request.content_length or request.headers.get("Transfer-Encoding")) \
+                and request.mimetype != "application/json":
+            raise ApiProblem(415, "Unsupported Media Type", "send Content-Type: application/json",
+                             slug="unsupported-media-type")
+
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
         extra: dict[str, Any] = {}
         # flask-smorest / webargs put field errors on the exception.
         data = getattr(exc, "data", None)
-        if isinstance(data, dict) and "messages" in data:
-            extra["errors"] = data["messages"]
         detail = exc.description
+        title = exc.name
         slug = None
+        if status == 400 and request.mimetype == "application/json":
+            title, detail, slug = "Malformed JSON", "the body is not valid JSON", "malformed-json"
+        elif isinstance(data, dict) and "messages" in data:
+            extra["errors"] = data["messages"]
+            detail = "invalid request: " + "; ".join(_flatten(data["messages"]))
+            slug = "invalid-input"
         if status == 413:
             limit = current_app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body is larger than the limit of {limit} bytes"
             slug, extra["limit_bytes"] = "body-too-large", limit
-        resp = problem(status, exc.name, detail, slug=slug, **extra)
+        resp = problem(status, title, detail, slug=slug, **extra)
         if status == 405 and exc.get_response().headers.get("Allow"):
             resp.headers["Allow"] = exc.get_response().headers["Allow"]
         return resp

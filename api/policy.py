@@ -51,7 +51,7 @@ class Policy(MethodView):
         ``active_high_churn_risk``, ``high_value``, ``dormant``, ``dormant_high_value_segment``
         to action names.
         """
-        policy = validate_policy(request.get_json(silent=True), "request body")
+        policy = validate_policy(request.get_json(), "request body")  # 400 if malformed
         with services().pool.connection() as conn:
             version = score_store.set_tier_policy(conn, policy, f"api key {g.api_key.id}")
         return _policy(version, policy)

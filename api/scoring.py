@@ -40,7 +40,11 @@ class ActiveModels(MethodView):
     @blp.alt_response(404, description="no run published yet")
     @require("scores:read")
     def get(self):
-        """The live run: fitted BG/NBD and Gamma-Gamma parameters, SEs, holdout metrics."""
+        """The live run: fitted models, SEs, holdout metrics, churn validation, tier policy.
+
+        BG/NBD, Pareto/NBD and Gamma-Gamma parameters, the selected purchase model, the churn
+        model's validation against the BTYD baseline, and the tier policy version in force.
+        """
         with services().pool.connection() as conn:
             run = score_store.active_run(conn)
         if run is None:

@@ -361,7 +361,7 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
     if churn:
         risk = counts.get("churn_risk", {})
         used = "ML model" if churn["used"] == "ml" else "BTYD baseline"
-        line = f"churn over {churn['horizon_days']} days: {used} ({churn['reason']})"
+        line = f"churn over {churn['horizon_days']} days: {used}: {churn['reason']}"
         val = churn.get("validation")
         if val and val["ml"]["roc_auc"] is not None:
             line += (f"; validation AUC {val['ml']['roc_auc']:.3f} (ML) vs "

@@ -231,3 +231,23 @@ def test_sampled_training_leaves_no_working_tables(cdnow_loaded, settings, monke
         " AND relkind = 'r' AND relname LIKE 'run\\_%'").fetchone()[0]
     assert left is None
     assert all(0 <= p <= 1 for p, _ in _scores(cdnow_loaded, result.run_id))
+
+
+def test_scoring_run_request_bodies_are_never_ignored(conn, client, make_token):
+    token = {"Authorization": f"Bearer {make_token('runs:write')}"}
+    r = client.post("/v1/scoring-runs", data='{"as_of": "1998-06-30"}',
+                    content_type="text/plain", headers=token)
+    assert r.status_code == 415 and r.mimetype == "application/problem+json"
+    r = client.post("/v1/scoring-runs", data='{"as_of": ', content_type="application/json",
+                    headers=token)
+    assert r.status_code == 400 and r.json["title"] == "Malformed JSON"
+    r = client.post("/v1/scoring-runs", json={"as_of": "1998-06-30", "churn_horizon_days": 3},
+                    headers=token)
+    assert r.status_code == 422 and "churn_horizon_days" in r.json["detail"]
+    assert count(conn, "SELECT count(*) FROM scoring_runs") == 0
+    admin = {"Authorization": f"Bearer {make_token('admin')}"}
+    r = client.put("/v1/tier-policy", data="{nope", content_type="application/json",
+                   headers=admin)
+    assert r.status_code == 400
+    r = client.put("/v1/tier-policy", data="{}", content_type="text/plain", headers=admin)
+    assert r.status_code == 415
