@@ -267,7 +267,7 @@ SCORE_COLUMNS = (
     "expected_purchases_30", "expected_purchases_90", "expected_purchases_365",
     "expected_next_order", "expected_spend", "clv_12m", "churn_probability", "churn_risk",
     "tier", "value_segment", "rfm_recency", "rfm_frequency", "rfm_monetary", "rfm_segment",
-    "recommended_action",
+    "recommended_action", "tier_since",
 )
 
 # What a run computes per customer, sent back in row order of run_summary. NaN in
@@ -275,7 +275,8 @@ SCORE_COLUMNS = (
 COMPUTED = ("p_alive", "expected_purchases_30", "expected_purchases_90",
             "expected_purchases_365", "next_order_days", "expected_spend", "clv_12m",
             "churn_probability", "tier_code", "value_code", "rfm_recency", "rfm_frequency",
-            "rfm_monetary", "rfm_code", "action_code")
+            "rfm_monetary", "rfm_code", "action_code", "tier_since_days", "previous_tier_code",
+            "tier_changed")
 
 _INSERT_SCORES = """
 INSERT INTO customer_scores (run_id, {columns})
@@ -289,7 +290,8 @@ SELECT %(run_id)s, s.customer_id, s.frequency, s.recency, s.t, s.monetary_value,
             WHEN c.churn_probability >= %(medium)s THEN 'medium' ELSE 'low' END,
        (%(tiers)s::text[])[c.tier_code::int + 1], (%(values)s::text[])[c.value_code::int + 1],
        c.rfm_recency::smallint, c.rfm_frequency::smallint, c.rfm_monetary::smallint,
-       (%(rfm)s::text[])[c.rfm_code::int + 1], (%(actions)s::text[])[c.action_code::int + 1]
+       (%(rfm)s::text[])[c.rfm_code::int + 1], (%(actions)s::text[])[c.action_code::int + 1],
+       %(as_of)s::date - c.tier_since_days::int
 FROM run_summary s JOIN run_computed c USING (i)
 WHERE s.customer_id IS NOT NULL
 """
@@ -356,15 +358,14 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
         cur.execute(sql.SQL(_INSERT_SCORES).format(columns=sql.SQL(", ".join(SCORE_COLUMNS))),
                     {"run_id": run_id, "as_of": as_of, "medium": risk_thresholds[0],
                      "high": risk_thresholds[1], **(labels or {})})
-        # Tier history against the run live until now (same transaction: all or nothing).
+        # Tier history: the customers whose tier differs from the run live until now.
         cur.execute(
             "INSERT INTO tier_transitions (customer_id, run_id, from_tier, to_tier)"
-            " SELECT n.customer_id, n.run_id, p.tier, n.tier FROM customer_scores n"
-            " LEFT JOIN scoring_state st ON true"
-            " LEFT JOIN customer_scores p ON p.run_id = st.active_run_id"
-            "  AND p.customer_id = n.customer_id"
-            " WHERE n.run_id = %s AND n.tier IS NOT NULL AND p.tier IS DISTINCT FROM n.tier",
-            (run_id,))
+            " SELECT s.customer_id, %(run_id)s, (%(tiers)s::text[])[c.previous_tier_code::int + 1],"
+            " (%(tiers)s::text[])[c.tier_code::int + 1]"
+            " FROM run_summary s JOIN run_computed c USING (i)"
+            " WHERE s.customer_id IS NOT NULL AND c.tier_changed = 1",
+            {"run_id": run_id, "tiers": (labels or {}).get("tiers", [])})
         if churn_artifact is not None:
             cur.execute("INSERT INTO churn_models (run_id, artifact, meta) VALUES (%s, %s, %s)",
                         (run_id, churn_artifact[0], json.dumps(churn_artifact[1])))
@@ -442,15 +443,30 @@ def set_tier_policy(conn: psycopg.Connection, policy: dict[str, Any], created_by
     return int(row[0])
 
 
-def previous_high_value(conn: psycopg.Connection) -> NDArray[np.int32]:
-    """Row indices (run_summary order) of customers high-value in the live run."""
+def previous_tiers(conn: psycopg.Connection, tiers: list[str], as_of: date
+                   ) -> tuple[NDArray[np.int8], NDArray[np.float64], bool]:
+    """The live run's tiers, per row of run_summary, for hysteresis and tier history.
+
+    Returns the tier code (-1: not scored there), the days between that tier's
+    ``tier_since`` and ``as_of``, and whether any run is live at all.
+    """
+    n_row = conn.execute("SELECT count(customer_id), (SELECT active_run_id IS NOT NULL"
+                         " FROM scoring_state) FROM run_summary").fetchone()
+    n, live = (int(n_row[0]), bool(n_row[1])) if n_row else (0, False)
+    codes, since = np.full(n, -1, dtype=np.int8), np.zeros(n)
     with conn.cursor(binary=True) as cur:
         row = cur.execute(
-            "SELECT string_agg(int4send(s.i), ''::bytea) FROM run_summary s"
-            " JOIN scoring_state st ON true"
+            "SELECT string_agg(int4send(s.i) || int4send(array_position(%s::text[], p.tier) - 1)"
+            "   || int4send(coalesce(%s::date - p.tier_since, 0)), ''::bytea)"
+            " FROM run_summary s JOIN scoring_state st ON true"
             " JOIN customer_scores p ON p.run_id = st.active_run_id"
-            "  AND p.customer_id = s.customer_id AND p.tier = 'high_value'").fetchone()
-    return np.frombuffer(row[0] if row and row[0] else b"", dtype=">i4").astype(np.int32)
+            "  AND p.customer_id = s.customer_id AND p.tier IS NOT NULL",
+            (tiers, as_of)).fetchone()
+    rows = np.frombuffer(row[0] if row and row[0] else b"",
+                         dtype=[("i", ">i4"), ("code", ">i4"), ("since", ">i4")])
+    codes[rows["i"]] = rows["code"]
+    since[rows["i"]] = rows["since"]
+    return codes, since, live
 
 
 def customer_tier(conn: psycopg.Connection, customer_id: str,
@@ -461,9 +477,7 @@ def customer_tier(conn: psycopg.Connection, customer_id: str,
     """
     row = conn.execute(
         "SELECT r.id, r.as_of, s.tier, s.value_segment, s.rfm_segment, s.recommended_action,"
-        " s.churn_risk, s.churn_probability, s.clv_12m, s.p_alive,"
-        " (SELECT sr.as_of FROM tier_transitions t JOIN scoring_runs sr ON sr.id = t.run_id"
-        "   WHERE t.customer_id = %(c)s AND t.run_id <= r.id ORDER BY t.run_id DESC LIMIT 1),"
+        " s.churn_risk, s.churn_probability, s.clv_12m, s.p_alive, s.tier_since,"
         " (SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM ("
         "   SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t"
         "   JOIN scoring_runs sr ON sr.id = t.run_id WHERE t.customer_id = %(c)s"

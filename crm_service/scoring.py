@@ -290,10 +290,9 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         stage_done("churn")
         policy_version, policy_json = score_store.current_tier_policy(conn)
         policy = TierPolicy.from_dict(policy_json)
-        was_high = np.zeros(summary.size, dtype=bool)
-        was_high[score_store.previous_high_value(conn)] = True
+        previous = score_store.previous_tiers(conn, list(segments.TIERS), as_of)
         conn.commit()
-        labels = _segments(summary, computed, policy, was_high, bands[1], counts)
+        labels = _segments(summary, computed, policy, previous, bands[1], counts)
         stage_done("tiers")
         counts["stage_seconds"] = stages
         models = {
@@ -347,18 +346,27 @@ def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason:
 
 
 def _segments(summary: score_store.Summary, computed: dict[str, NDArray[np.float64]],
-              policy: TierPolicy, was_high_value: NDArray[np.bool_], high_risk: float,
-              counts: dict[str, Any]) -> dict[str, list[str]]:
+              policy: TierPolicy,
+              previous: tuple[NDArray[np.int8], NDArray[np.float64], bool],
+              high_risk: float, counts: dict[str, Any]) -> dict[str, list[str]]:
     """Tier, value segment, RFM scores and segment, and action per customer (DESIGN.md §2).
 
-    Adds the code arrays to ``computed`` and per-category counts to ``counts``; returns the
-    names behind the codes.
+    ``previous`` is :func:`score_store.previous_tiers`. Adds the code arrays to ``computed``
+    and per-category counts to ``counts``; returns the names behind the codes.
     """
+    prev_code, prev_since, live = previous
     since_last = summary.T - summary.recency
     churn = computed["churn_probability"]
-    tiers = segments.assign_tiers(policy, days_since_first=summary.T,
-                                  days_since_last=since_last, churn=churn,
-                                  clv=computed["clv_12m"], was_high_value=was_high_value)
+    tiers = segments.assign_tiers(
+        policy, days_since_first=summary.T, days_since_last=since_last, churn=churn,
+        clv=computed["clv_12m"], was_high_value=prev_code == segments.TIERS.index("high_value"))
+    kept = tiers == prev_code
+    # Since when: carried forward while the tier holds; from this run when it changes. The
+    # first run of a database has nothing to change from, so it records no transitions.
+    computed["tier_since_days"] = np.where(kept, prev_since, 0.0)
+    computed["previous_tier_code"] = prev_code.astype(np.float64)
+    computed["tier_changed"] = (~kept & live).astype(np.float64)
+    counts["tier_changes"] = int(np.count_nonzero(~kept & live))
     value = segments.value_segments(summary.historic_spend, policy)
     r, f, m = segments.rfm_scores(since_last, summary.frequency + 1, summary.historic_spend)
     rfm = segments.rfm_segments(r, f, m)

@@ -1,0 +1,1 @@
+ALTER TABLE customer_scores DROP COLUMN IF EXISTS tier_since;
