@@ -236,3 +236,53 @@ class CustomerTierSchema(Schema):
     run_id = fields.Integer()
     as_of = fields.String()
     recent_transitions = fields.List(fields.Nested(TierTransitionSchema))
+
+
+class AudienceQuerySchema(Schema):
+    """Filters and paging of ``GET /v1/customers``."""
+
+    tier = fields.String(validate=validate.OneOf(["new", "active", "dormant", "high_value"]))
+    value_segment = fields.String(validate=validate.OneOf(["low", "medium", "high"]))
+    rfm_segment = fields.String(validate=validate.OneOf([
+        "champions", "potential_loyalist", "loyal_customers", "promising", "new_customers",
+        "cant_lose_them", "at_risk", "need_attention", "about_to_sleep", "lost", "others"]))
+    churn_risk = fields.String(validate=validate.OneOf(["low", "medium", "high"]))
+    min_clv = fields.Float(allow_nan=False)
+    max_clv = fields.Float(allow_nan=False)
+    min_p_alive = fields.Float(validate=validate.Range(min=0, max=1))
+    last_purchase_before = fields.Date()
+    last_purchase_after = fields.Date()
+    sort = fields.String(load_default="customer_id", validate=validate.OneOf(["customer_id"]),
+                         metadata={"description": "keyset order; customer_id only for now"})
+    cursor = fields.String(validate=validate.Length(max=2000),
+                           metadata={"description": "next_cursor of the previous page"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class AudienceCustomerSchema(Schema):
+    """One customer of an audience."""
+
+    customer_id = fields.String()
+    tier = fields.String(allow_none=True)
+    tier_since = fields.String(allow_none=True)
+    value_segment = fields.String(allow_none=True)
+    rfm_segment = fields.String(allow_none=True)
+    recommended_action = fields.String(allow_none=True)
+    churn_probability = fields.Float(allow_none=True)
+    churn_risk = fields.String(allow_none=True)
+    clv_12m = fields.Float(allow_none=True)
+    p_alive = fields.Float(allow_none=True)
+    expected_purchases_90 = fields.Float(allow_none=True)
+    frequency = fields.Integer()
+    last_purchase = fields.String()
+    historic_spend = fields.Float()
+
+
+class AudiencePageSchema(Schema):
+    """One page of an audience."""
+
+    run_id = fields.Integer()
+    as_of = fields.String()
+    items = fields.List(fields.Nested(AudienceCustomerSchema))
+    next_cursor = fields.String(allow_none=True, metadata={
+        "description": "pass as cursor for the next page; null on the last page"})

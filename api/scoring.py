@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Response, url_for
+from flask import Response, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.auth import require
 from api.schemas import (
+    AudiencePageSchema,
+    AudienceQuerySchema,
     CustomerScoresSchema,
     CustomerTierSchema,
     PredictionRequestSchema,
@@ -18,7 +20,7 @@ from api.schemas import (
     ScoringRunRequestSchema,
 )
 from api.services import services
-from crm_service import score_store
+from crm_service import audience, score_store
 from crm_service.errors import NotFoundError, ValidationError
 from crm_service.ingestion import MAX_ID_LENGTH
 from crm_service.plots import PLOTS, render
@@ -191,3 +193,45 @@ class CustomerTier(MethodView):
             raise NotFoundError(f"customer {customer_id!r} has no tier in the live run "
                                 f"(run {found['run_id']} as of {found['as_of']})")
         return {"customer_id": customer_id, **_jsonable(found)}
+
+
+@blp.route("/customers")
+class Audience(MethodView):
+    """Audiences for campaign tools: filter the live run's customers."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(AudienceQuerySchema, location="query")
+    @blp.response(200, AudiencePageSchema, content_type="application/json")
+    @blp.alt_response(200, description="the whole audience as CSV (with Accept: text/csv)",
+                      content_type="text/csv")
+    @blp.alt_response(404, description="no run published yet")
+    @blp.alt_response(422, description="a filter out of range, or a stale cursor")
+    @require("scores:read")
+    def get(self, query):
+        """Customers matching every filter, by customer id, ``limit`` per page (≤ 1000).
+
+        With ``Accept: text/csv`` the whole audience streams as CSV (limit and cursor are
+        ignored), read with a server-side cursor so memory stays flat however large it is.
+        """
+        filters = audience.AudienceFilter(**{k: v for k, v in query.items()
+                                             if k not in ("sort", "cursor", "limit")})
+        accept = request.accept_mimetypes
+        if accept.best_match(["application/json", "text/csv"]) == "text/csv" \
+                and accept["text/csv"] > accept["application/json"]:
+            pool = services().pool
+
+            def rows():
+                with pool.connection() as conn:
+                    yield from audience.stream_csv(conn, filters)
+
+            chunks = rows()
+            first = next(chunks)  # fails here (404 etc.) before the 200 is sent
+            return Response(stream_with_context(_chain(first, chunks)), mimetype="text/csv",
+                            headers={"Content-Disposition": 'attachment; filename="audience.csv"'})
+        with services().pool.connection() as conn:
+            return audience.page(conn, filters, limit=query["limit"], cursor=query.get("cursor"))
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
