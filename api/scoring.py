@@ -195,6 +195,38 @@ class CustomerTier(MethodView):
         return {"customer_id": customer_id, **_jsonable(found)}
 
 
+@blp.route("/segments")
+class Segments(MethodView):
+    """The state of the base in the live run."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, example={
+        "run_id": 2, "as_of": "1998-06-30",
+        "by_tier": {"dormant": {"customers": 1688, "historic_spend": 101234.5,
+                                "clv_12m": 8123.4}},
+        "tier_transitions": {"active": {"active": 200, "dormant": 35}}})
+    @blp.alt_response(404, description="no run published yet")
+    @require("scores:read")
+    def get(self):
+        """Customers, historic spend and CLV per segment; tier moves since the previous run.
+
+        Per tier, value segment and RFM segment: customers, historic spend and 12-month CLV.
+        ``tier_transitions[from][to]`` counts customers by their tier in the previous live run
+        (``none``: not scored there) and now; null after the first run.
+        """
+        with services().pool.connection() as conn:
+            run = score_store.active_run(conn)
+        if run is None:
+            raise NotFoundError("no scoring run has been published yet")
+        counts = run["counts"] or {}
+        seg = counts.get("segments", {})
+        return {"run_id": run["run_id"], "as_of": run["as_of"].isoformat(),
+                "customers": counts.get("customers"),
+                "by_tier": seg.get("tier"), "by_value_segment": seg.get("value_segment"),
+                "by_rfm_segment": seg.get("rfm_segment"),
+                "tier_transitions": counts.get("tier_transition_matrix")}
+
+
 @blp.route("/customers")
 class Audience(MethodView):
     """Audiences for campaign tools: filter the live run's customers."""

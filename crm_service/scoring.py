@@ -381,6 +381,29 @@ def _segments(summary: score_store.Summary, computed: dict[str, NDArray[np.float
                               ("rfm_segments", rfm, "rfm"), ("actions", actions, "actions")):
         tally = np.bincount(codes, minlength=len(names[key]))
         counts[label] = {name: int(n) for name, n in zip(names[key], tally, strict=True)}
+    # Per segment: customers, historic spend and predicted CLV (GET /v1/segments).
+    counts["segments"] = {}
+    for label, codes, key in (("tier", tiers, "tiers"), ("value_segment", value, "values"),
+                              ("rfm_segment", rfm, "rfm")):
+        k = len(names[key])
+        n = np.bincount(codes, minlength=k)
+        spend = np.bincount(codes, weights=summary.historic_spend, minlength=k)
+        clv = np.bincount(codes, weights=np.nan_to_num(computed["clv_12m"]), minlength=k)
+        counts["segments"][label] = {
+            name: {"customers": int(n[j]), "historic_spend": round(float(spend[j]), 2),
+                   "clv_12m": round(float(clv[j]), 2)} for j, name in enumerate(names[key])}
+    # Tier transition matrix against the previous live run ("none": not scored there).
+    if live:
+        matrix: dict[str, dict[str, int]] = {}
+        pairs = np.bincount((prev_code.astype(np.int64) + 1) * len(segments.TIERS) + tiers,
+                            minlength=(len(segments.TIERS) + 1) * len(segments.TIERS))
+        for j, n_pair in enumerate(pairs):
+            if n_pair:
+                before = "none" if j // len(segments.TIERS) == 0 else \
+                    segments.TIERS[j // len(segments.TIERS) - 1]
+                matrix.setdefault(before, {})[segments.TIERS[j % len(segments.TIERS)]] = \
+                    int(n_pair)
+        counts["tier_transition_matrix"] = matrix
     return names
 
 

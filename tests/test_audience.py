@@ -84,3 +84,29 @@ def test_no_run_yet_is_404_also_for_csv(conn, client, token):
     assert client.get("/v1/customers", headers=token).status_code == 404
     r = client.get("/v1/customers", headers={**token, "Accept": "text/csv"})
     assert r.status_code == 404 and r.mimetype == "application/problem+json"
+
+
+def test_segments_summary_and_transition_matrix(cdnow_loaded, settings, client, token):
+    assert client.get("/v1/segments", headers=token).status_code == 404
+    first = run_scoring(cdnow_loaded, settings, as_of=date(1998, 3, 31))
+    body = client.get("/v1/segments", headers=token).json
+    assert body["run_id"] == first.run_id and body["tier_transitions"] is None
+    assert sum(v["customers"] for v in body["by_tier"].values()) == 2357
+    assert sum(v["customers"] for v in body["by_rfm_segment"].values()) == 2357
+    total = cdnow_loaded.execute(
+        "SELECT sum(historic_spend), sum(clv_12m) FROM customer_scores WHERE run_id = %s",
+        (first.run_id,)).fetchone()
+    cdnow_loaded.commit()
+    assert sum(v["historic_spend"] for v in body["by_value_segment"].values()) == \
+        pytest.approx(float(total[0]), abs=0.05)
+    assert sum(v["clv_12m"] for v in body["by_tier"].values()) == pytest.approx(total[1],
+                                                                                rel=1e-6)
+    second = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    body = client.get("/v1/segments", headers=token).json
+    matrix = body["tier_transitions"]
+    expected = cdnow_loaded.execute(
+        "SELECT p.tier, n.tier, count(*) FROM customer_scores n JOIN customer_scores p"
+        " ON p.customer_id = n.customer_id AND p.run_id = %s WHERE n.run_id = %s"
+        " GROUP BY 1, 2", (first.run_id, second.run_id)).fetchall()
+    assert {(a, b): n for a, b, n in expected} == {
+        (a, b): n for a, row in matrix.items() for b, n in row.items()}
