@@ -29,6 +29,11 @@ from crm_service.predictions import predict
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
 
 
+def _check_customer_id(customer_id: str) -> None:
+    if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
+        raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} printable characters")
+
+
 def _jsonable(run: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in run.items()}
 
@@ -158,8 +163,7 @@ class CustomerScores(MethodView):
 
         Also the run (id, as_of) they come from: all from the live run, in one read.
         """
-        if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
-            raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} printable characters")
+        _check_customer_id(customer_id)
         with services().pool.connection() as conn:
             found = score_store.customer_scores(conn, customer_id)
         if found is None:
@@ -183,8 +187,7 @@ class CustomerTier(MethodView):
     @require("scores:read")
     def get(self, customer_id: str):
         """Tier and since when, value and RFM segment, action, churn risk, latest changes."""
-        if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
-            raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} printable characters")
+        _check_customer_id(customer_id)
         with services().pool.connection() as conn:
             found = score_store.customer_tier(conn, customer_id)
         if found is None:
