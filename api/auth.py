@@ -15,8 +15,13 @@ from crm_service import api_keys
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def require(scope: str) -> Callable[[F], F]:
-    """Decorator: the request must carry an active key holding ``scope`` (or ``admin``)."""
+def require(scope: str, *alternatives: str) -> Callable[[F], F]:
+    """Decorator: the request must carry an active key holding ``scope`` (or ``admin``).
+
+    With ``alternatives``, any one of the scopes will do; the view checks
+    ``g.api_key.allows(...)`` for what depends on which.
+    """
+    accepted = (scope, *alternatives)
 
     def decorate(view: F) -> F:
         @wraps(view)
@@ -33,8 +38,9 @@ def require(scope: str) -> Callable[[F], F]:
             if key is None:
                 raise ApiProblem(401, "Unauthorized", "the API key is invalid or revoked",
                                  slug="unauthorized", headers=challenge)
-            if not key.allows(scope):
-                raise ApiProblem(403, "Forbidden", f"this API key lacks the '{scope}' scope",
+            if not any(key.allows(s) for s in accepted):
+                wanted = " or ".join(f"'{s}'" for s in accepted)
+                raise ApiProblem(403, "Forbidden", f"this API key lacks the {wanted} scope",
                                  slug="forbidden", required_scope=scope)
             g.api_key = key
             return view(*args, **kwargs)

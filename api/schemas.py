@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from crm_service.audience import SORTS
 from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
@@ -236,6 +237,11 @@ class CustomerTierSchema(Schema):
     run_id = fields.Integer()
     as_of = fields.String()
     recent_transitions = fields.List(fields.Nested(TierTransitionSchema))
+    provisional = fields.Boolean(metadata={
+        "description": "true when the customer's orders changed after the live run: the "
+                       "tier and scores are recomputed now from the run's models and policy"})
+    provisional_as_of = fields.String(allow_none=True, metadata={
+        "description": "the day a provisional answer is computed as of (null otherwise)"})
 
 
 class AudienceQuerySchema(Schema):
@@ -252,8 +258,10 @@ class AudienceQuerySchema(Schema):
     min_p_alive = fields.Float(validate=validate.Range(min=0, max=1))
     last_purchase_before = fields.Date()
     last_purchase_after = fields.Date()
-    sort = fields.String(load_default="customer_id", validate=validate.OneOf(["customer_id"]),
-                         metadata={"description": "keyset order; customer_id only for now"})
+    sort = fields.String(load_default="customer_id", validate=validate.OneOf(SORTS), metadata={
+        "description": "order of the pages (and the CSV); '-' means descending. Ties are "
+                       "broken by customer id. Orders other than customer_id sort the matching "
+                       "customers for every page: narrow the filters on a large base."})
     cursor = fields.String(validate=validate.Length(max=2000),
                            metadata={"description": "next_cursor of the previous page"})
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
@@ -283,6 +291,84 @@ class AudiencePageSchema(Schema):
 
     run_id = fields.Integer()
     as_of = fields.String()
+    sort = fields.String(metadata={"example": "-clv_12m"})
     items = fields.List(fields.Nested(AudienceCustomerSchema))
     next_cursor = fields.String(allow_none=True, metadata={
         "description": "pass as cursor for the next page; null on the last page"})
+
+
+class CustomerSearchQuerySchema(Schema):
+    """Exactly one of: email, phone, or channel with external_id."""
+
+    email = fields.String(validate=validate.Length(min=1, max=254),
+                          metadata={"example": "li.wei@example.com"})
+    phone = fields.String(validate=validate.Length(min=1, max=40),
+                          metadata={"example": "+86 138 0013 8000"})
+    channel = fields.String(validate=validate.Length(min=1, max=32), metadata={"example": "jd"})
+    external_id = fields.String(validate=validate.Length(min=1, max=128),
+                                metadata={"example": "jd_88231"})
+
+
+class CustomerMatchSchema(Schema):
+    """One customer found by a search."""
+
+    customer_id = fields.String(metadata={"example": "C-10023"})
+    email = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+    tier = fields.String(allow_none=True, metadata={"description": "in the live run"})
+    value_segment = fields.String(allow_none=True)
+    recommended_action = fields.String(allow_none=True)
+
+
+class CustomerSearchSchema(Schema):
+    """Matches, by customer id (at most 20)."""
+
+    matches = fields.List(fields.Nested(CustomerMatchSchema))
+
+
+class ChannelOrdersSchema(Schema):
+    """A customer's orders on one channel."""
+
+    channel = fields.String(metadata={"example": "tmall"})
+    paid_orders = fields.Integer()
+    refunded_orders = fields.Integer()
+    cancelled_orders = fields.Integer()
+    net_spend = fields.Float(metadata={"description": "sum of paid orders"})
+    first_order_at = fields.String(allow_none=True)
+    last_order_at = fields.String(allow_none=True)
+
+
+class ContactSchema(Schema):
+    """Personal data: only for keys with customers:read."""
+
+    email = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+
+
+class CustomerProfileSchema(Schema):
+    """Everything an agent or tool needs about one customer, in one read."""
+
+    customer_id = fields.String(metadata={"example": "C-10023"})
+    created_at = fields.String()
+    updated_at = fields.String()
+    contact = fields.Nested(ContactSchema, allow_none=True, metadata={
+        "description": "null unless the key has customers:read"})
+    identities = fields.List(fields.Nested(IdentitySchema), allow_none=True, metadata={
+        "description": "channel accounts; null unless the key has customers:read"})
+    orders_by_channel = fields.List(fields.Nested(ChannelOrdersSchema))
+    run_id = fields.Integer(allow_none=True)
+    as_of = fields.String(allow_none=True)
+    scored_at = fields.String(allow_none=True)
+    churn_horizon_days = fields.Integer(allow_none=True)
+    provisional = fields.Boolean()
+    tier = fields.String(allow_none=True)
+    tier_since = fields.String(allow_none=True)
+    value_segment = fields.String(allow_none=True)
+    rfm_segment = fields.String(allow_none=True)
+    recommended_action = fields.String(allow_none=True)
+    scores = fields.Dict(allow_none=True, metadata={
+        "description": "every score of the live run (as in /scores), or recomputed when "
+                       "provisional; null when the customer has no paid order"})
+    recent_transitions = fields.List(fields.Nested(TierTransitionSchema))

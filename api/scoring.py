@@ -10,11 +10,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.auth import require
+from api.customers import check_customer_id
 from api.schemas import (
     AudiencePageSchema,
     AudienceQuerySchema,
     CustomerScoresSchema,
-    CustomerTierSchema,
     PredictionRequestSchema,
     RunSchema,
     ScoringRunRequestSchema,
@@ -22,16 +22,10 @@ from api.schemas import (
 from api.services import services
 from crm_service import audience, score_store
 from crm_service.errors import NotFoundError, ValidationError
-from crm_service.ingestion import MAX_ID_LENGTH
 from crm_service.plots import PLOTS, render
 from crm_service.predictions import predict
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
-
-
-def _check_customer_id(customer_id: str) -> None:
-    if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
-        raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} printable characters")
 
 
 def _jsonable(run: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +157,7 @@ class CustomerScores(MethodView):
 
         Also the run (id, as_of) they come from: all from the live run, in one read.
         """
-        _check_customer_id(customer_id)
+        check_customer_id(customer_id)
         with services().pool.connection() as conn:
             found = score_store.customer_scores(conn, customer_id)
         if found is None:
@@ -174,28 +168,6 @@ class CustomerScores(MethodView):
                                 "order on or before that day, or an unknown id")
         scores = _jsonable(found.pop("scores"))
         return {**_jsonable(found), **scores}
-
-
-@blp.route("/customers/<string:customer_id>/tier")
-class CustomerTier(MethodView):
-    """The small, fast answer for agents and campaign tools."""
-
-    @blp.doc(security=[{"bearerAuth": []}])
-    @blp.response(200, CustomerTierSchema)
-    @blp.alt_response(404, description="no run published yet, or no scores for this customer")
-    @blp.alt_response(422, description="not a valid customer id")
-    @require("scores:read")
-    def get(self, customer_id: str):
-        """Tier and since when, value and RFM segment, action, churn risk, latest changes."""
-        _check_customer_id(customer_id)
-        with services().pool.connection() as conn:
-            found = score_store.customer_tier(conn, customer_id)
-        if found is None:
-            raise NotFoundError("no scoring run has been published yet")
-        if found["tier"] is None:
-            raise NotFoundError(f"customer {customer_id!r} has no tier in the live run "
-                                f"(run {found['run_id']} as of {found['as_of']})")
-        return {"customer_id": customer_id, **_jsonable(found)}
 
 
 @blp.route("/segments")
@@ -257,14 +229,15 @@ class Audience(MethodView):
 
             def rows():
                 with pool.connection() as conn:
-                    yield from audience.stream_csv(conn, filters)
+                    yield from audience.stream_csv(conn, filters, query["sort"])
 
             chunks = rows()
             first = next(chunks)  # fails here (404 etc.) before the 200 is sent
             return Response(stream_with_context(_chain(first, chunks)), mimetype="text/csv",
                             headers={"Content-Disposition": 'attachment; filename="audience.csv"'})
         with services().pool.connection() as conn:
-            return audience.page(conn, filters, limit=query["limit"], cursor=query.get("cursor"))
+            return audience.page(conn, filters, limit=query["limit"], cursor=query.get("cursor"),
+                                 sort=query["sort"])
 
 
 def _chain(first, rest):

@@ -469,30 +469,6 @@ def previous_tiers(conn: psycopg.Connection, tiers: list[str], as_of: date
     return codes, since, live
 
 
-def customer_tier(conn: psycopg.Connection, customer_id: str,
-                  history: int = 5) -> dict[str, Any] | None:
-    """A customer's tier in the live run, since when, and their latest tier changes.
-
-    None when no run is live; ``tier`` None when the live run has no scores for them.
-    """
-    row = conn.execute(
-        "SELECT r.id, r.as_of, s.tier, s.value_segment, s.rfm_segment, s.recommended_action,"
-        " s.churn_risk, s.churn_probability, s.clv_12m, s.p_alive, s.tier_since,"
-        " (SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM ("
-        "   SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t"
-        "   JOIN scoring_runs sr ON sr.id = t.run_id WHERE t.customer_id = %(c)s"
-        "   AND t.run_id <= r.id ORDER BY t.run_id DESC LIMIT %(n)s) h)"
-        " FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id"
-        " LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s",
-        {"c": customer_id, "n": history}).fetchone()
-    if row is None:
-        return None
-    keys = ("run_id", "as_of", "tier", "value_segment", "rfm_segment", "recommended_action",
-            "churn_risk", "churn_probability", "clv_12m", "p_alive", "tier_since",
-            "recent_transitions")
-    return dict(zip(keys, row, strict=True))
-
-
 def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     """One run's record by id."""
     row = conn.execute(

@@ -371,6 +371,10 @@ def _segments(summary: score_store.Summary, computed: dict[str, NDArray[np.float
     r, f, m = segments.rfm_scores(since_last, summary.frequency + 1, summary.historic_spend)
     rfm = segments.rfm_segments(r, f, m)
     actions = segments.recommended_actions(policy, tiers, value, churn >= high_risk)
+    # Rank boundaries as values: a provisional tier between runs is placed with them.
+    counts["cutoffs"] = segments.run_cutoffs(
+        policy, days_since_last=since_last, occasions=summary.frequency + 1,
+        spend=summary.historic_spend, clv=computed["clv_12m"], tiers=tiers, rfm=(r, f, m))
     names = {"tiers": list(segments.TIERS), "values": list(segments.VALUE_SEGMENTS),
              "rfm": list(segments.RFM_SEGMENTS), "actions": segments.action_names(policy)}
     for key, codes in (("tier_code", tiers), ("value_code", value), ("rfm_recency", r),

@@ -216,3 +216,96 @@ def recommended_actions(policy: TierPolicy, tiers: NDArray[np.int8],
 def action_names(policy: TierPolicy) -> list[str]:
     """The distinct action names of a policy, in a fixed order."""
     return sorted(set(policy.actions.values()))
+
+
+# --- Cut-offs: the run's thresholds as values, for classifying one customer later -----------
+#
+# A run assigns tiers and segments by rank among all customers. To place one customer whose
+# history changed after the run (a provisional tier) without re-ranking everyone, the run keeps
+# the values at which each rank boundary fell; a customer at or above a boundary value is placed
+# above it. Ties at a boundary can differ from a full re-rank; that is the price of O(1).
+
+def _boundary(values: NDArray[np.floating], selected: NDArray[np.bool_]) -> float | None:
+    """The smallest value among ``selected`` (None when nothing was selected)."""
+    return float(values[selected].min()) if selected.any() else None
+
+
+def _ntile_bounds(values: NDArray[np.floating], scores: NDArray[np.int8]) -> list[float | None]:
+    """Per score 2..5, the smallest value that received it (None when no one did)."""
+    return [_boundary(values, scores >= k) for k in range(2, 6)]
+
+
+def run_cutoffs(policy: TierPolicy, *, days_since_last: NDArray[np.floating],
+                occasions: NDArray[np.floating], spend: NDArray[np.floating],
+                clv: NDArray[np.floating], tiers: NDArray[np.int8],
+                rfm: tuple[NDArray[np.int8], NDArray[np.int8], NDArray[np.int8]]
+                ) -> dict[str, Any]:
+    """The value at each rank boundary a run drew (JSON-ready), for :func:`classify_one`."""
+    clv = np.nan_to_num(np.asarray(clv, dtype=float), nan=0.0)
+    eligible = (tiers != TIERS.index("new")) & (tiers != TIERS.index("dormant"))
+    everyone = np.ones(spend.size, dtype=bool)
+    r, f, m = rfm
+    return {
+        "high_value_clv": _boundary(clv, _top_share(clv, policy.high_value_share, eligible)),
+        "high_value_keep_clv": _boundary(
+            clv, _top_share(clv, policy.high_value_keep_share, eligible)),
+        "value_high_spend": _boundary(spend, _top_share(spend, policy.value_high_share,
+                                                        everyone)),
+        "value_medium_spend": _boundary(spend, _top_share(
+            spend, policy.value_high_share + policy.value_medium_share, everyone)),
+        # Recency scores rank -days_since_last; bounds are kept as -days.
+        "rfm_recency": _ntile_bounds(-np.asarray(days_since_last, dtype=float), r),
+        "rfm_frequency": _ntile_bounds(np.asarray(occasions, dtype=float), f),
+        "rfm_monetary": _ntile_bounds(np.asarray(spend, dtype=float), m),
+    }
+
+
+def _score(value: float, bounds: list[float | None]) -> int:
+    score = 1
+    for k, bound in enumerate(bounds, start=2):
+        if bound is not None and value >= bound:
+            score = k
+    return score
+
+
+def _at_least(value: float, bound: float | None) -> bool:
+    return bound is not None and value >= bound
+
+
+def classify_one(policy: TierPolicy, cutoffs: dict[str, Any], *, days_since_first: float,
+                 days_since_last: float, occasions: int, spend: float, clv: float,
+                 churn: float, high_churn_risk: bool, was_high_value: bool) -> dict[str, Any]:
+    """Tier, value segment, RFM scores and segment, and action of one customer.
+
+    The same rules as a run, with rank boundaries taken from the run's ``cutoffs``
+    (:func:`run_cutoffs`).
+    """
+    clv = 0.0 if not np.isfinite(clv) else float(clv)
+    if days_since_first < policy.new_days:
+        tier = "new"
+    elif days_since_last >= policy.dormant_days or churn >= policy.dormant_churn:
+        tier = "dormant"
+    elif _at_least(clv, cutoffs.get("high_value_clv")) or (
+            was_high_value and _at_least(clv, cutoffs.get("high_value_keep_clv"))):
+        tier = "high_value"
+    else:
+        tier = "active"
+    if _at_least(spend, cutoffs.get("value_high_spend")):
+        value = "high"
+    elif _at_least(spend, cutoffs.get("value_medium_spend")):
+        value = "medium"
+    else:
+        value = "low"
+    r = _score(-days_since_last, cutoffs["rfm_recency"])
+    f = _score(occasions, cutoffs["rfm_frequency"])
+    m = _score(spend, cutoffs["rfm_monetary"])
+    segment = RFM_SEGMENTS[int(rfm_segments(np.array([r], dtype=np.int8),
+                                            np.array([f], dtype=np.int8),
+                                            np.array([m], dtype=np.int8))[0])]
+    names = action_names(policy)
+    action = names[int(recommended_actions(
+        policy, np.array([TIERS.index(tier)], dtype=np.int8),
+        np.array([VALUE_SEGMENTS.index(value)], dtype=np.int8),
+        np.array([high_churn_risk]))[0])]
+    return {"tier": tier, "value_segment": value, "rfm_recency": r, "rfm_frequency": f,
+            "rfm_monetary": m, "rfm_segment": segment, "recommended_action": action}

@@ -70,7 +70,7 @@ def test_each_filter(scored, cdnow_loaded, client, token, query):
 def test_bad_queries_and_stale_cursors(scored, cdnow_loaded, settings, client, token):
     for query in ({"tier": "vip"}, {"limit": 0}, {"limit": 1001}, {"min_p_alive": 2},
                   {"last_purchase_before": "yesterday"}, {"cursor": "!!not-a-cursor"},
-                  {"sort": "clv_12m"}, {"min_clv": "nan"}):
+                  {"sort": "tier"}, {"sort": "clv"}, {"min_clv": "nan"}):
         r = client.get("/v1/customers", query_string=query, headers=token)
         assert r.status_code == 422, (query, r.status_code)
         assert r.mimetype == "application/problem+json"
@@ -78,6 +78,37 @@ def test_bad_queries_and_stale_cursors(scored, cdnow_loaded, settings, client, t
     run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 29))
     r = client.get("/v1/customers", query_string={"cursor": first["next_cursor"]}, headers=token)
     assert r.status_code == 422 and "start again" in r.json["detail"]
+    by_clv = client.get("/v1/customers", query_string={"limit": 10, "sort": "-clv_12m"},
+                        headers=token).json
+    r = client.get("/v1/customers", query_string={"cursor": by_clv["next_cursor"]},
+                   headers=token)
+    assert r.status_code == 422 and "sort=-clv_12m" in r.json["detail"]
+
+
+SORT_SQL = {"clv_12m": "clv_12m", "churn_probability": "churn_probability",
+            "p_alive": "p_alive", "historic_spend": "historic_spend",
+            "last_purchase": "last_purchase"}
+
+
+@pytest.mark.parametrize("sort", ["-clv_12m", "clv_12m", "-churn_probability", "p_alive",
+                                  "-historic_spend", "last_purchase", "-last_purchase"])
+def test_sorted_pages_follow_sql_order_without_gaps_and_csv_equals_them(
+        scored, cdnow_loaded, client, token, sort):
+    column = SORT_SQL[sort.lstrip("-")]
+    direction = "DESC" if sort.startswith("-") else "ASC"
+    query = {"tier": "active"} if "clv" in sort else {}
+    where = "AND tier = 'active'" if query else ""
+    expected = [r[0] for r in cdnow_loaded.execute(
+        f"SELECT customer_id FROM customer_scores WHERE run_id = %s {where}"
+        f" ORDER BY {column} {direction}, customer_id {direction}",
+        (scored.run_id,)).fetchall()]
+    cdnow_loaded.commit()
+    ids = all_pages(client, token, {**query, "sort": sort})
+    assert ids == expected and len(set(ids)) == len(ids)
+    r = client.get("/v1/customers", query_string={**query, "sort": sort},
+                   headers={**token, "Accept": "text/csv"})
+    assert [row["customer_id"] for row in csv.DictReader(io.StringIO(r.get_data(as_text=True)))
+            ] == expected
 
 
 def test_no_run_yet_is_404_also_for_csv(conn, client, token):
