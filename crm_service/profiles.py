@@ -123,6 +123,8 @@ def _run_context(conn: psycopg.Connection, run_id: int) -> _RunContext:
         "SELECT r.models, r.counts -> 'cutoffs', r.timezone, r.churn_horizon_days, p.policy"
         " FROM scoring_runs r LEFT JOIN tier_policies p ON p.version = r.tier_policy_version"
         " WHERE r.id = %s", (run_id,)).fetchone()
+    if row is None:
+        raise LookupError(f"scoring run {run_id} does not exist")
     models, cutoffs, tz, horizon, policy = row
     thresholds = (models.get("churn") or {}).get("risk_thresholds") or {}
     context = _RunContext(
