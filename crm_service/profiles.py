@@ -184,9 +184,10 @@ def _provisional(conn: psycopg.Connection, customer_id: str, run_id: int, as_of:
     else:  # a run from before cut-offs were recorded: no tier without a re-run
         out.update(dict.fromkeys(("tier", "value_segment", "rfm_recency", "rfm_frequency",
                                   "rfm_monetary", "rfm_segment", "recommended_action")))
-    same = scored is not None and scored.get("tier") == out["tier"]
-    out["tier_since"] = scored["tier_since"] if same else (first if out["tier"] == "new"
-                                                          else last)
+    if scored is not None and scored.get("tier") == out["tier"]:
+        out["tier_since"] = scored["tier_since"]
+    else:
+        out["tier_since"] = first if out["tier"] == "new" else last
     out["provisional_as_of"] = at
     return out
 
@@ -210,6 +211,7 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
             return None
         nulls = ", ".join("NULL" for _ in _SCORES)
         row = conn.execute(_PROFILE_ONLY.format(nulls=nulls, extra=extra), params).fetchone()
+        assert row is not None  # a SELECT without FROM has one row
     run_id, as_of, scored_at, horizon, has_scores = row[:5]
     n = len(_SCORES)
     scores = dict(zip(_SCORES, row[5:5 + n], strict=True)) if has_scores else None
