@@ -17,6 +17,7 @@ from api.errors import register_error_handlers
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
 from crm_service import __version__
+from crm_service.api_keys import VerifiedKeys
 from crm_service.config import Settings, load_settings
 from crm_service.db import create_pool, resolve_dsn
 
@@ -48,9 +49,13 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
                                "description": "an API key from `crm-service keys create`"}}},
         },
     )
-    pool = create_pool(dsn or resolve_dsn(settings), settings)
+    dsn = dsn or resolve_dsn(settings)
+    pool = create_pool(dsn, settings)
+    reader = create_pool(dsn, settings, name="crm-read", autocommit=True)
     atexit.register(pool.close)
-    app.extensions[EXTENSION] = Services(settings=settings, pool=pool)
+    atexit.register(reader.close)
+    app.extensions[EXTENSION] = Services(settings=settings, pool=pool, reader=reader,
+                                              keys=VerifiedKeys(settings.auth_cache_seconds))
     api = Api(app)
     api.spec.components.schema("OrderBatch", schema=OrderBatchSchema)
     api.spec.components.schema("CustomerBatch", schema=CustomerBatchSchema)

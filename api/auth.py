@@ -10,7 +10,6 @@ from flask import g, request
 
 from api.errors import ApiProblem
 from api.services import services
-from crm_service import api_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,8 +32,8 @@ def require(scope: str, *alternatives: str) -> Callable[[F], F]:
                 raise ApiProblem(401, "Unauthorized",
                                  "send 'Authorization: Bearer <api key>'", slug="unauthorized",
                                  headers=challenge)
-            with services().pool.connection() as conn:
-                key = api_keys.verify_token(conn, token.strip())
+            svc = services()
+            key = svc.keys.verify(svc.reader.connection, token.strip())
             if key is None:
                 raise ApiProblem(401, "Unauthorized", "the API key is invalid or revoked",
                                  slug="unauthorized", headers=challenge)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from flask import g
+from flask import current_app, g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -50,6 +51,10 @@ _PROFILE_EXAMPLE = {
                             "to_tier": "high_value"}]}
 
 
+_TIER_KEYS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended_action",
+              "churn_risk", "churn_probability", "clv_12m", "p_alive")
+
+
 def check_customer_id(customer_id: str) -> None:
     """422 unless the id could exist (same rule as ingestion)."""
     if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
@@ -81,7 +86,7 @@ class CustomerTier(MethodView):
         answer is recomputed from the run's models and policy and flagged ``provisional``.
         """
         check_customer_id(customer_id)
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             found = profiles.lookup(conn, customer_id)
         if found is None:
             raise NotFoundError("no scoring run has been published yet")
@@ -92,13 +97,15 @@ class CustomerTier(MethodView):
                                 f"(run {run['run_id']} as of {run['as_of']}) and no paid "
                                 "order since")
         run = _run_fields(found)
-        return {"customer_id": customer_id, "run_id": run["run_id"], "as_of": run["as_of"],
+        body = {"customer_id": customer_id, "run_id": run["run_id"], "as_of": run["as_of"],
                 "provisional": found["provisional"],
                 "provisional_as_of": scores.get("provisional_as_of"),
-                **{k: scores.get(k) for k in (
-                    "tier", "tier_since", "value_segment", "rfm_segment", "recommended_action",
-                    "churn_risk", "churn_probability", "clv_12m", "p_alive")},
+                **{k: scores.get(k) for k in _TIER_KEYS},
                 "recent_transitions": found["recent_transitions"]}
+        # The hot path for agents and tools: the body is already plain JSON values, so it is
+        # encoded directly (CustomerTierSchema documents it; tests check the two agree).
+        return current_app.response_class(json.dumps(body, separators=(",", ":")),
+                                          mimetype="application/json")
 
 
 @blp.route("/customers/<string:customer_id>")
@@ -119,7 +126,7 @@ class CustomerProfile(MethodView):
         or are provisional (recomputed now) when the customer's orders changed since it.
         """
         check_customer_id(customer_id)
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             found = profiles.lookup(conn, customer_id, profile=True)
         if found is None:
             raise NotFoundError(f"no customer {customer_id!r}")
@@ -160,5 +167,5 @@ class CustomerSearch(MethodView):
         "+8613800138000"); a channel identity by channel and external id. An empty list when
         nothing matches. Needs ``customers:read`` (the query is personal data).
         """
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             return {"matches": profiles.search(conn, **query)}

@@ -46,7 +46,7 @@ class ActiveModels(MethodView):
         BG/NBD, Pareto/NBD and Gamma-Gamma parameters, the selected purchase model, the churn
         model's validation against the BTYD baseline, and the tier policy version in force.
         """
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             run = score_store.active_run(conn)
         if run is None:
             raise NotFoundError("no scoring run has been published yet")
@@ -95,7 +95,7 @@ class ScoringRun(MethodView):
     @require("scores:read")
     def get(self, run_id: int):
         """Status, counts, models and, for a failed run, the reason."""
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             run = score_store.run_record(conn, run_id)
         if run is None:
             raise NotFoundError(f"no scoring run {run_id}")
@@ -116,7 +116,7 @@ class Predictions(MethodView):
     @require("scores:read")
     def post(self, body):
         """P(alive), expected purchases, spend and 12-month CLV for given histories."""
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             return predict(conn, body["cases"], body["horizons"])
 
 
@@ -134,7 +134,7 @@ class RunPlot(MethodView):
         """holdout_by_frequency, p_alive (by frequency and recency) or tracking."""
         if name not in PLOTS:
             raise NotFoundError(f"no plot {name!r}; plots: {', '.join(PLOTS)}")
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             data = score_store.run_diagnostics(conn, run_id)
         if data is None:
             raise NotFoundError(f"scoring run {run_id} has no diagnostics (not found, or not "
@@ -158,7 +158,7 @@ class CustomerScores(MethodView):
         Also the run (id, as_of) they come from: all from the live run, in one read.
         """
         check_customer_id(customer_id)
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             found = score_store.customer_scores(conn, customer_id)
         if found is None:
             raise NotFoundError("no scoring run has been published yet")
@@ -189,7 +189,7 @@ class Segments(MethodView):
         ``tier_transitions[from][to]`` counts customers by their tier in the previous live run
         (``none``: not scored there) and now; null after the first run.
         """
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             run = score_store.active_run(conn)
         if run is None:
             raise NotFoundError("no scoring run has been published yet")
@@ -225,7 +225,7 @@ class Audience(MethodView):
         accept = request.accept_mimetypes
         if accept.best_match(["application/json", "text/csv"]) == "text/csv" \
                 and accept["text/csv"] > accept["application/json"]:
-            pool = services().pool
+            pool = services().reader
 
             def rows():
                 with pool.connection() as conn:
@@ -235,7 +235,7 @@ class Audience(MethodView):
             first = next(chunks)  # fails here (404 etc.) before the 200 is sent
             return Response(stream_with_context(_chain(first, chunks)), mimetype="text/csv",
                             headers={"Content-Disposition": 'attachment; filename="audience.csv"'})
-        with services().pool.connection() as conn:
+        with services().reader.connection() as conn:
             return audience.page(conn, filters, limit=query["limit"], cursor=query.get("cursor"),
                                  sort=query["sort"])
 

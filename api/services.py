@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 from psycopg_pool import ConnectionPool
 
+from crm_service.api_keys import VerifiedKeys
 from crm_service.config import Settings
 
 EXTENSION = "crm"
@@ -14,10 +15,16 @@ EXTENSION = "crm"
 
 @dataclass
 class Services:
-    """Settings and the connection pool of one app instance."""
+    """Settings and the connection pools of one app instance.
+
+    ``pool`` is for writes (explicit transactions); ``reader`` is an autocommit pool for
+    requests that only read (and for API key checks): one round trip per statement.
+    """
 
     settings: Settings
     pool: ConnectionPool
+    reader: ConnectionPool
+    keys: VerifiedKeys
 
 
 def services() -> Services:

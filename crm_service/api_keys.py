@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -119,3 +123,43 @@ def verify_token(conn: psycopg.Connection, token: str) -> ApiKey | None:
     if not hmac.compare_digest(bytes(row[5]), _digest(parts[2])):
         return None
     return ApiKey(row[0], row[1], list(row[2]), row[3], row[4])
+
+
+class VerifiedKeys:
+    """Keys verified recently in this process, so a busy API does not ask the database each time.
+
+    A successful check is reused for ``ttl_seconds``; failures are never cached, so a new key
+    works at once. A revoked key therefore stops working within ``ttl_seconds`` in every
+    process (``CRM_AUTH_CACHE_SECONDS``; 0 checks every request). Entries are keyed by the
+    SHA-256 of the token and hold no secret.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl = ttl_seconds
+        self._entries: dict[bytes, tuple[ApiKey, float]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, connection: Callable[[], AbstractContextManager[psycopg.Connection]],
+               token: str) -> ApiKey | None:
+        """Like :func:`verify_token`; ``connection()`` is entered only on a cache miss."""
+        if self.ttl <= 0:
+            with connection() as conn:
+                return verify_token(conn, token)
+        digest = _digest(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with connection() as conn:
+            key = verify_token(conn, token)
+        with self._lock:
+            if key is None:
+                self._entries.pop(digest, None)
+            else:
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[digest] = (key, now + self.ttl)
+        return key

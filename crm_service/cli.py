@@ -422,7 +422,7 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def _serve(ctx: Context, host: str, port: int, workers: int) -> int:
+def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 1) -> int:
     _check_port_free(host, port)
     dsn = ctx.upgraded_dsn()
     env = dict(os.environ, DATABASE_URL=dsn)
@@ -433,7 +433,8 @@ def _serve(ctx: Context, host: str, port: int, workers: int) -> int:
         background = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [sys.executable, "-m", "crm_service", "worker"], env=env)
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
-           str(workers), "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+           str(workers), "--threads", str(threads), "--access-logfile", "-",
+           "--access-logformat", ACCESS_LOG_FORMAT,
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
            "--no-control-socket", "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
@@ -475,13 +476,19 @@ def worker(ctx: Context, poll_seconds: float) -> None:
 @main.command()
 @click.option("--host", default=None, help="Bind address (CRM_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (CRM_PORT, default 8000).")
-@click.option("--workers", type=int, default=None, help="gunicorn workers (CRM_WORKERS).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="gunicorn worker processes (CRM_WORKERS, default 2).")
+@click.option("--threads", type=click.IntRange(1, 64), default=None,
+              help="threads per worker (CRM_THREADS, default 1); above 1 gunicorn's gthread "
+                   "workers also keep client connections alive.")
 @pass_ctx
 @handles_errors
-def serve(ctx: Context, host: str | None, port: int | None, workers: int | None) -> None:
+def serve(ctx: Context, host: str | None, port: int | None, workers: int | None,
+          threads: int | None) -> None:
     """Run the HTTP API with gunicorn (migrations are applied first)."""
     s = ctx.settings
-    sys.exit(_serve(ctx, host or s.host, port or s.port, workers or s.workers))
+    sys.exit(_serve(ctx, host or s.host, port or s.port, workers or s.workers,
+                    threads or s.threads))
 
 
 @main.command()
@@ -524,7 +531,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
                + "' -H 'Content-Type: application/json' -d '{\"orders\": [{\"order_id\": "
                "\"T-1\", \"customer_id\": \"C-1\", \"channel\": \"tmall\", "
                "\"ordered_at\": \"2024-05-01T10:30:00+08:00\", \"amount\": \"129.90\"}]}'")
-    sys.exit(_serve(ctx, host, port, s.workers))
+    sys.exit(_serve(ctx, host, port, s.workers, s.threads))
 
 
 DEMO_KEY_NAME = "demo-admin"

@@ -44,6 +44,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
+    threads: int = 1
+    auth_cache_seconds: float = 5.0
     churn_horizon_days: int = 90
     churn_risk_medium: float = 0.5
     churn_risk_high: float = 0.8
@@ -164,6 +166,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=(env.get("CRM_HOST") or "127.0.0.1").strip(),
         port=_number(env, "CRM_PORT", 8000, 1, 65535),
         workers=_number(env, "CRM_WORKERS", 2, 1, 64),
+        threads=_number(env, "CRM_THREADS", 1, 1, 64),
+        auth_cache_seconds=_number(env, "CRM_AUTH_CACHE_SECONDS", 5.0, 0.0, 300.0),
         churn_horizon_days=_number(env, "CRM_CHURN_HORIZON_DAYS", 90, MIN_CHURN_HORIZON,
                                    MAX_CHURN_HORIZON),
         churn_risk_medium=risk_medium,

@@ -51,8 +51,9 @@ SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, s.customer_id IS NOT 
                     OR (o.status = 'paid'
                         AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))
        {extra}
-FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id
+FROM scoring_runs r
 LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s
+WHERE r.id = (SELECT active_run_id FROM scoring_state)
 """
 
 # With the profile: the customer row, identities and the order summary per channel.

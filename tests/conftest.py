@@ -44,7 +44,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory, dsn: str) -> Settings:
     """Settings as a deployment with DATABASE_URL would have them."""
     return load_settings({"DATABASE_URL": dsn,
                           "CRM_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-                          "CRM_POOL_MIN_SIZE": "1", "CRM_POOL_MAX_SIZE": "4"})
+                          "CRM_POOL_MIN_SIZE": "1", "CRM_POOL_MAX_SIZE": "4",
+                          "CRM_AUTH_CACHE_SECONDS": "1"})
 
 
 @pytest.fixture()

@@ -1,9 +1,12 @@
 """API keys through the CLI, db commands, config errors."""
 
 import json
+import time
+from contextlib import contextmanager
 
 from click.testing import CliRunner
 
+from crm_service import api_keys
 from crm_service.cli import main
 from tests.conftest import count
 
@@ -31,7 +34,35 @@ def test_key_lifecycle(client, conn, cli_env):
     body = {"orders": []}
     assert client.post("/v1/orders", json=body, headers=headers).status_code == 200
     assert run("keys", "revoke", created["id"]).exit_code == 0
-    assert client.post("/v1/orders", json=body, headers=headers).status_code == 401
+    # A verified key is reused for CRM_AUTH_CACHE_SECONDS (1 s in the tests): revocation
+    # takes effect within that.
+    deadline = time.monotonic() + 1.5
+    while client.post("/v1/orders", json=body, headers=headers).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key still works after the cache TTL"
+        time.sleep(0.1)
+
+
+def test_verified_keys_cache_successes_only_for_the_ttl(conn):
+    calls = []
+
+    @contextmanager
+    def connection():
+        calls.append(1)
+        yield conn
+
+    _, token = api_keys.create_key(conn, "cached", ["scores:read"])
+    conn.commit()
+    cache = api_keys.VerifiedKeys(0.3)
+    assert cache.verify(connection, token).name == "cached"
+    assert cache.verify(connection, token).name == "cached" and len(calls) == 1
+    assert cache.verify(connection, token + "x") is None
+    assert cache.verify(connection, token + "x") is None and len(calls) == 3  # never cached
+    api_keys.revoke_key(conn, token.split("_")[1])
+    conn.commit()
+    assert cache.verify(connection, token) is not None  # still within the TTL
+    time.sleep(0.35)
+    assert cache.verify(connection, token) is None
+    assert api_keys.VerifiedKeys(0).verify(connection, token) is None
 
 
 def test_key_errors(conn, cli_env):

@@ -1,0 +1,163 @@
+"""Benchmark: GET /v1/customers/{id}/tier and GET /v1/customers/{id} under load (wrk).
+
+Serves the API the way production does (`crm-service serve`: gunicorn, access log on) against a
+database of about a million scored customers, and drives it with wrk (Debian package `wrk`)
+from the same machine: closed loop (each connection sends its next request when the previous
+answer arrives) at 64 and 16 connections, random customer ids drawn from the live run. In a
+closed loop mean latency is connections / throughput (Little's law), so at 64 connections it
+measures capacity, and at 16 the latency of a busy but not queued-up server.
+
+    apt-get install -y wrk
+    python bench/api_lookup.py --keep /tmp/benchdb --csv bench/out/orders_1m.csv
+
+With ``--keep DIR`` the database in DIR is reused (imported and scored on first use).
+Prints requests/s, latency percentiles, non-2xx responses and socket errors per endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import fresh_database, machine  # noqa: E402
+
+LUA = """
+local ids = {}
+for line in io.lines("%(ids)s") do ids[#ids + 1] = line end
+local headers = {["Authorization"] = "Bearer %(token)s"}
+local n = 0
+setup = function(thread) end
+init = function(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
+request = function()
+    local id = ids[math.random(#ids)]
+    return wrk.format("GET", "/v1/customers/" .. id .. "%(suffix)s", headers)
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(port: int, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit("the server did not become ready")
+
+
+def _wrk(port: int, script: Path, seconds: int, connections: int, threads: int) -> dict:
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout",
+         "5s", "-s", str(script), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True).stdout
+
+    def grab(pattern: str, default: str = "0") -> str:
+        m = re.search(pattern, out)
+        return m.group(1) if m else default
+
+    def ms(text: str) -> float:
+        m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+        if m is None:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
+
+    return {
+        "rps": float(grab(r"Requests/sec:\s+([\d.]+)")),
+        "requests": int(grab(r"(\d+) requests in")),
+        "p50_ms": ms(grab(r"50%\s+(\S+)")), "p90_ms": ms(grab(r"90%\s+(\S+)")),
+        "p99_ms": ms(grab(r"99%\s+(\S+)")),
+        "non_2xx": int(grab(r"Non-2xx or 3xx responses:\s+(\d+)")),
+        "socket_errors": sum(int(x) for x in re.findall(
+            r"(?:connect|read|write|timeout) (\d+)", grab(r"Socket errors: (.*)", ""))),
+        "raw": out,
+    }
+
+
+def _report(label: str, r: dict) -> None:
+    print(f"{label}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, "
+          f"p99 {r['p99_ms']:.2f} ms, {r['requests']} requests, non-2xx {r['non_2xx']}, "
+          f"socket errors {r['socket_errors']}")
+
+
+def main() -> None:
+    """Entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", help="reuse (or create) the database in this directory")
+    ap.add_argument("--csv", default="bench/out/orders_1m.csv")
+    ap.add_argument("--as-of", default="2024-12-31")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--connections", type=lambda t: [int(x) for x in t.split(",")],
+                    default=[64, 16], help="comma-separated; each is one closed-loop run")
+    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--endpoints", default="tier,profile")
+    a = ap.parse_args()
+    dsn, data_dir = fresh_database(a.keep)
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir))
+    import psycopg
+
+    from crm_service import api_keys
+
+    with psycopg.connect(dsn) as conn:
+        live = conn.execute("SELECT active_run_id FROM scoring_state").fetchone()
+    if not live or live[0] is None:
+        for cmd in (["import", "orders", a.csv, "--report", str(data_dir / "rejects.csv")],
+                    ["score", "--as-of", a.as_of]):
+            subprocess.run([sys.executable, "-m", "crm_service", *cmd], env=env, check=True,
+                           capture_output=True)
+    work = Path(tempfile.mkdtemp(prefix="crm-wrk-"))
+    with psycopg.connect(dsn) as conn:
+        _, token = api_keys.create_key(conn, "bench-wrk", ["scores:read", "customers:read"])
+        customers = conn.execute("SELECT count(*) FROM customer_scores s JOIN scoring_state st"
+                                 " ON s.run_id = st.active_run_id").fetchone()[0]
+        ids = [r[0] for r in conn.execute(
+            "SELECT s.customer_id FROM customer_scores s TABLESAMPLE SYSTEM (5)"
+            " JOIN scoring_state st ON s.run_id = st.active_run_id LIMIT 50000").fetchall()]
+        conn.commit()
+    (work / "ids.txt").write_text("\n".join(ids) + "\n")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "crm_service", "serve", "--host", "127.0.0.1", "--port",
+         str(port), "--workers", str(a.workers), "--threads", str(a.threads)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    print(f"machine: {machine()}")
+    print(f"live run: {customers} customers; {len(ids)} random ids; gunicorn {a.workers} "
+          f"workers x {a.threads} threads; wrk -t2 -d{a.seconds}s, closed loop")
+    try:
+        _wait_ready(port)
+        for name in a.endpoints.split(","):
+            suffix = {"tier": "/tier", "profile": ""}[name]
+            script = work / f"{name}.lua"
+            script.write_text(LUA % {"ids": work / "ids.txt", "token": token,
+                                     "suffix": suffix})
+            _wrk(port, script, 5, 64, 2)  # warm-up: caches, connections
+            for connections in a.connections:
+                r = _wrk(port, script, a.seconds, connections, 2)
+                _report(f"{name}, {connections} connections", r)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
