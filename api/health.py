@@ -16,7 +16,7 @@ blp = Blueprint("health", __name__, description="Probes for load balancers and o
 class Health(MethodView):
     """Process liveness."""
 
-    @blp.response(200, HealthSchema)
+    @blp.response(200, HealthSchema, example={"status": "ok"})
     def get(self):
         """The process is up (does not touch the database)."""
         return {"status": "ok"}
@@ -26,7 +26,7 @@ class Health(MethodView):
 class Ready(MethodView):
     """Readiness: the database answers."""
 
-    @blp.response(200, HealthSchema)
+    @blp.response(200, HealthSchema, example={"status": "ok"})
     @blp.alt_response(503, description="database unreachable")
     def get(self):
         """Ready to serve: PostgreSQL answers within 2 s."""

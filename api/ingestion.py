@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from api import examples
 from api.auth import require
 from api.errors import ApiProblem
 from api.schemas import BatchResultSchema, CustomerInSchema, OrderInSchema
@@ -176,7 +177,7 @@ class Orders(MethodView):
         "example": {"orders": [{"order_id": "TM-1001", "customer_id": "C-1", "channel": "tmall",
                                 "ordered_at": "2024-05-01T10:30:00+08:00", "amount": "129.90"}]},
     }}}, security=[{"bearerAuth": []}], **_IDEMPOTENCY_DOC)
-    @blp.response(200, BatchResultSchema)
+    @blp.response(200, BatchResultSchema, example=examples.BATCH_RESULT)
     @blp.alt_response(400, description="malformed JSON")
     @blp.alt_response(401, description="missing or invalid API key")
     @blp.alt_response(403, description="key lacks orders:write")
@@ -203,7 +204,7 @@ class Customers(MethodView):
         "example": {"customers": [{"customer_id": "C-1", "email": "li.wei@example.com",
                                    "identities": [{"channel": "jd", "external_id": "jd_88231"}]}]},
     }}}, security=[{"bearerAuth": []}], **_IDEMPOTENCY_DOC)
-    @blp.response(200, BatchResultSchema)
+    @blp.response(200, BatchResultSchema, example=examples.BATCH_RESULT)
     @require("customers:write")
     def post(self):
         """Upsert up to 1000 customer profiles with their channel identities.

@@ -9,6 +9,7 @@ from flask import Response, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from api import examples
 from api.auth import require
 from api.customers import check_customer_id
 from api.schemas import (
@@ -37,7 +38,7 @@ class ActiveModels(MethodView):
     """The parameters behind the scores readers see now."""
 
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.response(200, RunSchema)
+    @blp.response(200, RunSchema, example=examples.RUN)
     @blp.alt_response(404, description="no run published yet")
     @require("scores:read")
     def get(self):
@@ -60,8 +61,8 @@ class ScoringRuns(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.arguments(ScoringRunRequestSchema, example={"as_of": "1998-06-30",
                                                      "churn_horizon_days": 90})
-    @blp.response(202, RunSchema, headers={"Location": {"schema": {"type": "string"},
-                                                        "description": "the run's URL"}})
+    @blp.response(202, RunSchema, example=examples.QUEUED_RUN, headers={
+        "Location": {"schema": {"type": "string"}, "description": "the run's URL"}})
     @blp.alt_response(422, description="as_of in the future")
     @require("runs:write")
     def post(self, body):
@@ -90,7 +91,7 @@ class ScoringRun(MethodView):
     """One scoring run, running, succeeded or failed."""
 
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.response(200, RunSchema)
+    @blp.response(200, RunSchema, example=examples.RUN)
     @blp.alt_response(404, description="no such run")
     @require("scores:read")
     def get(self, run_id: int):
@@ -110,7 +111,7 @@ class Predictions(MethodView):
     @blp.arguments(PredictionRequestSchema, example={
         "cases": [{"frequency": 3, "recency": 120, "T": 200, "monetary_value": 35.5}],
         "horizons": [30, 90]})
-    @blp.response(200)
+    @blp.response(200, example=examples.PREDICTIONS)
     @blp.alt_response(404, description="no run published yet")
     @blp.alt_response(422, description="invalid or impossible history (e.g. recency > T)")
     @require("scores:read")
@@ -125,7 +126,8 @@ class RunPlot(MethodView):
     """Diagnostics plots of a run, as SVG."""
 
     @blp.doc(security=[{"bearerAuth": []}], responses={"200": {
-        "description": "the plot", "content": {"image/svg+xml": {}}}}, parameters=[{
+        "description": "the plot", "content": {"image/svg+xml": {
+            "example": '<svg xmlns="http://www.w3.org/2000/svg" ...>...</svg>'}}}}, parameters=[{
             "in": "path", "name": "name", "required": True,
             "schema": {"type": "string", "enum": list(PLOTS)}}])
     @blp.alt_response(404, description="no such run or plot, or the run has no diagnostics")
@@ -148,7 +150,7 @@ class CustomerScores(MethodView):
     """One customer's scores in the live run."""
 
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.response(200, CustomerScoresSchema)
+    @blp.response(200, CustomerScoresSchema, example=examples.CUSTOMER_SCORES)
     @blp.alt_response(404, description="no run published yet, or no scores for this customer")
     @blp.alt_response(422, description="not a valid customer id")
     @require("scores:read")
@@ -208,7 +210,8 @@ class Audience(MethodView):
 
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.arguments(AudienceQuerySchema, location="query")
-    @blp.response(200, AudiencePageSchema, content_type="application/json")
+    @blp.response(200, AudiencePageSchema, content_type="application/json",
+                  example=examples.AUDIENCE_PAGE)
     @blp.alt_response(200, description="the whole audience as CSV (with Accept: text/csv)",
                       content_type="text/csv")
     @blp.alt_response(404, description="no run published yet")

@@ -37,3 +37,32 @@ def test_openapi_document(client):
 def test_docs_page(client):
     r = client.get("/docs")
     assert r.status_code == 200 and b"swagger" in r.data.lower()
+
+
+def test_every_operation_documents_an_example_of_its_success_body(client):
+    spec = client.get("/openapi.json").json
+    missing = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if method not in {"get", "post", "put", "delete"}:
+                continue
+            ok = next(code for code in op["responses"] if code.startswith("2"))
+            content = op["responses"][ok].get("content", {})
+            if content and not any("example" in c or "examples" in c
+                                   for c in content.values()):
+                missing.append(f"{method.upper()} {path}")
+            body = op.get("requestBody", {}).get("content", {})
+            if body and not any("example" in c for c in body.values()):
+                missing.append(f"{method.upper()} {path} (request)")
+    assert not missing, missing
+
+
+def test_tier_fast_path_answers_what_its_schema_documents(cdnow_loaded, settings, client, auth):
+    from datetime import date
+
+    from api.schemas import CustomerTierSchema
+    from crm_service.scoring import run_scoring
+
+    run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    body = client.get("/v1/customers/cdnow-0001/tier", headers=auth).json
+    assert set(body) == set(CustomerTierSchema().fields)
