@@ -12,7 +12,7 @@ import logging
 from flask import Flask, send_from_directory
 from flask_smorest import Api
 
-from api import customers, health, ingestion, policy, scoring
+from api import customers, events, health, ingestion, policy, scoring
 from api.errors import register_error_handlers
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(ingestion.blp)
     api.register_blueprint(scoring.blp)
     api.register_blueprint(customers.blp)
+    api.register_blueprint(events.blp)
     api.register_blueprint(policy.blp)
     register_error_handlers(app)
     _serve_swagger_assets(app)

@@ -297,6 +297,32 @@ WHERE s.customer_id IS NOT NULL
 """
 
 
+# Lifecycle events against the previous live run (the outbox, see migration 0013). A customer
+# not scored there counts as "no tier" (tier.changed from null). The first run emits none.
+_INSERT_EVENTS = """
+INSERT INTO events (type, customer_id, run_id, data)
+SELECT e.type, n.customer_id, n.run_id,
+       jsonb_build_object('customer_id', n.customer_id, 'run_id', n.run_id,
+                          'as_of', %(as_of)s::date, 'from_tier', p.tier, 'to_tier', n.tier,
+                          'value_segment', n.value_segment, 'rfm_segment', n.rfm_segment,
+                          'recommended_action', n.recommended_action,
+                          'previous_churn_risk', p.churn_risk, 'churn_risk', n.churn_risk,
+                          'churn_probability', n.churn_probability, 'clv_12m', n.clv_12m)
+FROM customer_scores n
+LEFT JOIN customer_scores p ON p.run_id = %(previous)s AND p.customer_id = n.customer_id
+CROSS JOIN LATERAL (VALUES
+    ('tier.changed', n.tier IS DISTINCT FROM p.tier),
+    ('vip.entered', n.tier = 'high_value' AND p.tier IS DISTINCT FROM 'high_value'),
+    ('vip.lost', p.tier = 'high_value' AND n.tier IS DISTINCT FROM 'high_value'),
+    ('dormant.entered', n.tier = 'dormant' AND p.tier IS DISTINCT FROM 'dormant'),
+    ('churn_risk.raised', array_position(ARRAY['low', 'medium', 'high'], n.churn_risk)
+                          > array_position(ARRAY['low', 'medium', 'high'], p.churn_risk))
+) AS e (type, hit)
+WHERE n.run_id = %(run_id)s AND e.hit
+ORDER BY n.customer_id
+"""
+
+
 def _binary_copy(columns: dict[str, NDArray[np.float64]], chunk: int = 100_000):
     """PostgreSQL binary COPY data for (i int4, one float8 per column), built with numpy.
 
@@ -347,6 +373,10 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
                     " AND status = 'running' FOR UPDATE", (run_id, attempt))
         if cur.fetchone() is None:
             raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
+        # Publishing runs one at a time from here on, so event ids are committed in order.
+        cur.execute("SELECT active_run_id FROM scoring_state FOR UPDATE")
+        live = cur.fetchone()
+        previous_run = live[0] if live else None
         cur.execute(f"SET LOCAL work_mem = '{_RUN_WORK_MEM}'")
         cur.execute("CREATE TEMP TABLE run_computed (i int4, "
                     + ", ".join(f"{c} float8" for c in COMPUTED) + ") ON COMMIT DROP")
@@ -366,6 +396,10 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
             " FROM run_summary s JOIN run_computed c USING (i)"
             " WHERE s.customer_id IS NOT NULL AND c.tier_changed = 1",
             {"run_id": run_id, "tiers": (labels or {}).get("tiers", [])})
+        if previous_run is not None:
+            cur.execute(_INSERT_EVENTS, {"run_id": run_id, "previous": previous_run,
+                                         "as_of": as_of})
+            counts["events"] = cur.rowcount
         if churn_artifact is not None:
             cur.execute("INSERT INTO churn_models (run_id, artifact, meta) VALUES (%s, %s, %s)",
                         (run_id, churn_artifact[0], json.dumps(churn_artifact[1])))

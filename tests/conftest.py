@@ -17,7 +17,7 @@ from crm_service.config import Settings, load_settings
 from crm_service.embedded import ensure_database, start_embedded, with_database
 
 TABLES = ("idempotency_records, customer_identities, orders, customers, api_keys, customer_scores,"
-          " tier_transitions")
+          " tier_transitions, events")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,68 @@
+"""Lifecycle events: the outbox written when a run is published, read as a feed.
+
+Types (DESIGN.md §5, issue 6): ``tier.changed`` (from, to), ``vip.entered``, ``vip.lost``,
+``dormant.entered`` (with the value segment, so a VIP win-back can fire), ``churn_risk.raised``
+(the band went up), and later ``customer.erased``. Events of a run are inserted in its publishing
+transaction (:mod:`crm_service.score_store`), against the run that was live until then; the
+first run of a database emits none.
+
+The feed pages by event id. Publishing holds a lock on ``scoring_state`` while it writes, so ids
+become visible in increasing order and a reader that resumes after the last id it saw never
+skips an event.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from crm_service.errors import ValidationError
+
+if TYPE_CHECKING:
+    import psycopg
+
+TYPES = ("tier.changed", "vip.entered", "vip.lost", "dormant.entered", "churn_risk.raised",
+         "customer.erased")
+MAX_LIMIT = 1000
+
+
+def parse_cursor(cursor: str | None) -> int:
+    """The event id a cursor stands for (0: from the start)."""
+    if cursor is None or cursor == "":
+        return 0
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise ValidationError("after: a cursor from next_cursor (digits), or empty for the start")
+    return int(cursor)
+
+
+def parse_types(text: str | None) -> list[str] | None:
+    """``tier.changed,vip.entered`` → list; None for all types."""
+    if not text:
+        return None
+    wanted = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in TYPES]
+    if unknown or not wanted:
+        raise ValidationError(f"types: unknown {', '.join(unknown) or '(empty)'}; "
+                              f"known: {', '.join(TYPES)}")
+    return wanted
+
+
+def feed(conn: psycopg.Connection, *, after: int = 0, types: list[str] | None = None,
+         limit: int = 100) -> dict[str, Any]:
+    """Events with id > ``after`` in id order, and the cursor to resume from.
+
+    ``next_cursor`` is always set (the last id returned, or ``after`` when there is nothing
+    new), so a poller stores it and asks again later.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError(f"limit: 1-{MAX_LIMIT}")
+    rows = conn.execute(
+        "SELECT id, type, customer_id, run_id, data, created_at FROM events"
+        " WHERE id > %(after)s AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s))"
+        " ORDER BY id LIMIT %(limit)s",
+        {"after": after, "types": types, "limit": limit + 1}).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [{"id": str(r[0]), "type": r[1], "customer_id": r[2], "run_id": r[3],
+              "occurred_at": r[5].isoformat(), "data": r[4]} for r in rows]
+    last = rows[-1][0] if rows else after
+    return {"events": items, "next_cursor": str(last), "has_more": more}
