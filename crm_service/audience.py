@@ -166,7 +166,7 @@ def page(conn: psycopg.Connection, filters: AudienceFilter, *, limit: int = 100,
                          "limit": limit + 1}).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [_jsonable(dict(zip(COLUMNS, r, strict=False))) for r in rows]
+    items = [jsonable(dict(zip(COLUMNS, r, strict=False))) for r in rows]
     next_cursor = None
     if more and rows:
         next_cursor = encode_cursor(run_id, rows[-1][0], sort, rows[-1][-1])
@@ -195,7 +195,8 @@ def stream_csv(conn: psycopg.Connection, filters: AudienceFilter, sort: str = "c
             yield buf.getvalue()
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with dates as ISO text and numerics as floats (JSON-ready)."""
     out = {}
     for k, v in row.items():
         if hasattr(v, "isoformat"):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crm_service.audience import jsonable
 from crm_service.customers import normalize_email, normalize_phone
 from crm_service.errors import ValidationError
 from crm_service.score_store import SCORE_COLUMNS
@@ -87,14 +88,6 @@ GROUP BY day ORDER BY day
 
 _SCORES = tuple(c for c in SCORE_COLUMNS if c != "customer_id")
 _TIER_FIELDS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended_action")
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
-        return float(value)  # numeric
-    return value
 
 
 @dataclass(frozen=True)
@@ -233,7 +226,7 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
         out["scores"] = _provisional(conn, customer_id, run_id, as_of, scores)
         out["provisional"] = True
     if out["scores"] is not None:
-        out["scores"] = {k: _plain(v) for k, v in out["scores"].items()}
+        out["scores"] = jsonable(out["scores"])
     return out
 
 
