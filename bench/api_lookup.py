@@ -17,8 +17,10 @@ Prints requests/s, latency percentiles, non-2xx responses and socket errors per 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -126,6 +128,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "crm_service", *cmd], env=env, check=True,
                            capture_output=True)
     work = Path(tempfile.mkdtemp(prefix="crm-wrk-"))
+    atexit.register(shutil.rmtree, work, True)
     with psycopg.connect(dsn) as conn:
         _, token = api_keys.create_key(conn, "bench-wrk", ["scores:read", "customers:read"])
         customers = conn.execute("SELECT count(*) FROM customer_scores s JOIN scoring_state st"

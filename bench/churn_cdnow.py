@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import tempfile
 import time
 from datetime import date, timedelta
 from importlib import resources
@@ -102,7 +101,7 @@ def main() -> None:
     a = ap.parse_args()
     dsn, data_dir = fresh_database()
     settings = load_settings({"DATABASE_URL": dsn, "CRM_DATA_DIR": str(data_dir)})
-    csv_path = Path(tempfile.mkdtemp()) / "cdnow_master.csv"
+    csv_path = data_dir / "cdnow_master.csv"
     write_master_csv(csv_path)
     with connect(dsn, settings) as conn:
         summary = import_orders(conn, settings, csv_path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,11 +15,26 @@ from crm_service.embedded import start_embedded
 
 
 def fresh_database(keep: str | None = None) -> tuple[str, Path]:
-    """Start a new embedded server in a temporary directory; return (dsn, data dir)."""
+    """Start a new embedded server in a temporary directory; return (dsn, data dir).
+
+    A temporary directory (a million customers take 1.5 GB) is stopped and deleted when the
+    benchmark exits; ``keep`` names a directory that is kept for later runs.
+    """
     data_dir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="crm-bench-"))
+    if not keep:
+        atexit.register(_remove, data_dir)
     dsn = start_embedded(data_dir)
     schema.upgrade(dsn)
     return dsn, data_dir
+
+
+def _remove(data_dir: Path) -> None:
+    import pgserver
+
+    try:
+        pgserver.get_server(data_dir / "pg").cleanup()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def machine() -> str:
