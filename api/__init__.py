@@ -12,7 +12,7 @@ import logging
 from flask import Flask, send_from_directory
 from flask_smorest import Api
 
-from api import customers, events, health, ingestion, policy, scoring
+from api import customers, events, health, ingestion, policy, scoring, webhooks
 from api.errors import register_error_handlers
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(customers.blp)
     api.register_blueprint(events.blp)
     api.register_blueprint(policy.blp)
+    api.register_blueprint(webhooks.blp)
     register_error_handlers(app)
     _serve_swagger_assets(app)
     return app

@@ -181,6 +181,14 @@ def keys_list(ctx: Context, as_json: bool) -> None:
         click.echo(f"{k.id:<12}  {k.name:<24} {','.join(k.scopes):<40} {state}")
 
 
+@keys.command("server-key")
+def keys_server_key() -> None:
+    """Print a new random server key for CRM_SECRET_KEY (encrypts webhook secrets)."""
+    from crm_service.secretbox import new_key_text
+
+    click.echo(new_key_text())
+
+
 @keys.command("revoke")
 @click.argument("key_id")
 @pass_ctx
@@ -460,7 +468,11 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 1) -
 @pass_ctx
 @handles_errors
 def worker(ctx: Context, poll_seconds: float) -> None:
-    """Run queued scoring runs (requested with POST /v1/scoring-runs) until stopped."""
+    """Run queued and scheduled scoring runs, and deliver webhooks, until stopped.
+
+    Scoring runs are requested with POST /v1/scoring-runs or queued by the daily schedule
+    (CRM_SCORE_SCHEDULE in CRM_TIMEZONE); run as many workers as you like.
+    """
     import threading
 
     from crm_service.worker import run_worker

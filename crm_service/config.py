@@ -50,6 +50,14 @@ class Settings:
     churn_risk_medium: float = 0.5
     churn_risk_high: float = 0.8
     churn_model: str = "auto"
+    secret_key: str | None = field(default=None, repr=False)
+    webhook_allow_hosts: frozenset[str] = frozenset()
+    webhook_timeout_seconds: float = 10.0
+    webhook_concurrency: int = 8
+    webhook_retry_base_seconds: float = 30.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 86_400.0
+    score_schedule: str | None = "02:00"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -121,6 +129,27 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return raw
 
 
+def _hosts(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("CRM_WEBHOOK_ALLOW_HOSTS") or ""
+    hosts = frozenset(h.strip().lower().strip("[]") for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if not re.fullmatch(r"[a-z0-9.:_-]{1,253}", host):
+            raise ConfigError(f"CRM_WEBHOOK_ALLOW_HOSTS: {host!r} is not a host name or IP "
+                              "address (comma-separated, e.g. 127.0.0.1,hooks.internal)")
+    return hosts
+
+
+def _schedule(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("CRM_SCORE_SCHEDULE") or "02:00").strip().lower()
+    if raw in {"off", "none", "never"}:
+        return None
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", raw)
+    if not m:
+        raise ConfigError(f"CRM_SCORE_SCHEDULE={raw!r} must be a daily time HH:MM in "
+                          "CRM_TIMEZONE (e.g. 02:00), or off")
+    return f"{int(m.group(1)):02d}:{m.group(2)}"
+
+
 def _log_level(env: Mapping[str, str]) -> str:
     raw = (env.get("CRM_LOG_LEVEL") or "INFO").strip().upper()
     if raw not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -173,4 +202,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         churn_risk_medium=risk_medium,
         churn_risk_high=risk_high,
         churn_model=_choice(env, "CRM_CHURN_MODEL", "auto", ("auto", "ml", "baseline")),
+        secret_key=(env.get("CRM_SECRET_KEY") or "").strip() or None,
+        webhook_allow_hosts=_hosts(env),
+        webhook_timeout_seconds=_number(env, "CRM_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 60.0),
+        webhook_concurrency=_number(env, "CRM_WEBHOOK_CONCURRENCY", 8, 1, 64),
+        webhook_retry_base_seconds=_number(env, "CRM_WEBHOOK_RETRY_BASE_SECONDS", 30.0, 0.01,
+                                           3600.0),
+        webhook_retry_max_seconds=_number(env, "CRM_WEBHOOK_RETRY_MAX_SECONDS", 3600.0, 0.01,
+                                          86_400.0),
+        webhook_retry_window_seconds=_number(env, "CRM_WEBHOOK_RETRY_WINDOW_SECONDS", 86_400.0,
+                                             0.1, 7 * 86_400.0),
+        score_schedule=_schedule(env),
     )

@@ -1,8 +1,13 @@
-"""The background worker: runs queued scoring runs (``crm-service worker``).
+"""The background worker (``crm-service worker``): scoring runs, the schedule, webhooks.
 
-The queue is the ``scoring_runs`` table itself: a worker claims the oldest queued run with
-``FOR UPDATE SKIP LOCKED``, so several workers never take the same run, and a run is never lost
-(it stays queued until claimed). In embedded mode ``serve`` starts one worker beside the API.
+- Scoring: the queue is the ``scoring_runs`` table itself: a worker claims the oldest queued run
+  with ``FOR UPDATE SKIP LOCKED``, so several workers never take the same run, and a run is
+  never lost (it stays queued until claimed).
+- The schedule (:mod:`crm_service.schedule`) queues the daily run.
+- Webhook delivery (:mod:`crm_service.delivery`) runs in its own threads, so a slow receiver
+  never holds up scoring.
+
+In embedded mode ``serve`` starts one worker beside the API.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from crm_service import score_store
+from crm_service import schedule, score_store
 from crm_service.config import Settings
 from crm_service.db import DatabaseError
 from crm_service.errors import CrmError, DatabaseUnavailableError
@@ -44,19 +49,25 @@ def process_one(conn: psycopg.Connection, settings: Settings) -> int | None:
 
 
 def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
-               poll_seconds: float = 2.0, stop: threading.Event | None = None) -> None:
-    """Process queued runs until ``stop`` is set (or forever).
+               poll_seconds: float = 2.0, stop: threading.Event | None = None,
+               webhooks: bool = True) -> None:
+    """Process queued runs and the schedule until ``stop`` is set (or forever).
 
     Survives the database going away: on a database error the connection is dropped and a new
     one is made after a pause, so a PostgreSQL restart does not leave runs queued forever.
     """
+    from crm_service.delivery import Dispatcher
+
     stop = stop or threading.Event()
-    log.info("worker started")
+    log.info("worker started (schedule: %s %s)", settings.score_schedule or "off",
+             settings.timezone)
+    dispatcher = Dispatcher(connect, settings).start() if webhooks else None
     conn: psycopg.Connection | None = None
     while not stop.is_set():
         try:
             if conn is None or conn.closed:
                 conn = connect()
+            schedule.tick(conn, settings)
             if process_one(conn, settings) is None:
                 stop.wait(poll_seconds)
         except (DatabaseError, DatabaseUnavailableError) as exc:
@@ -67,3 +78,5 @@ def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
             stop.wait(max(poll_seconds, 1.0))
     if conn is not None:
         conn.close()
+    if dispatcher is not None:
+        dispatcher.stop()

@@ -17,7 +17,10 @@ from crm_service.config import Settings, load_settings
 from crm_service.embedded import ensure_database, start_embedded, with_database
 
 TABLES = ("idempotency_records, customer_identities, orders, customers, api_keys, customer_scores,"
-          " tier_transitions, events")
+          " tier_transitions, events, webhooks, webhook_deliveries, webhook_attempts,"
+          " schedule_slots")
+# A fixed server key (the tests run with DATABASE_URL, where CRM_SECRET_KEY is required).
+TEST_SECRET_KEY = "dGVzdC1zZXJ2ZXIta2V5LW9mLTMyLWJ5dGVzLWxvbmc="
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +48,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory, dsn: str) -> Settings:
     return load_settings({"DATABASE_URL": dsn,
                           "CRM_DATA_DIR": str(tmp_path_factory.mktemp("data")),
                           "CRM_POOL_MIN_SIZE": "1", "CRM_POOL_MAX_SIZE": "4",
-                          "CRM_AUTH_CACHE_SECONDS": "1"})
+                          "CRM_AUTH_CACHE_SECONDS": "1", "CRM_SECRET_KEY": TEST_SECRET_KEY,
+                          "CRM_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"})
 
 
 @pytest.fixture()
@@ -103,7 +107,9 @@ def cli_env(dsn: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> di
     """Environment for CLI runs against the test database."""
     monkeypatch.setenv("DATABASE_URL", dsn)
     monkeypatch.setenv("CRM_DATA_DIR", str(settings.data_dir))
-    return {"DATABASE_URL": dsn, "CRM_DATA_DIR": str(settings.data_dir)}
+    monkeypatch.setenv("CRM_SECRET_KEY", TEST_SECRET_KEY)
+    return {"DATABASE_URL": dsn, "CRM_DATA_DIR": str(settings.data_dir),
+            "CRM_SECRET_KEY": TEST_SECRET_KEY}
 
 
 def count(conn: psycopg.Connection, sql: str, *params) -> int:
