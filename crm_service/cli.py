@@ -539,6 +539,12 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
         click.echo("start the API with: crm-service serve")
         return
     click.echo(f"API:  {base}/v1   docs: {base}/docs   OpenAPI: {base}/openapi.json")
+    # The demo's history ends in 1998: a nightly run as of today would turn everyone dormant.
+    # Webhook receivers on this machine are allowed, to try them out.
+    os.environ.setdefault("CRM_SCORE_SCHEDULE", "off")
+    os.environ.setdefault("CRM_WEBHOOK_ALLOW_HOSTS", "127.0.0.1,localhost")
+    click.echo(f"demo: score schedule {os.environ['CRM_SCORE_SCHEDULE']}; webhook receivers "
+               f"allowed on {os.environ['CRM_WEBHOOK_ALLOW_HOSTS']}")
     click.echo("try:  curl -X POST " + base + "/v1/orders -H 'Authorization: Bearer " + token
                + "' -H 'Content-Type: application/json' -d '{\"orders\": [{\"order_id\": "
                "\"T-1\", \"customer_id\": \"C-1\", \"channel\": \"tmall\", "

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 def latest_slot(now: datetime, at: str, zone: ZoneInfo) -> datetime:
     """The latest daily ``at`` (HH:MM local) at or before ``now``, as an aware UTC datetime.
 
-    Local times that a DST change skips run at the first valid moment after them; repeated
-    local times run once (the first occurrence).
+    A local time that a DST change skips moves forward by the gap (02:30 becomes 03:30);
+    a repeated local time runs once (its first occurrence).
     """
     hh, mm = (int(p) for p in at.split(":"))
     local_now = now.astimezone(zone)
@@ -46,9 +46,7 @@ def latest_slot(now: datetime, at: str, zone: ZoneInfo) -> datetime:
 def _local(d: date, hh: int, mm: int, zone: ZoneInfo) -> datetime:
     naive = datetime.combine(d, time(hh, mm))
     first = naive.replace(tzinfo=zone, fold=0)
-    # A time skipped by DST does not survive a round trip through UTC; use the next instant.
-    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
-        first = first.astimezone(UTC).astimezone(zone)
+    # fold=0 reads a skipped time with the offset before the change: shifted by the gap.
     return first.astimezone(UTC)
 
 
