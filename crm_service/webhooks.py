@@ -364,6 +364,10 @@ RETURNING d.id, d.attempts, w.id, w.url, w.secret_enc, e.id, e.type, e.customer_
 """
 
 
+# Decrypted secrets by ciphertext (a worker process posts many events per subscription).
+_SECRETS: dict[bytes, str] = {}
+
+
 def lease_seconds(settings: Settings) -> float:
     """How long a claimed delivery stays invisible: well past one attempt's timeout."""
     return 2 * settings.webhook_timeout_seconds + 5
@@ -377,14 +381,35 @@ def claim(conn: psycopg.Connection, settings: Settings, key: bytes) -> Job | Non
         return None
     event = {"id": str(row[5]), "type": row[6], "customer_id": row[7], "run_id": row[8],
              "occurred_at": row[9].isoformat(), "data": row[10]}
-    return Job(str(row[0]), row[1], row[2], row[3],
-               secretbox.decrypt(key, row[4], "webhook-secret"), event)
+    blob = bytes(row[4])
+    secret = _SECRETS.get(blob)
+    if secret is None:
+        if len(_SECRETS) > 4 * MAX_SUBSCRIPTIONS:
+            _SECRETS.clear()
+        secret = _SECRETS[blob] = secretbox.decrypt(key, blob, "webhook-secret")
+    return Job(str(row[0]), row[1], row[2], row[3], secret, event)
 
 
 def backoff(settings: Settings, failures: int) -> float:
     """Seconds before the next try after ``failures`` consecutive failures (±20 % jitter)."""
     base = settings.webhook_retry_base_seconds * 2 ** min(failures - 1, 30)
     return min(base, settings.webhook_retry_max_seconds) * random.uniform(0.8, 1.2)  # noqa: S311 (jitter)
+
+
+_ATTEMPT = """
+INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+VALUES (%(d)s, %(n)s, to_timestamp(%(t)s), %(ms)s, %(code)s, %(err)s)
+"""
+_DELIVERED = f"""
+WITH attempt AS ({_ATTEMPT}),
+delivery AS (
+    UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),
+        last_status_code = %(code)s, last_error = NULL
+    WHERE id = %(d)s AND status = 'pending'
+)
+UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL, paused_until = NULL
+WHERE id = %(w)s AND consecutive_failures > 0
+"""
 
 
 def record(conn: psycopg.Connection, settings: Settings, job: Job, *, started: float,
@@ -396,21 +421,14 @@ def record(conn: psycopg.Connection, settings: Settings, job: Job, *, started: f
     410 Gone) the subscription is disabled with the reason, its queue kept.
     """
     ok = status_code is not None and 200 <= status_code < 300
+    attempt = {"d": job.delivery_id, "n": job.attempt, "t": started, "ms": duration_ms,
+               "code": status_code, "err": error, "w": job.webhook_id}
+    if ok:  # the common case: one statement, one round trip
+        conn.execute(_DELIVERED, attempt)
+        conn.commit()
+        return "delivered"
     with conn.transaction():
-        conn.execute(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,"
-            " status_code, error) VALUES (%s, %s, to_timestamp(%s), %s, %s, %s)",
-            (job.delivery_id, job.attempt, started, duration_ms, status_code, error))
-        if ok:
-            conn.execute(
-                "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),"
-                " last_status_code = %s, last_error = NULL WHERE id = %s AND status = 'pending'",
-                (status_code, job.delivery_id))
-            conn.execute(
-                "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL,"
-                " paused_until = NULL WHERE id = %s AND consecutive_failures > 0",
-                (job.webhook_id,))
-            return "delivered"
+        conn.execute(_ATTEMPT, attempt)
         what = f"HTTP {status_code}" if status_code is not None else (error or "failed")
         row = conn.execute(
             "UPDATE webhooks SET consecutive_failures = consecutive_failures + 1,"
