@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +36,7 @@ from bench.common import fresh_database, machine  # noqa: E402
 
 def _receiver(port_out, log_path: str) -> None:
     out = open(log_path, "w", buffering=1 << 20)  # noqa: SIM115 - closed on SIGTERM
+    lock = threading.Lock()  # text files are not thread-safe
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -42,9 +44,11 @@ def _receiver(port_out, log_path: str) -> None:
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
             h = self.headers
-            out.write(f"{h.get('webhook-id', '-')} {h.get('crm-event-id', '-')}"
-                      f" {h.get('webhook-timestamp', '-')}"
-                      f" {h.get('webhook-signature', '-')} {len(body)}\n")
+            line = (f"{h.get('webhook-id', '-')} {h.get('crm-event-id', '-')}"
+                    f" {h.get('webhook-timestamp', '-')}"
+                    f" {h.get('webhook-signature', '-')} {len(body)}\n")
+            with lock:
+                out.write(line)
             self.send_response(204)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -56,6 +60,7 @@ def _receiver(port_out, log_path: str) -> None:
     server.daemon_threads = True
 
     def stop(*_):
+        lock.acquire()
         out.flush()
         out.close()
         os._exit(0)
