@@ -146,6 +146,66 @@ class CustomerProfile(MethodView):
             "recent_transitions": found["recent_transitions"],
         }
 
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, example={
+        "customer_ref": "3f1c9a0d5e...", "event_id": "1044",
+        "removed": {"orders": 7, "identities": 2, "profile": 1, "scores": 5,
+                    "tier_transitions": 3, "webhook_deliveries": 2, "events": 4,
+                    "idempotency_records": 1}})
+    @blp.alt_response(404, description="nothing is held about this customer id")
+    @blp.alt_response(422, description="not a valid customer id")
+    @require("admin")
+    def delete(self, customer_id: str):
+        """Erase the customer (GDPR Art. 17): scope ``admin``.
+
+        In one transaction: profile, identities, orders, scores of every run, tier history,
+        lifecycle events (and their queued webhook deliveries) and stored Idempotency-Key
+        responses that mention the customer are deleted. The id is kept only as a keyed hash
+        (``customer_ref``) on a suppression list: later orders or profiles for it are rejected.
+        A ``customer.erased`` event carrying just ``customer_ref`` (the reference every
+        lifecycle event and the export carry) lets downstream tools erase their copies.
+        """
+        from crm_service import erasure
+
+        check_customer_id(customer_id)
+        with services().pool.connection() as conn:
+            return erasure.erase(conn, services().settings, customer_id)
+
+
+@blp.route("/customers/<string:customer_id>/export")
+class CustomerExport(MethodView):
+    """Everything held about one customer (GDPR Art. 20)."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, example={
+        "customer_id": "C-10023", "customer_ref": "3f1c9a0d5e...",
+        "profile": {"email": "li.na@example.com", "phone": "+8613800138000", "name": "Li Na",
+                    "created_at": "2026-01-05T10:00:00+00:00",
+                    "updated_at": "2026-03-01T08:00:00+00:00"},
+        "identities": [{"channel": "tmall", "external_id": "tb_88231",
+                        "linked_at": "2026-01-05T10:00:00+00:00"}],
+        "orders": [{"channel": "tmall", "order_id": "T-1", "ordered_at":
+                    "2026-01-05T02:30:00+00:00", "amount": "129.90", "currency": "CNY",
+                    "status": "paid", "received_at": "2026-01-05T10:00:00+00:00",
+                    "updated_at": "2026-01-05T10:00:00+00:00"}],
+        "scores": [{"run_id": 12, "tier": "active", "clv_12m": 310.5}],
+        "tier_history": [{"run_id": 12, "from_tier": "new", "to_tier": "active"}],
+        "events": [{"id": "1043", "type": "tier.changed", "run_id": 12,
+                    "occurred_at": "2026-11-22T02:00:07+00:00", "data": {}}]})
+    @blp.alt_response(404, description="nothing is held about this customer id")
+    @require("customers:read")
+    def get(self, customer_id: str):
+        """All data held about the customer, as JSON: scope ``customers:read``.
+
+        Profile and contact details, channel identities, every order, the scores of every
+        run, tier history and lifecycle events.
+        """
+        from crm_service import erasure
+
+        check_customer_id(customer_id)
+        with services().reader.connection() as conn:
+            return erasure.export(conn, services().settings, customer_id)
+
 
 @blp.route("/customers/search")
 class CustomerSearch(MethodView):

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from crm_service import customer_store, order_store
+from crm_service import customer_store, erasure, order_store
 from crm_service.config import Settings
 from crm_service.customers import check_customer
 from crm_service.errors import ValidationError
-from crm_service.ingestion import OrderRules, iter_checked
+from crm_service.ingestion import SUPPRESSED, OrderRules, iter_checked
+from crm_service.locks import lock_exclusive
 
 if TYPE_CHECKING:
     import psycopg
@@ -288,6 +289,7 @@ def import_orders(
             )
         rejects = _Rejects(report_path, "order_id")
         summary = ImportSummary()
+        erased = _Erased(settings)
 
         def blocks() -> Iterator[order_store.OrderBlock]:
             # The parser has CPU to spare while PostgreSQL merges, so it takes work off the
@@ -316,6 +318,9 @@ def import_orders(
                 if row is None:
                     rejects.add(line, errors, raw_id.strip())
                     continue
+                if erased and erased.blocks(row[1]):
+                    rejects.add(line, {"customer_id": SUPPRESSED}, raw_id.strip())
+                    continue
                 keyed.append((row[2], row[0], _copy_line(line, row)))
                 if row[1] not in seen:
                     seen.add(row[1])
@@ -334,6 +339,9 @@ def import_orders(
         committed = False
         try:
             with conn.transaction():
+                # Under the writers' lock, so an erasure is committed before or waits.
+                lock_exclusive(conn)
+                erased.load(conn)
                 merged = order_store.merge_order_blocks(conn, _blocks_in_background(blocks))
             committed = True
         finally:
@@ -368,18 +376,52 @@ def import_customers(
                 profile, errors = check_customer(record)
                 if profile is None:
                     rejects.add(line, errors, record.get("customer_id", "").strip())
+                elif erased and erased.blocks(profile.customer_id):
+                    rejects.add(line, {"customer_id": SUPPRESSED}, profile.customer_id)
                 else:
                     yield line, profile
 
         committed = False
+        erased = _Erased(settings)
         try:
             with conn.transaction():
                 customer_store.lock_writers(conn)
+                erased.load(conn)
                 merged = customer_store.merge_customers(conn, staged())
             committed = True
         finally:
             rejects.close(committed=committed)
     return _finish(summary, merged, rejects)
+
+
+class _Erased:
+    """The suppression list, loaded under the writers' lock; empty in the common case."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hashes: set[bytes] = set()
+        self.verdicts: dict[str, bool] = {}
+
+    def load(self, conn: psycopg.Connection) -> None:
+        self.hashes = {bytes(r[0]) for r in conn.execute("SELECT id_hash FROM erased_customers")}
+        if self.hashes:
+            from crm_service import secretbox
+
+            self.key = secretbox.server_key(self.settings)
+
+    def __bool__(self) -> bool:
+        return bool(self.hashes)
+
+    def blocks(self, customer_id: str) -> bool:
+        verdict = self.verdicts.get(customer_id)
+        if verdict is None:
+            from crm_service import secretbox
+
+            digest = secretbox.keyed_digest(self.key, erasure.PURPOSE, customer_id)
+            verdict = self.verdicts[customer_id] = digest in self.hashes
+            if len(self.verdicts) > 2_000_000:
+                self.verdicts.clear()
+        return verdict
 
 
 def file_size(path: Path) -> int:

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from crm_service import order_store
+from crm_service import erasure, order_store
 from crm_service.config import Settings
 from crm_service.errors import BatchTooLargeError
 from crm_service.locks import lock_shared
@@ -222,6 +222,9 @@ class BatchResult:
         return counts
 
 
+SUPPRESSED = "this customer was erased; data for the id is no longer accepted"
+
+
 def ingest_order_batch(
     conn: psycopg.Connection,
     settings: Settings,
@@ -263,6 +266,17 @@ def ingest_order_batch(
                                **_echo(record, "channel", "order_id")}
         else:
             valid.append((index, row))
+    if valid:
+        # After the writers' lock: an erasure (which takes it exclusively) is either committed
+        # and seen here, or waits for this batch.
+        lock_shared(conn, settings.ingest_lock_wait_seconds)
+        gone = erasure.suppressed(conn, settings, [row[1] for _, row in valid])
+        if gone:
+            for index, row in valid:
+                if row[1] in gone:
+                    outcomes[index] = {"outcome": "rejected", "errors": {
+                        "customer_id": SUPPRESSED}, "channel": row[2], "order_id": row[0]}
+            valid = [(i, row) for i, row in valid if row[1] not in gone]
     if valid:
         merged = order_store.merge_orders(conn, valid,
                                           lock_wait_seconds=settings.ingest_lock_wait_seconds)
@@ -338,6 +352,12 @@ def ingest_customer_batch(
                                **_echo(record, "customer_id")}
         else:
             valid.append((index, profile))
+    gone = erasure.suppressed(conn, settings, [p.customer_id for _, p in valid])
+    for index, profile in valid:
+        if profile.customer_id in gone:
+            outcomes[index] = {"outcome": "rejected", "errors": {"customer_id": SUPPRESSED},
+                               "customer_id": profile.customer_id}
+    valid = [(i, p) for i, p in valid if p.customer_id not in gone]
     owners = customer_store.identity_owners(
         conn, [ident for _, p in valid for ident in p.identities]
     )

@@ -307,7 +307,8 @@ SELECT e.type, n.customer_id, n.run_id,
                           'value_segment', n.value_segment, 'rfm_segment', n.rfm_segment,
                           'recommended_action', n.recommended_action,
                           'previous_churn_risk', p.churn_risk, 'churn_risk', n.churn_risk,
-                          'churn_probability', n.churn_probability, 'clv_12m', n.clv_12m)
+                          'churn_probability', n.churn_probability, 'clv_12m', n.clv_12m,
+                          'customer_ref', {ref})
 FROM customer_scores n
 LEFT JOIN customer_scores p ON p.run_id = %(previous)s AND p.customer_id = n.customer_id
 CROSS JOIN LATERAL (VALUES
@@ -352,14 +353,17 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
                 risk_thresholds: tuple[float, float] = (0.5, 0.8),
                 churn_artifact: tuple[bytes, dict[str, Any]] | None = None,
                 labels: dict[str, list[str]] | None = None,
-                tier_policy_version: int | None = None) -> None:
+                tier_policy_version: int | None = None,
+                ref_params: dict[str, bytes] | None = None) -> None:
     """Write the run's scores and make it the live run, all in one transaction.
 
     ``computed`` holds the :data:`COMPUTED` arrays in the row order of the session's summary
     (:func:`load_summary`); they go in by binary COPY and are joined to the summary there.
     ``risk_thresholds`` (medium, high) band the churn probability; ``churn_artifact`` (skops
     bytes and their metadata) is stored with the run. ``labels`` name the codes of the
-    ``*_code`` arrays (``tiers``, ``values``, ``rfm``, ``actions``).
+    ``*_code`` arrays (``tiers``, ``values``, ``rfm``, ``actions``). ``ref_params``
+    (:func:`crm_service.erasure.ref_sql_params`) let events carry each ``customer_ref``.
+    Customers erased since the run started are left out.
     Readers switch from the previous run to this one at commit: they never see a mix. The run
     row is locked first, and only the attempt that owns it may publish.
 
@@ -377,6 +381,12 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
         cur.execute("SELECT active_run_id FROM scoring_state FOR UPDATE")
         live = cur.fetchone()
         previous_run = live[0] if live else None
+        # Erasures wait for this lock; those since the run started must not come back.
+        cur.execute("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
+                    " WHERE r.id = %s AND e.erased_at >= r.started_at)", (run_id,))
+        if cur.fetchone()[0]:  # type: ignore[index]
+            cur.execute("DELETE FROM run_summary s WHERE s.customer_id IS NOT NULL AND NOT EXISTS"
+                        " (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id)")
         cur.execute(f"SET LOCAL work_mem = '{_RUN_WORK_MEM}'")
         cur.execute("CREATE TEMP TABLE run_computed (i int4, "
                     + ", ".join(f"{c} float8" for c in COMPUTED) + ") ON COMMIT DROP")
@@ -400,8 +410,12 @@ def publish_run(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date
             # The new run's rows are not in the statistics yet; without them the planner
             # picks a nested loop over a million customers (minutes, not seconds).
             cur.execute("ANALYZE customer_scores")
-            cur.execute(_INSERT_EVENTS, {"run_id": run_id, "previous": previous_run,
-                                         "as_of": as_of})
+            from crm_service.erasure import ref_sql
+
+            ref = ref_sql("n.customer_id") if ref_params else "NULL::bytea"
+            cur.execute(_INSERT_EVENTS.replace("{ref}", f"encode({ref}, 'hex')"),
+                        {"run_id": run_id, "previous": previous_run, "as_of": as_of,
+                         **(ref_params or {})})
             counts["events"] = cur.rowcount
         if churn_artifact is not None:
             cur.execute("INSERT INTO churn_models (run_id, artifact, meta) VALUES (%s, %s, %s)",

@@ -308,7 +308,8 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         score_store.publish_run(conn, run_id, attempt, as_of, computed, counts, models,
                                 diagnostics, risk_thresholds=bands,
                                 churn_artifact=churn.artifact, labels=labels,
-                                tier_policy_version=policy_version)
+                                tier_policy_version=policy_version,
+                                ref_params=_ref_params(settings))
         score_store.drop_summary(conn)
         conn.commit()
     except score_store.RunTakenOverError:
@@ -328,6 +329,18 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     log.info("scoring run %s published: %s customers in %.1f s", run_id, counts["customers"],
              seconds)
     return RunResult(run_id, as_of, counts, models, seconds, horizon)
+
+
+def _ref_params(settings: Settings) -> dict[str, bytes] | None:
+    """Keys for each event's ``customer_ref``; None (no refs) when no server key is set."""
+    from crm_service.erasure import ref_sql_params
+    from crm_service.errors import ConfigError
+
+    try:
+        return ref_sql_params(settings)
+    except ConfigError as exc:
+        log.warning("events carry no customer_ref: %s", exc.detail)
+        return None
 
 
 def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> None:

@@ -93,3 +93,17 @@ def decrypt(key: bytes, blob: bytes, context: str) -> str:
 def keyed_hash(key: bytes, purpose: str, value: str) -> str:
     """HMAC-SHA256 of ``value`` under a purpose-bound subkey, hex (e.g. erased customer ids)."""
     return hmac.new(_subkey(key, purpose), value.encode(), hashlib.sha256).hexdigest()
+
+
+def hmac_sql(key: bytes, purpose: str) -> tuple[bytes, bytes]:
+    """Padded (inner, outer) keys, so SQL computes :func:`keyed_digest` without an extension.
+
+    ``sha256(outer || sha256(inner || convert_to(value, 'UTF8')))`` is HMAC-SHA256 (RFC 2104).
+    """
+    k = _subkey(key, purpose).ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
+
+
+def keyed_digest(key: bytes, purpose: str, value: str) -> bytes:
+    """HMAC-SHA256 of ``value`` under the purpose's subkey (raw bytes)."""
+    return hmac.new(_subkey(key, purpose), value.encode(), hashlib.sha256).digest()

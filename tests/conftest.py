@@ -18,7 +18,7 @@ from crm_service.embedded import ensure_database, start_embedded, with_database
 
 TABLES = ("idempotency_records, customer_identities, orders, customers, api_keys, customer_scores,"
           " tier_transitions, events, webhooks, webhook_deliveries, webhook_attempts,"
-          " schedule_slots")
+          " schedule_slots, erased_customers")
 # A fixed server key (the tests run with DATABASE_URL, where CRM_SECRET_KEY is required).
 TEST_SECRET_KEY = "dGVzdC1zZXJ2ZXIta2V5LW9mLTMyLWJ5dGVzLWxvbmc="
 
