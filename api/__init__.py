@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import atexit
 import logging
+import re
+import time
+import uuid
 
-from flask import Flask, send_from_directory
+from flask import Flask, Response, g, request, send_from_directory
 from flask_smorest import Api
 
 from api import customers, events, health, ingestion, policy, scoring, webhooks
 from api.errors import register_error_handlers
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
-from crm_service import __version__
+from crm_service import __version__, logs, secretbox
 from crm_service.api_keys import VerifiedKeys
 from crm_service.config import Settings, load_settings
 from crm_service.db import create_pool, resolve_dsn
@@ -29,8 +32,7 @@ SWAGGER_UI_ASSETS = "/docs/assets/"
 def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> Flask:
     """Build the app. ``dsn`` defaults to ``DATABASE_URL`` or the embedded server."""
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
                                "description": "an API key from `crm-service keys create`"}}},
         },
     )
+    # Erasure and webhooks need the server key: refuse to start without it, not fail later.
+    secretbox.server_key(settings)
     dsn = dsn or resolve_dsn(settings)
     pool = create_pool(dsn, settings)
     reader = create_pool(dsn, settings, name="crm-read", autocommit=True)
@@ -68,7 +72,41 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(webhooks.blp)
     register_error_handlers(app)
     _serve_swagger_assets(app)
+    _request_log(app)
     return app
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+request_log = logging.getLogger("crm.request")
+
+
+def _request_log(app: Flask) -> None:
+    """One structured line per request; ``X-Request-Id`` taken (if sane) or made, and echoed.
+
+    The route is the URL rule (``/v1/customers/<customer_id>``), so customer ids in paths and
+    query strings never reach the log.
+    """
+
+    @app.before_request
+    def start() -> None:
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
+        response.headers["X-Request-Id"] = request_id
+        started = getattr(g, "started", None)
+        key = getattr(g, "api_key", None)
+        request_log.info("request", extra={
+            "request_id": request_id, "method": request.method,
+            "route": request.url_rule.rule if request.url_rule else "(no route)",
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2)
+            if started else None,
+            "key_id": key.id if key is not None else None})
+        return response
 
 
 def _serve_swagger_assets(app: Flask) -> None:

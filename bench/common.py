@@ -12,6 +12,7 @@ from pathlib import Path
 
 from crm_service import schema
 from crm_service.embedded import start_embedded
+from crm_service.secretbox import new_key_text
 
 
 def fresh_database(keep: str | None = None) -> tuple[str, Path]:
@@ -21,6 +22,8 @@ def fresh_database(keep: str | None = None) -> tuple[str, Path]:
     benchmark exits; ``keep`` names a directory that is kept for later runs.
     """
     data_dir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="crm-bench-"))
+    # Benchmarks run the service with DATABASE_URL, where a server key is required.
+    os.environ.setdefault("CRM_SECRET_KEY", new_key_text())
     if not keep:
         atexit.register(_remove, data_dir)
     dsn = start_embedded(data_dir)

@@ -81,6 +81,9 @@ pass_ctx = click.make_pass_decorator(Context, ensure=True)
 @click.version_option(__version__, prog_name="crm-service")
 def main() -> None:
     """Customer lifecycle and CRM segmentation service."""
+    from crm_service import logs
+
+    logs.configure(os.environ.get("CRM_LOG_LEVEL", "INFO").strip().upper() or "INFO")
 
 
 # --- db --------------------------------------------------------------------------------------
@@ -411,8 +414,6 @@ def export_scores(ctx: Context, horizon_days: int, out: Path | None) -> None:
 
 # --- serve / demo ----------------------------------------------------------------------------
 
-# Path only (%(U)s), never the query string: searches carry emails and phones.
-ACCESS_LOG_FORMAT = '%(t)s %(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 # Longer than CRM_STATEMENT_TIMEOUT_MS's default, so a slow request ends in a problem+json
 # answer from the app rather than gunicorn killing the worker.
 WORKER_TIMEOUT_SECONDS = 120
@@ -440,9 +441,10 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 1) -
         # `crm-service worker` as its own process (as many as you like).
         background = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [sys.executable, "-m", "crm_service", "worker"], env=env)
+    # The app logs each request as JSON (route template, status, latency, request id);
+    # gunicorn's own access log would repeat it with raw paths, which hold customer ids.
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
-           str(workers), "--threads", str(threads), "--access-logfile", "-",
-           "--access-logformat", ACCESS_LOG_FORMAT,
+           str(workers), "--threads", str(threads),
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
            "--no-control-socket", "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops

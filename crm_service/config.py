@@ -41,6 +41,7 @@ class Settings:
     idempotency_stale_seconds: int = 120
     ingest_lock_wait_seconds: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "json"
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
@@ -192,6 +193,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         idempotency_stale_seconds=_number(env, "CRM_IDEMPOTENCY_STALE_SECONDS", 120, 1, 3600),
         ingest_lock_wait_seconds=_number(env, "CRM_INGEST_LOCK_WAIT_SECONDS", 10.0, 0.1, 50.0),
         log_level=_log_level(env),
+        log_format=_choice(env, "CRM_LOG_FORMAT", "json", ("json", "text")),
         host=(env.get("CRM_HOST") or "127.0.0.1").strip(),
         port=_number(env, "CRM_PORT", 8000, 1, 65535),
         workers=_number(env, "CRM_WORKERS", 2, 1, 64),

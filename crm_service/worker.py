@@ -56,8 +56,10 @@ def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
     Survives the database going away: on a database error the connection is dropped and a new
     one is made after a pause, so a PostgreSQL restart does not leave runs queued forever.
     """
+    from crm_service import secretbox
     from crm_service.delivery import Dispatcher
 
+    secretbox.server_key(settings)  # webhooks and erasure need it: fail at start, not later
     stop = stop or threading.Event()
     log.info("worker started (schedule: %s %s)", settings.score_schedule or "off",
              settings.timezone)

@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from crm_service import api_keys
+from tests.conftest import TEST_SECRET_KEY
 
 
 def free_port() -> int:
@@ -23,7 +24,8 @@ def free_port() -> int:
 @pytest.fixture()
 def server(dsn, conn, tmp_path):
     port = free_port()
-    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path), CRM_WORKERS="2")
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path), CRM_WORKERS="2",
+               CRM_SECRET_KEY=TEST_SECRET_KEY)
     proc = subprocess.Popen([sys.executable, "-m", "crm_service", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -73,8 +75,11 @@ def test_serve_over_real_http(server, conn):
     proc.terminate()
     out, _ = proc.communicate(timeout=20)
     proc.stdout = None  # read: nothing left for the fixture to drain
-    # Access log shows paths only, never bearer tokens or query strings.
-    assert '"POST /v1/orders" 200' in out
+    # One JSON line per request: route template, status, latency, request id; never the key.
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    requests = [x for x in lines if x.get("msg") == "request"]
+    assert any(x["route"] == "/v1/orders" and x["method"] == "POST" and x["status"] == 200
+               and x["duration_ms"] >= 0 and len(x["request_id"]) == 32 for x in requests)
     assert token not in out
 
 
@@ -105,3 +110,36 @@ def test_chunked_body_over_the_limit_is_413(server, conn):
     finally:
         c.close()
     assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+
+
+def test_no_personal_data_or_key_in_any_log_line(server, conn):
+    """Canaries: a customer's id, email, phone, name and identity, and the API key, are sent
+    through every kind of request that carries them; none may appear in the server's output."""
+    base, proc = server
+    _, token = api_keys.create_key(conn, "log-canary", ["admin"])
+    conn.commit()
+    cid, email, phone, name, ext = ("logcanary-41d7", "log.canary@example.net",
+                                    "+8613711122233", "Canary Logwatch", "jd_logcanary")
+    body = {"customers": [{"customer_id": cid, "email": email, "phone": phone, "name": name,
+                           "identities": [{"channel": "jd", "external_id": ext}]}]}
+    assert call(base + "/v1/customers", body, token, "POST")[0] == 200
+    order = {"order_id": "LC-1", "customer_id": cid, "channel": "jd",
+             "ordered_at": "2024-01-01", "amount": 5}
+    assert call(base + "/v1/orders", {"orders": [order]}, token, "POST")[0] == 200
+    bad = {"customers": [{"customer_id": cid, "email": email + " not an email", "phone": "x"}]}
+    call(base + "/v1/customers", bad, token, "POST")
+    call(base + "/v1/customers", {"customers": "not a list", "email": email}, token, "POST")
+    for query in (f"email={email}", f"phone={phone}", f"channel=jd&external_id={ext}"):
+        assert call(f"{base}/v1/customers/search?{query}", token=token)[0] == 200
+    for path in (f"/v1/customers/{cid}", f"/v1/customers/{cid}/tier",
+                 f"/v1/customers/{cid}/export", f"/v1/customers/{cid}/scores"):
+        call(base + path, token=token)
+    call(base + "/v1/orders", {"orders": [order]}, token + "x", "POST")  # a bad key
+    assert call(base + f"/v1/customers/{cid}", token=token, method="DELETE")[0] == 200
+    proc.terminate()
+    out, _ = proc.communicate(timeout=20)
+    proc.stdout = None
+    lines = out.splitlines()
+    assert sum('"msg": "request"' in line for line in lines) >= 12
+    for canary in (cid, email, phone, "13711122233", name, ext, token, token.split("_")[-1]):
+        assert [line for line in lines if canary in line] == [], canary
