@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -83,7 +84,9 @@ def main() -> None:
     """Customer lifecycle and CRM segmentation service."""
     from crm_service import logs
 
-    logs.configure(os.environ.get("CRM_LOG_LEVEL", "INFO").strip().upper() or "INFO")
+    # Commands print their results; logs (stderr) show warnings unless CRM_LOG_LEVEL says
+    # otherwise. The long-running worker logs at CRM_LOG_LEVEL (default INFO).
+    logs.configure((os.environ.get("CRM_LOG_LEVEL") or "WARNING").strip().upper())
 
 
 # --- db --------------------------------------------------------------------------------------
@@ -437,6 +440,11 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 1) -
     env = dict(os.environ, DATABASE_URL=dsn)
     background = None
     if ctx.settings.embedded:
+        # The children get DATABASE_URL, so they would count as external and refuse to run
+        # without CRM_SECRET_KEY: hand them the embedded key file's key.
+        from crm_service.secretbox import server_key
+
+        env["CRM_SECRET_KEY"] = base64.b64encode(server_key(ctx.settings)).decode()
         # One machine, one command: the scoring worker runs beside the API. In production run
         # `crm-service worker` as its own process (as many as you like).
         background = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -477,8 +485,10 @@ def worker(ctx: Context, poll_seconds: float) -> None:
     """
     import threading
 
+    from crm_service import logs
     from crm_service.worker import run_worker
 
+    logs.configure(ctx.settings.log_level, ctx.settings.log_format)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -526,7 +536,11 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     dsn = ctx.upgraded_dsn()
     with connect(dsn, s) as conn:
         summary = load_cdnow_sample(conn, s)
-        run = run_scoring(conn, s, as_of=CDNOW_AS_OF)
+        live = score_store.active_run(conn)
+        conn.commit()
+        # A later run (queued through the API, say) stays live: re-scoring as of the demo date
+        # would roll it back and fire every transition in reverse.
+        run = None if live else run_scoring(conn, s, as_of=CDNOW_AS_OF)
         for old in api_keys.list_keys(conn):
             if old.name == DEMO_KEY_NAME and old.revoked_at is None:
                 api_keys.revoke_key(conn, old.id)
@@ -535,7 +549,11 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     base = f"http://{host}:{port}"
     click.echo(f"demo data: CDNOW sample, {summary.rows} orders "
                f"({summary.inserted} new, {summary.duplicates} already loaded)")
-    _print_run(run.as_dict(), as_json=False)
+    if run is not None:
+        _print_run(run.as_dict(), as_json=False)
+    elif live is not None:
+        click.echo(f"scores: the live run {live['run_id']} as of {live['as_of']} "
+                   "(re-score with: crm-service score --as-of DATE)")
     click.echo(f"admin API key (shown once; replaces earlier demo keys): {token}")
     if no_serve:
         click.echo("start the API with: crm-service serve")

@@ -331,16 +331,11 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     return RunResult(run_id, as_of, counts, models, seconds, horizon)
 
 
-def _ref_params(settings: Settings) -> dict[str, bytes] | None:
-    """Keys for each event's ``customer_ref``; None (no refs) when no server key is set."""
+def _ref_params(settings: Settings) -> dict[str, bytes]:
+    """Keys for each event's ``customer_ref`` (ConfigError without a server key)."""
     from crm_service.erasure import ref_sql_params
-    from crm_service.errors import ConfigError
 
-    try:
-        return ref_sql_params(settings)
-    except ConfigError as exc:
-        log.warning("events carry no customer_ref: %s", exc.detail)
-        return None
+    return ref_sql_params(settings)
 
 
 def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> None:

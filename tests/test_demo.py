@@ -18,6 +18,9 @@ def test_demo_loads_cdnow_sample_and_mints_admin_key(conn, cli_env):
     # Running it again adds no orders, and the new key replaces the old one.
     r = CliRunner().invoke(main, ["demo", "--no-serve"], catch_exceptions=False)
     assert "0 new, 6919 already loaded" in r.output
+    # The live run stays live (it might be a later one queued through the API).
+    assert "scores: the live run" in r.output
+    assert count(conn, "SELECT count(*) FROM scoring_runs") == 1
     assert count(conn, "SELECT count(*) FROM orders") == 6919
     assert count(conn, "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL") == 1
     assert count(conn, "SELECT count(*) FROM api_keys") == 2

@@ -2,6 +2,7 @@
 
 from api import create_app
 from crm_service.config import load_settings
+from tests.conftest import TEST_SECRET_KEY
 
 
 def test_healthz_and_readyz(client):
@@ -11,7 +12,8 @@ def test_healthz_and_readyz(client):
 
 def test_readyz_is_503_without_database(tmp_path):
     settings = load_settings({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
-                              "CRM_POOL_MIN_SIZE": "0", "CRM_POOL_TIMEOUT": "1"})
+                              "CRM_POOL_MIN_SIZE": "0", "CRM_POOL_TIMEOUT": "1",
+                              "CRM_SECRET_KEY": TEST_SECRET_KEY})
     app = create_app(settings, dsn=settings.database_url)
     c = app.test_client()
     assert c.get("/healthz").status_code == 200

@@ -13,7 +13,7 @@ from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model
 from tests.cdnow import cdnow_rfm
-from tests.conftest import count
+from tests.conftest import TEST_SECRET_KEY, count
 
 
 def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
@@ -249,7 +249,8 @@ def test_worker_command_runs_queued_runs_and_stops_on_sigterm(cdnow_loaded, sett
     from crm_service import score_store
 
     run_id = score_store.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
-    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path))
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path),
+               CRM_SECRET_KEY=TEST_SECRET_KEY)
     proc = subprocess.Popen([sys.executable, "-m", "crm_service", "worker", "--poll-seconds",
                              "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -143,3 +143,39 @@ def test_no_personal_data_or_key_in_any_log_line(server, conn):
     assert sum('"msg": "request"' in line for line in lines) >= 12
     for canary in (cid, email, phone, "13711122233", name, ext, token, token.split("_")[-1]):
         assert [line for line in lines if canary in line] == [], canary
+
+
+def test_embedded_serve_hands_the_server_key_to_api_and_worker(tmp_path):
+    """In embedded mode the API and the worker get DATABASE_URL from serve; they must still use
+    the data directory's key file (webhooks, erasure), not refuse to run."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CRM_SECRET_KEY")}
+    env.update(CRM_DATA_DIR=str(tmp_path / "data"), CRM_WORKERS="1",
+               CRM_WEBHOOK_ALLOW_HOSTS="127.0.0.1", CRM_SCORE_SCHEDULE="off")
+    proc = subprocess.Popen([sys.executable, "-m", "crm_service", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(proc.stdout.read())
+                time.sleep(0.3)
+        made = subprocess.run([sys.executable, "-m", "crm_service", "keys", "create", "--name",
+                               "t", "--scopes", "admin", "--json"], env=env, check=True,
+                              capture_output=True, text=True)
+        token = json.loads(made.stdout)["key"]
+        status, _, body = call(base + "/v1/webhooks", {"url": "http://127.0.0.1:9/x",
+                                                       "events": ["vip.entered"]}, token, "POST")
+        assert status == 201 and body["secret"].startswith("whsec_")
+        assert call(base + "/v1/customers/nobody", token=token, method="DELETE")[0] == 404
+        time.sleep(1.5)  # the worker's dispatcher threads have started by now
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "CRM_SECRET_KEY" not in out and "Traceback" not in out
+    assert (tmp_path / "data" / "secret.key").stat().st_mode & 0o077 == 0
