@@ -113,7 +113,7 @@ def register_error_handlers(app: Flask) -> None:
         elif isinstance(data, dict) and "messages" in data:
             extra["errors"] = data["messages"]
             detail = "invalid request: " + "; ".join(_flatten(data["messages"]))
-            slug = "invalid-input"
+            title, slug = "Invalid input", "invalid-input"
         if status == 413:
             limit = current_app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body is larger than the limit of {limit} bytes"
@@ -125,5 +125,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        # The route template, not the path: paths hold customer ids.
+        route = request.url_rule.rule if request.url_rule else "(no route)"
+        log.exception("unhandled error on %s %s", request.method, route)
         return problem(500, "Internal error", "an unexpected error occurred")
