@@ -21,6 +21,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(base: str, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(proc.stdout.read())
+            time.sleep(0.2)
+    pytest.fail(f"{base} did not come up in {seconds} s")
+
+
 @pytest.fixture()
 def server(dsn, conn, tmp_path):
     port = free_port()
@@ -29,15 +42,7 @@ def server(dsn, conn, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "crm_service", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(proc.stdout.read())
-            time.sleep(0.2)
+    wait_until_up(base, proc)
     yield base, proc
     proc.terminate()
     try:
@@ -156,15 +161,7 @@ def test_embedded_serve_hands_the_server_key_to_api_and_worker(tmp_path):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(proc.stdout.read())
-                time.sleep(0.3)
+        wait_until_up(base, proc, 90)
         made = subprocess.run([sys.executable, "-m", "crm_service", "keys", "create", "--name",
                                "t", "--scopes", "admin", "--json"], env=env, check=True,
                               capture_output=True, text=True)
