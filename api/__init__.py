@@ -15,7 +15,7 @@ import uuid
 from flask import Flask, Response, g, request, send_from_directory
 from flask_smorest import Api
 
-from api import customers, events, health, ingestion, policy, scoring, webhooks
+from api import auth, customers, events, health, ingestion, policy, scoring, webhooks
 from api.errors import register_error_handlers
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(events.blp)
     api.register_blueprint(policy.blp)
     api.register_blueprint(webhooks.blp)
+    auth.install(app)  # before the body checks in register_error_handlers
     register_error_handlers(app)
     _serve_swagger_assets(app)
     _request_log(app)

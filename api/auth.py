@@ -1,4 +1,10 @@
-"""Bearer-token authentication and scope checks."""
+"""Bearer-token authentication and scope checks.
+
+:func:`require` marks a view with the scopes it accepts. :func:`install` checks them in a
+``before_request`` hook, so a request without a valid key is answered 401 (or 403) before its
+body or query is parsed: an anonymous client learns nothing about validation rules. The
+decorator checks again if the hook did not run (e.g. a view called directly).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,32 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import g, request
+from flask import Flask, g, request
 
 from api.errors import ApiProblem
 from api.services import services
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def authenticate(accepted: tuple[str, ...]) -> None:
+    """Set ``g.api_key`` from the bearer token, or raise 401/403 as problem+json."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="crm-service"'}
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiProblem(401, "Unauthorized", "send 'Authorization: Bearer <api key>'",
+                         slug="unauthorized", headers=challenge)
+    svc = services()
+    key = svc.keys.verify(svc.reader.connection, token.strip())
+    if key is None:
+        raise ApiProblem(401, "Unauthorized", "the API key is invalid or revoked",
+                         slug="unauthorized", headers=challenge)
+    if not any(key.allows(s) for s in accepted):
+        wanted = " or ".join(f"'{s}'" for s in accepted)
+        raise ApiProblem(403, "Forbidden", f"this API key lacks the {wanted} scope",
+                         slug="forbidden", required_scope=accepted[0])
+    g.api_key = key
 
 
 def require(scope: str, *alternatives: str) -> Callable[[F], F]:
@@ -25,25 +51,25 @@ def require(scope: str, *alternatives: str) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            challenge = {"WWW-Authenticate": 'Bearer realm="crm-service"'}
-            if scheme.lower() != "bearer" or not token.strip():
-                raise ApiProblem(401, "Unauthorized",
-                                 "send 'Authorization: Bearer <api key>'", slug="unauthorized",
-                                 headers=challenge)
-            svc = services()
-            key = svc.keys.verify(svc.reader.connection, token.strip())
-            if key is None:
-                raise ApiProblem(401, "Unauthorized", "the API key is invalid or revoked",
-                                 slug="unauthorized", headers=challenge)
-            if not any(key.allows(s) for s in accepted):
-                wanted = " or ".join(f"'{s}'" for s in accepted)
-                raise ApiProblem(403, "Forbidden", f"this API key lacks the {wanted} scope",
-                                 slug="forbidden", required_scope=scope)
-            g.api_key = key
+            if "api_key" not in g:
+                authenticate(accepted)
             return view(*args, **kwargs)
 
+        # functools.wraps copies this up through flask-smorest's decorators.
+        wrapper._crm_scopes = accepted  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def install(app: Flask) -> None:
+    """Authenticate before anything else looks at the request."""
+
+    @app.before_request
+    def _authenticate_first() -> None:
+        view = app.view_functions.get(request.endpoint or "")
+        cls = getattr(view, "view_class", None)
+        method = getattr(cls, request.method.lower(), None) if cls is not None else None
+        scopes = getattr(method, "_crm_scopes", None)
+        if scopes:
+            authenticate(scopes)
