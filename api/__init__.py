@@ -23,6 +23,7 @@ from crm_service import __version__, logs, secretbox
 from crm_service.api_keys import VerifiedKeys
 from crm_service.config import Settings, load_settings
 from crm_service.db import create_pool, resolve_dsn
+from crm_service.ratelimit import RateLimiter
 
 # Swagger UI's assets come from the swagger-ui-bundle package and are served locally, so the docs
 # page works on machines without internet access.
@@ -58,8 +59,14 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     reader = create_pool(dsn, settings, name="crm-read", autocommit=True)
     atexit.register(pool.close)
     atexit.register(reader.close)
+    limiter = None
+    if settings.rate_limit_per_second > 0:
+        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
+                              settings.rate_limit_file)
+        atexit.register(limiter.close)
     app.extensions[EXTENSION] = Services(settings=settings, pool=pool, reader=reader,
-                                              keys=VerifiedKeys(settings.auth_cache_seconds))
+                                              keys=VerifiedKeys(settings.auth_cache_seconds),
+                                              limiter=limiter)
     api = Api(app)
     api.spec.components.schema("OrderBatch", schema=OrderBatchSchema)
     api.spec.components.schema("CustomerBatch", schema=CustomerBatchSchema)

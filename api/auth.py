@@ -8,6 +8,7 @@ decorator checks again if the hook did not run (e.g. a view called directly).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -37,6 +38,15 @@ def authenticate(accepted: tuple[str, ...]) -> None:
         wanted = " or ".join(f"'{s}'" for s in accepted)
         raise ApiProblem(403, "Forbidden", f"this API key lacks the {wanted} scope",
                          slug="forbidden", required_scope=accepted[0])
+    if svc.limiter is not None:
+        wait = svc.limiter.take(key.id)
+        if wait:
+            limit = svc.settings.rate_limit_per_second
+            raise ApiProblem(429, "Too Many Requests",
+                             f"this API key may make {limit:g} requests a second (bursts of "
+                             f"{svc.settings.rate_limit_burst:g}); retry after the delay",
+                             slug="rate-limited",
+                             headers={"Retry-After": str(max(1, math.ceil(wait)))})
     g.api_key = key
 
 

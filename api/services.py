@@ -9,6 +9,7 @@ from psycopg_pool import ConnectionPool
 
 from crm_service.api_keys import VerifiedKeys
 from crm_service.config import Settings
+from crm_service.ratelimit import RateLimiter
 
 EXTENSION = "crm"
 
@@ -25,6 +26,7 @@ class Services:
     pool: ConnectionPool
     reader: ConnectionPool
     keys: VerifiedKeys
+    limiter: RateLimiter | None = None
 
 
 def services() -> Services:

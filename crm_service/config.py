@@ -47,6 +47,9 @@ class Settings:
     workers: int = 2
     threads: int = 1
     auth_cache_seconds: float = 5.0
+    rate_limit_per_second: float = 100.0
+    rate_limit_burst: float = 200.0
+    rate_limit_file: Path | None = None
     churn_horizon_days: int = 90
     churn_risk_medium: float = 0.5
     churn_risk_high: float = 0.8
@@ -199,6 +202,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         workers=_number(env, "CRM_WORKERS", 2, 1, 64),
         threads=_number(env, "CRM_THREADS", 1, 1, 64),
         auth_cache_seconds=_number(env, "CRM_AUTH_CACHE_SECONDS", 5.0, 0.0, 300.0),
+        rate_limit_per_second=_number(env, "CRM_RATE_LIMIT_PER_SECOND", 100.0, 0.0, 1e6),
+        rate_limit_burst=_number(env, "CRM_RATE_LIMIT_BURST", 200.0, 1.0, 1e7),
+        rate_limit_file=Path(env["CRM_RATE_LIMIT_FILE"]) if env.get("CRM_RATE_LIMIT_FILE")
+        else None,
         churn_horizon_days=_number(env, "CRM_CHURN_HORIZON_DAYS", 90, MIN_CHURN_HORIZON,
                                    MAX_CHURN_HORIZON),
         churn_risk_medium=risk_medium,

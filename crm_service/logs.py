@@ -50,11 +50,6 @@ def configure(level: str = "INFO", fmt: str | None = None) -> None:
     handler._crm = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # A request line is logged on the hot path; skip what no line shows (the logging HOWTO,
-    # "Optimization"): caller lookup (a stack walk per record), thread and process names.
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
+
     # pgserver logs every pg_ctl command line at INFO; keep those for debugging only.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, root.level))

@@ -49,7 +49,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory, dsn: str) -> Settings:
                           "CRM_DATA_DIR": str(tmp_path_factory.mktemp("data")),
                           "CRM_POOL_MIN_SIZE": "1", "CRM_POOL_MAX_SIZE": "4",
                           "CRM_AUTH_CACHE_SECONDS": "1", "CRM_SECRET_KEY": TEST_SECRET_KEY,
-                          "CRM_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"})
+                          "CRM_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+                          "CRM_RATE_LIMIT_PER_SECOND": "0"})
 
 
 @pytest.fixture()

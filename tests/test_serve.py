@@ -176,3 +176,30 @@ def test_embedded_serve_hands_the_server_key_to_api_and_worker(tmp_path):
         out, _ = proc.communicate(timeout=30)
     assert "CRM_SECRET_KEY" not in out and "Traceback" not in out
     assert (tmp_path / "data" / "secret.key").stat().st_mode & 0o077 == 0
+
+
+def test_rate_limit_is_shared_by_gunicorn_workers(dsn, conn, tmp_path):
+    """Two gunicorn workers, one budget: 40 quick requests with a burst of 10 at 1/s get about
+    10 through, not 20."""
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path), CRM_WORKERS="2",
+               CRM_SECRET_KEY=TEST_SECRET_KEY, CRM_RATE_LIMIT_PER_SECOND="1",
+               CRM_RATE_LIMIT_BURST="10", CRM_RATE_LIMIT_FILE=str(tmp_path / "buckets.bin"))
+    proc = subprocess.Popen([sys.executable, "-m", "crm_service", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, proc)
+        _, token = api_keys.create_key(conn, "limited", ["scores:read"])
+        conn.commit()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: call(base + "/v1/events", token=token)[0],
+                                  range(40)))
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert set(codes) == {200, 429}
+    assert 10 <= codes.count(200) <= 13, codes
+    assert sum('"status": 429' in line for line in out.splitlines()) == codes.count(429)
