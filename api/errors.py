@@ -9,6 +9,7 @@ from flask import Flask, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from crm_service import errors as e
+from crm_service.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def register_error_handlers(app: Flask) -> None:
         for cls, status, slug in _STATUS:
             if isinstance(exc, cls):
                 extra = dict(exc.extra)
-                retry_after = extra.pop("retry_after", None)
+                retry_after = extra.pop("retry_after", 5 if status == 503 else None)
                 resp = problem(status, exc.title, exc.detail, slug=slug, **extra)
                 if retry_after is not None:
                     resp.headers["Retry-After"] = str(retry_after)
@@ -122,6 +123,15 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and exc.get_response().headers.get("Allow"):
             resp.headers["Allow"] = exc.get_response().headers["Allow"]
         return resp
+
+    for kind in DatabaseUnavailable:
+        @app.errorhandler(kind)
+        def _database_down(exc: Exception) -> Response:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            resp = problem(503, "Database unavailable", "the database did not answer in time; "
+                           "retry shortly", slug="database-unavailable")
+            resp.headers["Retry-After"] = "5"
+            return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

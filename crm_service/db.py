@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from crm_service.config import Settings
 from crm_service.errors import DatabaseUnavailableError
@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 # What callers outside the storage modules catch for "the database said no", and check.
 DatabaseError = psycopg.Error
 TransactionStatus = psycopg.pq.TransactionStatus
+# The database is down, restarting, unreachable, or a statement hit its timeout
+# (QueryCanceled is an OperationalError): the request may succeed if retried later.
+DatabaseUnavailable = (psycopg.OperationalError, PoolTimeout)
 
 
 def resolve_dsn(settings: Settings) -> str:

@@ -19,7 +19,18 @@ def test_readyz_is_503_without_database(tmp_path):
     assert c.get("/healthz").status_code == 200
     r = c.get("/readyz")
     assert r.status_code == 503 and r.mimetype == "application/problem+json"
+    # Every request that needs the database answers 503 with Retry-After, never 500, and
+    # within the pool timeout (1 s here), not hanging.
+    import time
+    for method, path in (("GET", "/v1/events"), ("GET", "/v1/customers/C1/tier"),
+                         ("POST", "/v1/orders")):
+        t0 = time.monotonic()
+        r = c.open(path, method=method, headers={"Authorization": "Bearer crm_abc_def"},
+                   json={"orders": []} if method == "POST" else None)
+        assert r.status_code == 503 and r.mimetype == "application/problem+json", path
+        assert r.headers["Retry-After"] == "5" and time.monotonic() - t0 < 5
     app.extensions["crm"].pool.close()  # stop its background reconnection attempts
+    app.extensions["crm"].reader.close()
 
 
 def test_openapi_document(client):
