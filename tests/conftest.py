@@ -113,6 +113,13 @@ def cli_env(dsn: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> di
             "CRM_SECRET_KEY": TEST_SECRET_KEY}
 
 
+def q(conn: psycopg.Connection, sql: str, *params) -> list[tuple]:
+    """All rows of ``sql``; the transaction is ended, so later reads see new commits."""
+    rows = conn.execute(sql, params).fetchall()
+    conn.commit()
+    return rows
+
+
 def count(conn: psycopg.Connection, sql: str, *params) -> int:
     row = conn.execute(sql, params).fetchone()
     conn.commit()

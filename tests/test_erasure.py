@@ -11,7 +11,7 @@ from crm_service import erasure, score_store, webhooks
 from crm_service.bulk_import import import_orders
 from crm_service.ingestion import SUPPRESSED
 from crm_service.scoring import run_scoring
-from tests.conftest import write
+from tests.conftest import q, write
 
 CANARY = "canary-7f3a9e"
 EMAIL = "canary.person@example.org"
@@ -24,12 +24,6 @@ NEEDLES = (CANARY, EMAIL, PHONE, "13912345678", NAME, EXTERNAL)
 @pytest.fixture()
 def admin(make_token):
     return {"Authorization": f"Bearer {make_token('admin')}"}
-
-
-def q(conn, sql, *params):
-    rows = conn.execute(sql, params).fetchall()
-    conn.commit()
-    return rows
 
 
 def plant(client, admin) -> None:

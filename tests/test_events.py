@@ -5,6 +5,7 @@ from datetime import date
 import pytest
 
 from crm_service.scoring import run_scoring
+from tests.conftest import q
 
 
 @pytest.fixture()
@@ -17,12 +18,6 @@ def two_runs(cdnow_loaded, settings):
 @pytest.fixture()
 def reader(make_token):
     return {"Authorization": f"Bearer {make_token('scores:read')}"}
-
-
-def q(conn, sql, *params):
-    rows = conn.execute(sql, params).fetchall()
-    conn.commit()
-    return rows
 
 
 def test_first_run_emits_nothing_and_the_second_emits_each_change(two_runs, cdnow_loaded):

@@ -21,7 +21,7 @@ import pytest
 from crm_service import webhooks
 from crm_service.delivery import Dispatcher
 from crm_service.scoring import run_scoring
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, q
 
 
 class Receiver:
@@ -134,12 +134,6 @@ def wait_for(cond, timeout=20.0, what="condition"):
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def q(conn, sql, *params):
-    rows = conn.execute(sql, params).fetchall()
-    conn.commit()
-    return rows
 
 
 # --- subscriptions and the SSRF guard -------------------------------------------------------
