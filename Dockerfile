@@ -26,6 +26,10 @@ RUN mkdir -p /app/data && chown -R crm:crm /app
 USER crm
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
-# Access log: path only (%(U)s), never query strings, which may carry emails or phones.
-# --timeout exceeds the 60 s statement timeout, so slow requests end in a problem+json answer.
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --timeout 120 --graceful-timeout 10 --no-control-socket --access-logfile - --access-logformat '%(t)s %(h)s \"%(m)s %(U)s\" %(s)s %(b)s %(M)sms' api.wsgi:app"]
+# No gunicorn access log: the app logs one JSON line per request with the route template (raw
+# paths and query strings hold customer ids and emails). The worker class answers HTTP-parser
+# errors with problem+json. --timeout exceeds the 60 s statement timeout, so slow requests end
+# in a problem+json answer. Writable paths: /app/data (volume) and /tmp (rate-limit buckets), so
+# the root filesystem can be read-only:
+#   docker run --read-only --tmpfs /tmp -v crm-data:/app/data -e DATABASE_URL=... IMAGE
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --timeout 120 --graceful-timeout 10 --no-control-socket --worker-class api.server.ProblemSyncWorker api.wsgi:app"]

@@ -17,6 +17,7 @@ from flask_smorest import Api
 
 from api import auth, customers, events, health, ingestion, policy, scoring, webhooks
 from api.errors import register_error_handlers
+from api.openapi import CustomerIdConverter, ProblemDocsPlugin
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
 from crm_service import __version__, logs, secretbox
@@ -55,8 +56,10 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     # Erasure and webhooks need the server key: refuse to start without it, not fail later.
     secretbox.server_key(settings)
     dsn = dsn or resolve_dsn(settings)
-    pool = create_pool(dsn, settings)
-    reader = create_pool(dsn, settings, name="crm-read", autocommit=True)
+    # Not waiting for the database: a worker that boots while it is down serves 503s until it
+    # is back, instead of failing to boot (which makes gunicorn stop the whole server).
+    pool = create_pool(dsn, settings, wait=False)
+    reader = create_pool(dsn, settings, name="crm-read", autocommit=True, wait=False)
     atexit.register(pool.close)
     atexit.register(reader.close)
     limiter = None
@@ -67,7 +70,9 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     app.extensions[EXTENSION] = Services(settings=settings, pool=pool, reader=reader,
                                               keys=VerifiedKeys(settings.auth_cache_seconds),
                                               limiter=limiter)
-    api = Api(app)
+    app.url_map.converters["customer_id"] = CustomerIdConverter
+    api = Api(app, spec_kwargs={"extra_plugins": [ProblemDocsPlugin()]})
+    api.register_converter(CustomerIdConverter, lambda _converter: {"type": "string"})
     api.spec.components.schema("OrderBatch", schema=OrderBatchSchema)
     api.spec.components.schema("CustomerBatch", schema=CustomerBatchSchema)
     api.register_blueprint(health.blp)

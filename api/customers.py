@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import current_app, g
@@ -55,10 +56,17 @@ _TIER_KEYS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended
               "churn_risk", "churn_probability", "clv_12m", "p_alive")
 
 
+_ID_IN_PATH = re.compile(rf"[^\x00-\x1f\x7f]{{1,{MAX_ID_LENGTH}}}")
+
+
 def check_customer_id(customer_id: str) -> None:
-    """422 unless the id could exist (same rule as ingestion)."""
-    if not 1 <= len(customer_id) <= MAX_ID_LENGTH or not customer_id.isprintable():
-        raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} printable characters")
+    """422 unless the id is 1-128 characters without control characters (the OpenAPI pattern).
+
+    Ingestion is stricter (printable only), so an id that passes here may simply be unknown: 404.
+    """
+    if not _ID_IN_PATH.fullmatch(customer_id):
+        raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} characters, "
+                              "without control characters")
 
 
 def _run_fields(found: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +77,7 @@ def _run_fields(found: dict[str, Any]) -> dict[str, Any]:
             "churn_horizon_days": run.get("churn_horizon_days")}
 
 
-@blp.route("/customers/<string:customer_id>/tier")
+@blp.route("/customers/<customer_id:customer_id>/tier")
 class CustomerTier(MethodView):
     """The small, fast answer for agents and campaign tools."""
 
@@ -108,7 +116,7 @@ class CustomerTier(MethodView):
                                           mimetype="application/json")
 
 
-@blp.route("/customers/<string:customer_id>")
+@blp.route("/customers/<customer_id:customer_id>")
 class CustomerProfile(MethodView):
     """Everything about one customer."""
 
@@ -172,7 +180,7 @@ class CustomerProfile(MethodView):
             return erasure.erase(conn, services().settings, customer_id)
 
 
-@blp.route("/customers/<string:customer_id>/export")
+@blp.route("/customers/<customer_id:customer_id>/export")
 class CustomerExport(MethodView):
     """Everything held about one customer (GDPR Art. 20)."""
 

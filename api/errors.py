@@ -115,6 +115,8 @@ def register_error_handlers(app: Flask) -> None:
             extra["errors"] = data["messages"]
             detail = "invalid request: " + "; ".join(_flatten(data["messages"]))
             title, slug = "Invalid input", "invalid-input"
+        if status == 415:
+            detail, slug = "send Content-Type: application/json", "unsupported-media-type"
         if status == 413:
             limit = current_app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body is larger than the limit of {limit} bytes"

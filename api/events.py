@@ -16,7 +16,7 @@ blp = Blueprint("events", __name__, url_prefix="/v1", description="Lifecycle eve
 class EventQuerySchema(Schema):
     """Where to resume, which types, how many."""
 
-    after = fields.String(validate=validate.Length(max=20), metadata={
+    after = fields.String(validate=validate.Regexp(r"^[0-9]{0,19}$"), metadata={
         "description": "next_cursor of the previous answer; empty or absent: from the start",
         "example": "1042"})
     types = fields.String(validate=validate.Length(max=200), metadata={

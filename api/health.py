@@ -35,5 +35,5 @@ class Ready(MethodView):
                 conn.execute("SELECT 1")
         except Exception as exc:  # any failure means "not ready"
             raise ApiProblem(503, "Not ready", f"database unreachable: {type(exc).__name__}",
-                             slug="not-ready") from None
+                             slug="not-ready", headers={"Retry-After": "5"}) from None
         return {"status": "ready"}

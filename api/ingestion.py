@@ -27,7 +27,8 @@ _PRINTABLE = re.compile(r"[\x21-\x7e]{1,255}")
 _IDEMPOTENCY_DOC = {
     "parameters": [{
         "in": "header", "name": "Idempotency-Key", "required": False,
-        "schema": {"type": "string", "maxLength": 255},
+        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$", "minLength": 1,
+                   "maxLength": 255},
         "description": "Replays the stored response for a repeated request (kept 24 h); "
                        "422 if reused with a different body, 409 while the first is running.",
     }],

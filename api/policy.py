@@ -38,7 +38,8 @@ class Policy(MethodView):
         return _policy(version, policy)
 
     @blp.doc(security=[{"bearerAuth": []}], requestBody={
-        "required": True, "content": {"application/json": {"example": _EXAMPLE}}})
+        "required": True, "content": {"application/json": {
+            "schema": {"type": "object", "additionalProperties": True}, "example": _EXAMPLE}}})
     @blp.response(200, example={"version": 2, **_EXAMPLE})
     @blp.alt_response(422, description="a field that is unknown, out of range or inconsistent")
     @require("admin")

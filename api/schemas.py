@@ -169,7 +169,7 @@ class PredictionRequestSchema(Schema):
 
     cases = fields.List(fields.Nested(PredictionCaseSchema), required=True,
                         validate=validate.Length(min=1, max=1000))
-    horizons = fields.List(fields.Integer(validate=validate.Range(min=0, max=3650)),
+    horizons = fields.List(fields.Integer(strict=True, validate=validate.Range(min=0, max=3650)),
                            load_default=lambda: [30, 90, 365],
                            validate=validate.Length(min=1, max=10))
 

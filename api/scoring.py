@@ -59,8 +59,8 @@ class ScoringRuns(MethodView):
     """Request a scoring run; a worker executes it."""
 
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.arguments(ScoringRunRequestSchema, example={"as_of": "1998-06-30",
-                                                     "churn_horizon_days": 90})
+    @blp.arguments(ScoringRunRequestSchema, required=False,
+                   example={"as_of": "1998-06-30", "churn_horizon_days": 90})
     @blp.response(202, RunSchema, example=examples.QUEUED_RUN, headers={
         "Location": {"schema": {"type": "string"}, "description": "the run's URL"}})
     @blp.alt_response(422, description="as_of in the future")
@@ -145,7 +145,7 @@ class RunPlot(MethodView):
                         headers={"Cache-Control": "private, max-age=3600"})
 
 
-@blp.route("/customers/<string:customer_id>/scores")
+@blp.route("/customers/<customer_id:customer_id>/scores")
 class CustomerScores(MethodView):
     """One customer's scores in the live run."""
 

@@ -31,7 +31,8 @@ class WebhookCreateSchema(Schema):
     """A subscription request."""
 
     url = fields.String(required=True, validate=validate.Length(min=1, max=webhooks.MAX_URL),
-                        metadata={"description": "https URL of the receiver (http and private "
+                        metadata={"pattern": "^https?://",
+                                  "description": "https URL of the receiver (http and private "
                                                  "addresses only for CRM_WEBHOOK_ALLOW_HOSTS)"})
     events = fields.List(fields.String(validate=validate.OneOf(events.TYPES)), required=True,
                          validate=validate.Length(min=1, max=len(events.TYPES)))

@@ -343,10 +343,14 @@ def _today(settings: Settings) -> date:
 @handles_errors
 def score(ctx: Context, as_of: datetime | None, horizon: int | None, as_json: bool) -> None:
     """Run one full scoring run and publish it atomically."""
+    from crm_service import score_store
     from crm_service.scoring import run_scoring
 
     day = as_of.date() if as_of else _today(ctx.settings)
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        for dead in score_store.fail_dead_runs(conn):
+            click.echo(f"run {dead} was left running by a process that died: marked failed",
+                       err=True)
         result = run_scoring(conn, ctx.settings, as_of=day, churn_horizon_days=horizon)
     _print_run(result.as_dict(), as_json)
 
@@ -420,6 +424,8 @@ def export_scores(ctx: Context, horizon_days: int, out: Path | None) -> None:
 # Longer than CRM_STATEMENT_TIMEOUT_MS's default, so a slow request ends in a problem+json
 # answer from the app rather than gunicorn killing the worker.
 WORKER_TIMEOUT_SECONDS = 120
+# Workers whose HTTP-parser errors (URL too long, bad headers) are problem+json, not HTML.
+GUNICORN_WORKER = {False: "api.server.ProblemSyncWorker", True: "api.server.ProblemThreadWorker"}
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -454,7 +460,8 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 1) -
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
            str(workers), "--threads", str(threads),
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
-           "--no-control-socket", "api.wsgi:app"]
+           "--no-control-socket", "--worker-class", GUNICORN_WORKER[threads > 1],
+           "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
     # it when the server exits.
     child = subprocess.Popen(cmd, env=env)  # noqa: S603 - fixed argv, no shell

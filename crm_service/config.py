@@ -33,7 +33,7 @@ class Settings:
     currency: str = "USD"
     pool_min_size: int = 1
     pool_max_size: int = 10
-    pool_timeout_seconds: float = 10.0
+    pool_timeout_seconds: float = 2.0
     statement_timeout_ms: int = 60_000
     max_batch_orders: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
@@ -188,7 +188,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         currency=_currency(env),
         pool_min_size=pool_min,
         pool_max_size=pool_max,
-        pool_timeout_seconds=_number(env, "CRM_POOL_TIMEOUT", 10.0, 0.1, 600.0),
+        pool_timeout_seconds=_number(env, "CRM_POOL_TIMEOUT", 2.0, 0.1, 600.0),
         statement_timeout_ms=_number(env, "CRM_STATEMENT_TIMEOUT_MS", 60_000, 100, 86_400_000),
         max_batch_orders=_number(env, "CRM_MAX_BATCH_ORDERS", 1000, 1, 1000),
         max_body_bytes=_number(env, "CRM_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 5 * 1024 * 1024),

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from crm_service.ingestion import _CHANNEL, MAX_ID_LENGTH
+from crm_service.ingestion import _CHANNEL, MAX_ID_LENGTH, UNADDRESSABLE, addressable
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE_SEPARATORS = re.compile(r"[\s\-().\u00a0/]")
@@ -74,6 +74,8 @@ def check_customer(record: Mapping[str, Any]) -> tuple[Profile | None, dict[str,
         errors["customer_id"] = "required"
     elif len(cid) > MAX_ID_LENGTH or not _printable(cid):
         errors["customer_id"] = f"1-{MAX_ID_LENGTH} printable characters"
+    elif not addressable(cid):
+        errors["customer_id"] = UNADDRESSABLE
     values: dict[str, str | None] = {}
     for name, normalize, problem in _CONTACTS:
         if name not in record:

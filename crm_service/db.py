@@ -42,9 +42,15 @@ def _configure(statement_timeout_ms: int):
     return configure
 
 
+RECONNECT_TIMEOUT_SECONDS = 2.0
+
+
 def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
-                autocommit: bool = False) -> ConnectionPool:
-    """Open a connection pool and wait until one connection works.
+                autocommit: bool = False, wait: bool = True) -> ConnectionPool:
+    """Open a connection pool and (with ``wait``) wait until one connection works.
+
+    The API passes ``wait=False``: it starts while the database is down, answers 503 until it
+    is back, and needs no restart then.
 
     ``autocommit`` pools serve reads: each statement is its own transaction, so a lookup is
     one round trip instead of three (BEGIN, the query, COMMIT). Code that needs several
@@ -60,13 +66,18 @@ def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
+        # Give up a failing reconnection after 2 s (attempts at 0, 1 and 2 s): the next request
+        # then starts a fresh one at once, so service resumes within about a second of the
+        # database coming back instead of after psycopg_pool's growing backoff (up to minutes).
+        reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         configure=_configure(settings.statement_timeout_ms),
         kwargs={"autocommit": True} if autocommit else None,
         name=name,
         open=False,
     )
     try:
-        pool.open(wait=settings.pool_min_size > 0, timeout=settings.pool_timeout_seconds)
+        pool.open(wait=wait and settings.pool_min_size > 0,
+                  timeout=settings.pool_timeout_seconds)
     except Exception as exc:
         pool.close()
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc

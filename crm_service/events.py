@@ -29,7 +29,7 @@ def parse_cursor(cursor: str | None) -> int:
     """The event id a cursor stands for (0: from the start)."""
     if cursor is None or cursor == "":
         return 0
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
         raise ValidationError("after: a cursor from next_cursor (digits), or empty for the start")
     return int(cursor)
 

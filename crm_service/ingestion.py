@@ -62,6 +62,17 @@ class OrderRules:
                    latest=now + timedelta(days=1))
 
 
+# A customer id is a URL path segment (/v1/customers/{id}): it cannot hold "/" and cannot be
+# "search", or the customer could not be looked up, exported or erased.
+RESERVED_CUSTOMER_IDS = frozenset({"search"})
+UNADDRESSABLE = "must not contain '/' or be 'search' (customer ids are URL path segments)"
+
+
+def addressable(customer_id: str) -> bool:
+    """True when the id can be used in ``/v1/customers/{id}``."""
+    return "/" not in customer_id and customer_id not in RESERVED_CUSTOMER_IDS
+
+
 def _clean_id(value: Any, name: str, errors: dict[str, str]) -> str:
     if value is None:
         errors[name] = "required"
@@ -186,6 +197,8 @@ def check_order(
     errors: dict[str, str] = {}
     oid = _clean_id(order_id, "order_id", errors)
     cid = _clean_id(customer_id, "customer_id", errors)
+    if "customer_id" not in errors and not addressable(cid):
+        errors["customer_id"] = UNADDRESSABLE
     chan, problem = _check_channel("" if channel is None else str(channel))
     if problem:
         errors["channel"] = problem

@@ -199,38 +199,77 @@ def drop_summary(conn: psycopg.Connection) -> None:
         conn.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")
 
 
+# A running run's session holds the advisory lock (RUN_OWNER_LOCK, run id), taken in the
+# transaction that marks it running. PostgreSQL releases it when that session ends, however it
+# ends (kill -9, crash, lost connection), so "running, lock free" means the process died.
+RUN_OWNER_LOCK = 0x43524D  # the two-int advisory lock space; other locks use one bigint
+DIED = ("the process running it stopped before it finished (killed, crashed or lost the "
+        "database); nothing of it was published and the previous run stays live")
+
+
+def _own(conn: psycopg.Connection, run_id: int) -> None:
+    conn.execute("SELECT pg_advisory_lock(%s::int, %s::int)", (RUN_OWNER_LOCK, run_id))
+
+
+def release_run(conn: psycopg.Connection, run_id: int) -> None:
+    """Give up this session's ownership of ``run_id`` (after it finished, either way)."""
+    if not conn.closed:
+        conn.execute("SELECT pg_advisory_unlock(%s::int, %s::int)", (RUN_OWNER_LOCK, run_id))
+        conn.commit()
+
+
+def fail_dead_runs(conn: psycopg.Connection) -> list[int]:
+    """Mark failed every run still ``running`` whose owning session is gone; return their ids.
+
+    Workers call this when they start and between runs, and ``crm-service score`` before it
+    starts, so a killed run is marked failed on the next start instead of looking alive.
+    """
+    with conn.transaction():
+        running = [int(r[0]) for r in conn.execute(
+            "SELECT id FROM scoring_runs WHERE status = 'running' ORDER BY id"
+            " FOR UPDATE SKIP LOCKED").fetchall()]
+        dead = [run_id for run_id in running if conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s::int, %s::int)",
+            (RUN_OWNER_LOCK, run_id)).fetchone()[0]]  # type: ignore[index]
+        if dead:
+            conn.execute("UPDATE scoring_runs SET status = 'failed', error = %s,"
+                         " finished_at = now(), progress = NULL WHERE id = ANY(%s)", (DIED, dead))
+    return dead
+
+
 def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
                status: str = "running", churn_horizon_days: int = 90) -> int:
-    """Record a new run (running, or queued for a worker); committed at once."""
+    """Record a new run (running and owned by this session, or queued); committed at once."""
     with conn.transaction():
         row = conn.execute(
             "INSERT INTO scoring_runs (status, as_of, timezone, started_at, heartbeat_at,"
             " churn_horizon_days) VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END,"
             " now(), %s) RETURNING id",
             (status, as_of, timezone, status, churn_horizon_days)).fetchone()
-    assert row is not None
+        assert row is not None
+        if status == "running":
+            _own(conn, int(row[0]))
     return int(row[0])
 
 
 class RunTakenOverError(RuntimeError):
-    """Another worker took this run over (this attempt's heartbeat had gone stale)."""
+    """The run is no longer this attempt's (marked failed or finished by someone else)."""
 
 
-def claim_queued_run(conn: psycopg.Connection, stale_minutes: float = 30.0
-                     ) -> tuple[int, date, int] | None:
+def claim_queued_run(conn: psycopg.Connection) -> tuple[int, date, int] | None:
     """Take the oldest queued run for this worker (SKIP LOCKED: workers never share a run).
 
-    A run still marked running whose heartbeat is older than ``stale_minutes`` lost its worker
-    (a crash rolls back its unpublished scores) and is taken over too.
+    The run is owned by this session from the claim on (see :data:`RUN_OWNER_LOCK`); if the
+    process dies, :func:`fail_dead_runs` marks it failed.
     """
     with conn.transaction():
         row = conn.execute(
             "UPDATE scoring_runs SET status = 'running', started_at = now(), heartbeat_at = now(),"
             " progress = 'starting', attempt = attempt + 1 WHERE id = (SELECT id FROM scoring_runs"
-            " WHERE status = 'queued' OR (status = 'running'"
-            "   AND heartbeat_at < now() - make_interval(secs => %s * 60))"
-            " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
-            " RETURNING id, as_of, attempt", (stale_minutes,)).fetchone()
+            " WHERE status = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
+            " RETURNING id, as_of, attempt").fetchone()
+        if row:
+            _own(conn, int(row[0]))
     return (int(row[0]), row[1], int(row[2])) if row else None
 
 

@@ -325,6 +325,8 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     except BaseException as exc:
         _record_failure(conn, run_id, attempt, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        _release(conn, run_id)
     seconds = time.perf_counter() - started
     log.info("scoring run %s published: %s customers in %.1f s", run_id, counts["customers"],
              seconds)
@@ -338,11 +340,20 @@ def _ref_params(settings: Settings) -> dict[str, bytes]:
     return ref_sql_params(settings)
 
 
+def _release(conn: psycopg.Connection, run_id: int) -> None:
+    try:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            conn.rollback()
+        score_store.release_run(conn, run_id)
+    except DatabaseError:  # the session is gone, and its lock with it
+        log.debug("could not release run %s (connection lost)", run_id)
+
+
 def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> None:
     """Mark the run failed, or log why that was impossible.
 
-    If the database itself is gone the original error goes on; the run is taken over by a
-    worker once its heartbeat goes stale.
+    If the database itself is gone the original error goes on; the run's ownership lock went
+    with the session, so the next worker (or ``crm-service score``) marks it failed.
     """
     try:
         conn.rollback()

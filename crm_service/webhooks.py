@@ -212,7 +212,7 @@ def list_all(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def _id(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise NotFoundError(f"no webhook {text!r}")
     return int(text)
 
@@ -256,7 +256,7 @@ def deliveries(conn: psycopg.Connection, webhook_id: str, *, status: str | None 
     get(conn, webhook_id)
     if status is not None and status not in ("pending", "delivered", "failed"):
         raise ValidationError("status: pending, delivered or failed")
-    if before is not None and (not before.isdigit() or len(before) > 19):
+    if before is not None and (not (before.isascii() and before.isdigit()) or len(before) > 19):
         raise ValidationError("before: a cursor from next_cursor")
     rows = conn.execute(
         "SELECT d.id, d.event_id, e.type, d.status, d.attempts, d.next_attempt_at,"

@@ -69,6 +69,9 @@ def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
         try:
             if conn is None or conn.closed:
                 conn = connect()
+            for run_id in score_store.fail_dead_runs(conn):
+                log.warning("scoring run %s was left running by a process that died; marked "
+                            "failed (the previous run stays live)", run_id)
             schedule.tick(conn, settings)
             if process_one(conn, settings) is None:
                 stop.wait(poll_seconds)

@@ -114,3 +114,28 @@ def test_same_customer_twice_collapses_and_resend_is_unchanged(client, auth, con
     conn.commit()
     r = post(client, auth, batch)
     assert [x["outcome"] for x in r.json["results"]] == ["duplicate", "duplicate"]
+
+
+def test_ids_that_cannot_be_url_path_segments_are_rejected(client, auth, conn):
+    """A customer called "search" or holding "/" could never be looked up, exported or erased."""
+    r = post(client, auth, [{"customer_id": "search"}, {"customer_id": "a/b"},
+                            {"customer_id": "searching"}])
+    assert [x["outcome"] for x in r.json["results"]] == ["rejected", "rejected", "inserted"]
+    r = client.post("/v1/orders", headers=auth, json={"orders": [
+        {"order_id": "X1", "customer_id": "a/b", "channel": "web", "ordered_at": "2024-01-01",
+         "amount": 5}]})
+    assert r.json["results"][0]["errors"]["customer_id"].startswith("must not contain '/'")
+    assert count(conn, "SELECT count(*) FROM customers") == 1
+    # /v1/customers/search is only the search: DELETE there is 405, never an erasure.
+    r = client.delete("/v1/customers/search", headers=auth)
+    assert r.status_code == 405 and r.mimetype == "application/problem+json"
+    assert client.get("/v1/customers/searching", headers=auth).status_code == 200
+
+
+def test_non_ascii_digits_are_not_ids(client, auth):
+    """'³' and '٣' pass str.isdigit(); they must be a 4xx, not a crash in int()."""
+    for bad in ["³", "٣"]:
+        r = client.get(f"/v1/webhooks/{bad}", headers=auth)
+        assert r.status_code in {404, 422}, r.get_data(as_text=True)
+        r = client.get(f"/v1/events?after={bad}", headers=auth)
+        assert r.status_code == 422

@@ -302,36 +302,29 @@ def test_tracking_data_is_consistent(cdnow_loaded, settings):
         assert series[-1] == pytest.approx(actual[-1], rel=0.15)
 
 
-def test_a_run_whose_worker_died_is_taken_over(conn, settings):
+def test_a_run_whose_process_died_is_marked_failed(cdnow_loaded, settings, dsn):
+    """The session running a run owns it; when that session dies the run is marked failed."""
+    import psycopg
+
     from crm_service import score_store
 
-    run_id = score_store.create_run(conn, date(2024, 1, 1), "UTC")  # running, fresh heartbeat
-    assert score_store.claim_queued_run(conn) is None
-    conn.execute("UPDATE scoring_runs SET heartbeat_at = now() - interval '2 hours'")
-    conn.commit()
-    assert score_store.claim_queued_run(conn) == (run_id, date(2024, 1, 1), 2)
-
-
-def test_a_stale_attempt_cannot_publish_over_the_new_owner(cdnow_loaded, settings):
-    """Two attempts of one run: the first (taken over) neither publishes nor marks it failed."""
-    from crm_service import score_store
-
-    run_id = score_store.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
-    _, _, first = score_store.claim_queued_run(cdnow_loaded)
-    cdnow_loaded.execute("UPDATE scoring_runs SET heartbeat_at = now() - interval '2 hours'")
+    live = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30)).run_id
+    other = psycopg.connect(dsn)
+    dying = score_store.create_run(other, date(1998, 6, 30), "UTC")  # running, owned by `other`
+    queued = score_store.create_run(other, date(1998, 6, 30), "UTC", status="queued")
+    assert score_store.fail_dead_runs(cdnow_loaded) == []  # its owner is alive: left alone
+    assert score_store.claim_queued_run(cdnow_loaded)[0] == queued  # running runs are not taken
+    score_store.release_run(cdnow_loaded, queued)
+    other.close()  # as a kill -9 would: the session ends, and its lock with it
+    assert score_store.fail_dead_runs(cdnow_loaded) == [dying, queued]
+    status, error = cdnow_loaded.execute("SELECT status, error FROM scoring_runs WHERE id = %s",
+                                         (dying,)).fetchone()
+    assert status == "failed" and "stopped before it finished" in error
+    assert score_store.active_run(cdnow_loaded)["run_id"] == live  # the previous run stays live
     cdnow_loaded.commit()
-    _, _, second = score_store.claim_queued_run(cdnow_loaded)
+    # An attempt that is no longer the run's owner cannot publish.
     with pytest.raises(score_store.RunTakenOverError):
-        run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30), run_id=run_id,
-                    attempt=first)
-    result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30), run_id=run_id,
-                         attempt=second)
-    assert result.run_id == run_id
-    assert cdnow_loaded.execute("SELECT status FROM scoring_runs WHERE id = %s",
-                                (run_id,)).fetchone()[0] == "succeeded"
-    score_store.fail_run(cdnow_loaded, run_id, first, "late failure of the old attempt")
-    assert cdnow_loaded.execute("SELECT status FROM scoring_runs WHERE id = %s",
-                                (run_id,)).fetchone()[0] == "succeeded"
+        run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30), run_id=dying, attempt=1)
 
 
 def test_worker_survives_losing_the_database(settings):

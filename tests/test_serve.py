@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
+import psycopg
 import pytest
 
 from crm_service import api_keys
@@ -203,3 +204,55 @@ def test_rate_limit_is_shared_by_gunicorn_workers(dsn, conn, tmp_path):
     assert set(codes) == {200, 429}
     assert 10 <= codes.count(200) <= 13, codes
     assert sum('"status": 429' in line for line in out.splitlines()) == codes.count(429)
+
+
+def test_http_parser_errors_are_problem_json(server):
+    """gunicorn refuses an over-long URL or header before the app: still problem+json, no HTML."""
+    import http.client
+
+    base, _ = server
+    host, port = base.removeprefix("http://").split(":")
+    for path, headers, status in [("/v1/customers?cursor=" + "x" * 9000, {}, 414),
+                                  ("/healthz", {"X-Pad": "y" * 9000}, 431)]:
+        c = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            c.request("GET", path, headers=headers)
+            resp = c.getresponse()
+            body = json.loads(resp.read())
+        finally:
+            c.close()
+        assert resp.status in {status, 400}, (path[:20], resp.status)
+        assert resp.getheader("Content-Type") == "application/problem+json"
+        assert body["status"] == resp.status and body["title"]
+
+
+@pytest.mark.slow
+def test_database_down_then_back_without_restarting_the_api(tmp_path):
+    """With the database killed (-9), the API answers 503 + Retry-After quickly, and serves
+    again within 5 s of the database's return, without a restart (its own PostgreSQL)."""
+    from bench.fault_drills import Database, Server, request
+
+    db = Database(tmp_path / "db")
+    server = None
+    try:
+        with psycopg.connect(db.dsn) as c:
+            _, token = api_keys.create_key(c, "drill", ["admin"])
+        server = Server(db.dsn, tmp_path / "api")
+        server.start()
+        db.kill()
+        for path in ["/readyz", "/v1/customers/C-1/tier", "/v1/segments"]:
+            began = time.monotonic()
+            status, headers, body = request(server.base, path, token, timeout=30)
+            assert time.monotonic() - began < 5, path
+            assert status == 503 and headers["Content-Type"] == "application/problem+json"
+            assert headers["Retry-After"].isdigit()
+        db.start()
+        began = time.monotonic()
+        while request(server.base, "/v1/customers/C-1/tier", token)[0] == 503:
+            assert time.monotonic() - began < 5, "not serving 5 s after the database returned"
+            time.sleep(0.05)
+        assert request(server.base, "/readyz", token)[0] == 200
+    finally:
+        if server is not None:
+            server.stop()
+        db.stop()
