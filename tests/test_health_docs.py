@@ -79,3 +79,29 @@ def test_tier_fast_path_answers_what_its_schema_documents(cdnow_loaded, settings
     run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
     body = client.get("/v1/customers/cdnow-0001/tier", headers=auth).json
     assert set(body) == set(CustomerTierSchema().fields)
+
+
+def test_statement_timeout_bounds_every_query(dsn, conn, make_token, tmp_path):
+    """A query stuck behind a lock is cancelled by CRM_STATEMENT_TIMEOUT_MS: 503, not a hang."""
+    import time
+
+    token = make_token("scores:read")
+    settings = load_settings({"DATABASE_URL": dsn, "CRM_STATEMENT_TIMEOUT_MS": "300",
+                              "CRM_SECRET_KEY": TEST_SECRET_KEY, "CRM_DATA_DIR": str(tmp_path),
+                              "CRM_RATE_LIMIT_PER_SECOND": "0"})
+    app = create_app(settings, dsn=dsn)
+    svc = app.extensions["crm"]
+    try:
+        for pool in (svc.pool, svc.reader):  # every pooled session carries the timeout
+            with pool.connection() as c:
+                assert c.execute("SHOW statement_timeout").fetchone()[0] == "300ms"
+        conn.execute("LOCK TABLE scoring_state IN ACCESS EXCLUSIVE MODE")  # held, uncommitted
+        began = time.monotonic()
+        r = app.test_client().get("/v1/segments", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 503 and r.mimetype == "application/problem+json"
+        assert r.headers["Retry-After"] == "5"
+        assert time.monotonic() - began < 3
+    finally:
+        conn.rollback()
+        svc.pool.close()
+        svc.reader.close()

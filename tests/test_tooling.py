@@ -1,5 +1,6 @@
-"""Strict tooling as part of the suite: ruff (lint + docstrings) and mypy must stay clean."""
+"""Strict tooling as part of the suite: ruff (lint + docstrings), mypy, and a dependency audit."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -26,3 +27,26 @@ def test_mypy_clean():
     pytest.importorskip("mypy")
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dependency_audit():
+    """pip-audit over the installed dependencies: no known vulnerability.
+
+    It asks the PyPI advisory service for each package. Where that service cannot be reached
+    (this project's CI reaches only the package index, not PyPI's JSON API or OSV), every
+    package comes back "could not be audited": the test is then skipped with that reason, not
+    passed. ``pip`` and ``setuptools`` belong to the virtualenv, not to the service's image.
+    """
+    pytest.importorskip("pip_audit")
+    result = _run("pip_audit", "--skip-editable", "--progress-spinner", "off", "--format", "json")
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(result.stdout + result.stderr)
+    deps = [d for d in report["dependencies"] if d["name"] not in {"pip", "setuptools"}]
+    audited = [d for d in deps if "skip_reason" not in d]
+    if not audited:
+        reason = deps[0].get("skip_reason", "no dependencies") if deps else "no dependencies"
+        pytest.skip(f"advisory service unreachable from this machine: {reason}")
+    vulnerable = {d["name"]: [v["id"] for v in d["vulns"]] for d in audited if d.get("vulns")}
+    assert not vulnerable, vulnerable
