@@ -430,3 +430,10 @@ def test_a_worker_killed_mid_delivery_redelivers(client, conn, dsn, hooks_auth, 
     ids = [h["webhook-id"] for h, _ in rec.received]
     assert len(ids) == 4 and len(set(ids)) == 3  # one event twice, with the same delivery id
     assert ids.count(ids[0]) == 2
+
+
+def test_subscription_cap(client, hooks_auth, receiver, monkeypatch):
+    monkeypatch.setattr(webhooks, "MAX_SUBSCRIPTIONS", 2)
+    body = {"url": receiver().url, "events": ["tier.changed"]}
+    assert [client.post("/v1/webhooks", json=body, headers=hooks_auth).status_code
+            for _ in range(3)] == [201, 201, 422]
