@@ -22,8 +22,7 @@ import pytest
 
 from crm_service import api_keys
 from crm_service.scoring import run_scoring
-from tests.conftest import TEST_SECRET_KEY
-from tests.test_serve import call, free_port, wait_until_up
+from tests.test_serve import call, free_port, serving
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 ST = Path(sys.executable).with_name("st")
@@ -32,21 +31,9 @@ ST = Path(sys.executable).with_name("st")
 @pytest.fixture()
 def scored_server(cdnow_loaded, settings, dsn, tmp_path):
     run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path), CRM_WORKERS="2",
-               CRM_SECRET_KEY=TEST_SECRET_KEY, CRM_RATE_LIMIT_PER_SECOND="0",
-               CRM_WEBHOOK_ALLOW_HOSTS="127.0.0.1", CRM_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "crm_service", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    wait_until_up(base, proc)
-    yield base
-    proc.terminate()
-    try:
-        proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+    with serving(dsn, tmp_path, CRM_RATE_LIMIT_PER_SECOND="0", CRM_LOG_LEVEL="WARNING",
+                 CRM_WEBHOOK_ALLOW_HOSTS="127.0.0.1") as (base, _):
+        yield base
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The real server: `crm-service serve` under gunicorn, spoken to over HTTP on loopback."""
 
+import contextlib
 import json
 import os
 import socket
@@ -8,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -35,22 +37,31 @@ def wait_until_up(base: str, proc: subprocess.Popen, seconds: float = 60) -> Non
     pytest.fail(f"{base} did not come up in {seconds} s")
 
 
-@pytest.fixture()
-def server(dsn, conn, tmp_path):
+@contextlib.contextmanager
+def serving(dsn: str, data_dir, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`crm-service serve` (2 gunicorn workers) on a free port; stopped on exit."""
     port = free_port()
-    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path), CRM_WORKERS="2",
-               CRM_SECRET_KEY=TEST_SECRET_KEY)
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir), CRM_WORKERS="2",
+               CRM_SECRET_KEY=TEST_SECRET_KEY, **env)
     proc = subprocess.Popen([sys.executable, "-m", "crm_service", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    wait_until_up(base, proc)
-    yield base, proc
-    proc.terminate()
     try:
-        proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        wait_until_up(base, proc)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture()
+def server(dsn, conn, tmp_path):
+    with serving(dsn, tmp_path) as running:
+        yield running
 
 
 def call(url, body=None, token=None, method="GET"):
