@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -44,6 +46,23 @@ def _configure(statement_timeout_ms: int):
 
 RECONNECT_TIMEOUT_SECONDS = 2.0
 
+# A pooled connection idle for longer than this is checked (one empty round trip) before use:
+# after a database restart the pool still holds connections to the old server, and each would
+# fail one request. Connections reused sooner, the common case under load, are not checked:
+# one that broke while in use was already discarded when it came back.
+IDLE_CHECK_SECONDS = 1.0
+_returned_at: WeakKeyDictionary[psycopg.Connection, float] = WeakKeyDictionary()
+
+
+def _note_return(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check_if_idle(conn: psycopg.Connection) -> None:
+    returned = _returned_at.get(conn)
+    if returned is None or time.monotonic() - returned > IDLE_CHECK_SECONDS:
+        ConnectionPool.check_connection(conn)
+
 
 def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
                 autocommit: bool = False, wait: bool = True) -> ConnectionPool:
@@ -70,6 +89,8 @@ def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
         # then starts a fresh one at once, so service resumes within about a second of the
         # database coming back instead of after psycopg_pool's growing backoff (up to minutes).
         reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
+        check=_check_if_idle,
+        reset=_note_return,
         configure=_configure(settings.statement_timeout_ms),
         kwargs={"autocommit": True} if autocommit else None,
         name=name,
