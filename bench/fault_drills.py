@@ -185,7 +185,7 @@ def rest_drill(target: str, rounds: int, db: Database, server: Server, token: st
     acked: dict[int, bytes] = {}  # batch -> first 200 answer
     unknown: set[int] = set()  # sent, answer lost
     paused, pause_ack = threading.Event(), threading.Event()
-    done = threading.Event()
+    done, draining, drained = threading.Event(), threading.Event(), threading.Event()
     counters = {"requests": 0, "answers_5xx": 0, "connection_errors": 0, "replays": 0}
     next_batch = [0]
 
@@ -198,6 +198,10 @@ def rest_drill(target: str, rounds: int, db: Database, server: Server, token: st
             if unknown:
                 b = min(unknown)
                 counters["replays"] += 1
+            elif draining.is_set():  # no new batches once the kills are over
+                drained.set()
+                time.sleep(0.01)
+                continue
             else:
                 b = next_batch[0]
                 next_batch[0] += 1
@@ -242,9 +246,8 @@ def rest_drill(target: str, rounds: int, db: Database, server: Server, token: st
                 partial_batches += n not in (0, BATCH)
         paused.clear()
     # Resolve every unknown outcome by replaying its key.
-    deadline = time.monotonic() + 120
-    while unknown and time.monotonic() < deadline:
-        time.sleep(0.2)
+    draining.set()
+    drained.wait(120)
     done.set()
     worker.join(30)
     with psycopg.connect(db.dsn) as conn:
