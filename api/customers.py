@@ -56,7 +56,10 @@ _TIER_KEYS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended
               "churn_risk", "churn_probability", "clv_12m", "p_alive")
 
 
-_ID_IN_PATH = re.compile(rf"[^\x00-\x1f\x7f]{{1,{MAX_ID_LENGTH}}}")
+# Also the OpenAPI pattern of the path parameter (api/openapi.py). "/" never reaches here: the
+# router splits on it.
+ID_IN_PATH = rf"[^\x00-\x1f\x7f/]{{1,{MAX_ID_LENGTH}}}"
+_ID_IN_PATH = re.compile(ID_IN_PATH)
 
 
 def check_customer_id(customer_id: str) -> None:

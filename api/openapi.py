@@ -20,6 +20,9 @@ from typing import Any
 from apispec import APISpec, BasePlugin
 from werkzeug.routing import BaseConverter
 
+from api.customers import ID_IN_PATH
+from crm_service.ingestion import MAX_ID_LENGTH
+
 PROBLEM = "application/problem+json"
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -71,7 +74,7 @@ _WEBHOOK_METHODS = {"GetWebhook": "get", "DeleteWebhook": "delete", "EnableWebho
 
 # What ``api.customers.check_customer_id`` accepts: 1-128 characters, no control characters.
 PATH_PATTERNS = {
-    "customer_id": {"pattern": "^[^\\x00-\\x1f\\x7f/]{1,128}$", "maxLength": 128},
+    "customer_id": {"pattern": f"^{ID_IN_PATH}$", "maxLength": MAX_ID_LENGTH},
     "webhook_id": {"pattern": "^[0-9]{1,18}$"},
 }
 
