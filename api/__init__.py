@@ -15,7 +15,7 @@ import uuid
 from flask import Flask, Response, g, request, send_from_directory
 from flask_smorest import Api
 
-from api import auth, customers, events, health, ingestion, policy, scoring, webhooks
+from api import auth, console, customers, events, health, ingestion, policy, scoring, webhooks
 from api.errors import register_error_handlers
 from api.openapi import CustomerIdConverter, ProblemDocsPlugin
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(events.blp)
     api.register_blueprint(policy.blp)
     api.register_blueprint(webhooks.blp)
+    app.register_blueprint(console.bp)
     auth.install(app)  # before the body checks in register_error_handlers
     register_error_handlers(app)
     _serve_swagger_assets(app)

@@ -62,6 +62,8 @@ class Settings:
     webhook_retry_max_seconds: float = 3600.0
     webhook_retry_window_seconds: float = 86_400.0
     score_schedule: str | None = "02:00"
+    console_idle_minutes: int = 30
+    console_session_hours: int = 12
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -215,6 +217,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_allow_hosts=_hosts(env),
         webhook_timeout_seconds=_number(env, "CRM_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 60.0),
         webhook_concurrency=_number(env, "CRM_WEBHOOK_CONCURRENCY", 8, 1, 64),
+        console_idle_minutes=_number(env, "CRM_CONSOLE_IDLE_MINUTES", 30, 1, 24 * 60),
+        console_session_hours=_number(env, "CRM_CONSOLE_SESSION_HOURS", 12, 1, 24 * 7),
         webhook_retry_base_seconds=_number(env, "CRM_WEBHOOK_RETRY_BASE_SECONDS", 30.0, 0.01,
                                            3600.0),
         webhook_retry_max_seconds=_number(env, "CRM_WEBHOOK_RETRY_MAX_SECONDS", 3600.0, 0.01,

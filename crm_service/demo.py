@@ -11,10 +11,12 @@ import csv
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from crm_service.bulk_import import ImportSummary, import_orders
 from crm_service.config import Settings
+from crm_service.ingestion import ingest_customer_batch
 
 if TYPE_CHECKING:
     import psycopg
@@ -52,4 +54,40 @@ def load_cdnow_sample(conn: psycopg.Connection, settings: Settings) -> ImportSum
     """Load the CDNOW sample (idempotent: a second load finds only duplicates)."""
     path = settings.data_dir / "demo" / "cdnow_sample_orders.csv"
     write_cdnow_csv(path)
-    return import_orders(conn, settings, path)
+    summary = import_orders(conn, settings, path)
+    load_demo_profiles(conn, settings)
+    conn.commit()
+    return summary
+
+
+# Made-up contact details, so the console's search by email, phone and channel account can be
+# tried on the demo. All emails are @example.com (RFC 2606) and phones use the +86 138 0000 range.
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
+_GIVEN = ("伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "洋", "艳", "勇", "军", "杰", "娟", "涛",
+          "明", "超", "秀英", "霞", "平", "刚", "桂英")
+
+
+def demo_profile(number: int) -> dict[str, Any]:
+    """The made-up profile of demo customer ``cdnow-NNNN`` (deterministic)."""
+    name = _SURNAMES[number % len(_SURNAMES)] + _GIVEN[(number // len(_SURNAMES)) % len(_GIVEN)]
+    identities = [{"channel": "tmall", "external_id": f"tb_{number:04d}"}]
+    if number % 3 == 0:
+        identities.append({"channel": "jd", "external_id": f"jd_{number:04d}"})
+    return {"customer_id": f"cdnow-{number:04d}", "name": name,
+            "email": f"cdnow-{number:04d}@example.com", "phone": f"+86 138 0000 {number:04d}",
+            "identities": identities}
+
+
+def load_demo_profiles(conn: psycopg.Connection, settings: Settings) -> int:
+    """Give each demo customer a made-up profile (idempotent); return how many changed."""
+    numbers = [int(cid.removeprefix("cdnow-")) for (cid,) in conn.execute(
+        "SELECT customer_id FROM customers WHERE customer_id LIKE 'cdnow-%%'"
+        " AND email IS NULL ORDER BY customer_id").fetchall()]
+    changed = 0
+    for start in range(0, len(numbers), settings.max_batch_orders):
+        batch: list[Mapping[str, Any]] = [
+            demo_profile(n) for n in numbers[start:start + settings.max_batch_orders]]
+        with conn.transaction():
+            result = ingest_customer_batch(conn, settings, batch)
+        changed += sum(r["outcome"] in {"inserted", "updated"} for r in result.results)
+    return changed

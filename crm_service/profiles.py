@@ -264,6 +264,46 @@ def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | N
     return _search(conn, where, {"v": value})
 
 
+def find(conn: psycopg.Connection, text: str) -> list[dict[str, Any]]:
+    """Customers matching what an agent typed into one search box, however it was meant.
+
+    ``text`` is tried, in one statement, as a customer id, an email, a phone number, a channel
+    account written ``channel/external_id``, and an external id on any channel (each only where
+    it could be one: ``+86 138-0013-8000`` is tried as a phone, not as an email). Each match
+    lists how it matched in ``matched_by``; at most :data:`MAX_SEARCH_RESULTS`, by customer id.
+    """
+    text = text.strip()
+    if not text or len(text) > 254 or any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return []
+    arms = ["SELECT customer_id, 'customer_id' AS how FROM customers WHERE customer_id = %(q)s",
+            "SELECT customer_id, 'external_id' FROM customer_identities WHERE external_id = %(q)s"]
+    params: dict[str, Any] = {"q": text}
+    if (email := normalize_email(text)) is not None:
+        arms.append("SELECT customer_id, 'email' FROM customers WHERE email_normalized = %(e)s")
+        params["e"] = email
+    if (phone := normalize_phone(text)) is not None:
+        arms.append("SELECT customer_id, 'phone' FROM customers WHERE phone_normalized = %(p)s")
+        params["p"] = phone
+    channel, slash, external = text.partition("/")
+    if slash and channel.strip() and external.strip():
+        arms.append("SELECT customer_id, 'channel_identity' FROM customer_identities"
+                    " WHERE channel = %(ch)s AND external_id = %(x)s")
+        params.update(ch=channel.strip().lower(), x=external.strip())
+    rows = conn.execute(
+        "WITH hits AS (" + " UNION ALL ".join(f"({arm} LIMIT %(n)s)" for arm in arms) + "),"
+        " found AS (SELECT customer_id, array_agg(DISTINCT how ORDER BY how) AS how"
+        "           FROM hits GROUP BY customer_id ORDER BY customer_id LIMIT %(n)s)"
+        " SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"
+        " s.recommended_action, f.how FROM found f JOIN customers c USING (customer_id)"
+        " LEFT JOIN scoring_state st ON true"
+        " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
+        "  AND s.customer_id = c.customer_id ORDER BY c.customer_id",
+        {**params, "n": MAX_SEARCH_RESULTS}).fetchall()
+    keys = ("customer_id", "email", "phone", "name", "tier", "value_segment",
+            "recommended_action", "matched_by")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
 def _search(conn: psycopg.Connection, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"

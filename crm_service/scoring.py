@@ -25,7 +25,7 @@ from crm_service.errors import CrmError
 from models import segments
 from models._fitting import ConvergenceError
 from models.beta_geo import BetaGeoModel
-from models.clv import customer_lifetime_value
+from models.clv import customer_lifetime_value, value_deciles
 from models.gamma_gamma import GammaGammaModel
 from models.pareto_nbd import ParetoNBDModel
 from models.purchase import PURCHASE_MODELS
@@ -457,5 +457,6 @@ def _scores(summary: score_store.Summary, hist: RFMHistogram, index: NDArray[np.
         "occasions": int(summary.frequency.sum() + summary.size),
         "expected_purchases_90": float(computed["expected_purchases_90"].sum()),
         "clv_12m_total": float(clv.sum()),
+        "clv_deciles": value_deciles(clv),
     }
     return computed, counts

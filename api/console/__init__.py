@@ -1,0 +1,398 @@
+"""The agent console and dashboard: server-rendered pages under ``/console``.
+
+Agents sign in with an API key holding ``customers:read``; the key is checked once and a
+server-side session (``crm_service.console_sessions``) is opened. The browser holds only a
+random session token, in an HttpOnly, SameSite=Strict cookie scoped to ``/console`` (Secure when
+the request came over HTTPS). Every POST carries a CSRF token: the session's, or before sign-in
+a double-submit token from its own cookie. Searches are POSTs too, so emails and phone numbers
+never land in URLs, browser history or proxy logs.
+
+The pages use no JavaScript at all (the Content-Security-Policy forbids scripts): forms, links
+and one stylesheet. Each response says its server time in a ``Server-Timing`` header.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import date, datetime
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from api.console.i18n import LANGUAGE_NAMES, LANGUAGES, MESSAGES, negotiate, translate
+from api.customers import check_customer_id
+from api.services import services
+from crm_service import console_sessions, dashboard, profiles, score_store
+from crm_service.console_sessions import ConsoleSession, SignInError
+from crm_service.db import DatabaseUnavailable
+from crm_service.errors import DatabaseUnavailableError, ValidationError
+from crm_service.plots import PLOTS, render
+
+log = logging.getLogger("crm.console")
+
+bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
+               static_folder="static")
+
+SESSION_COOKIE = "crm_console"
+CSRF_COOKIE = "crm_console_csrf"
+LANG_COOKIE = "crm_lang"
+COOKIE_PATH = "/console"
+MAX_QUERY = 254
+
+_SECURITY_HEADERS = {
+    # No scripts at all; styles and images only from this server; forms post only here.
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CsrfError(Exception):
+    """A POST without the right CSRF token."""
+
+
+# --- requests ---------------------------------------------------------------------------
+
+@bp.before_request
+def _load_session() -> None:
+    g.lang = negotiate(request.cookies.get(LANG_COOKIE),
+                       [tag for tag, _q in request.accept_languages])
+    g.console_session = None
+    token = request.cookies.get(SESSION_COOKIE)
+    if token and request.endpoint != "console.static":
+        svc = services()
+        with svc.reader.connection() as conn:
+            g.console_session = console_sessions.resolve(conn, svc.settings, token)
+
+
+@bp.after_request
+def _headers(response: Response) -> BaseResponse:
+    if request.endpoint != "console.static":
+        response.headers.update(_SECURITY_HEADERS)
+        # Pages hold personal data: never stored by the browser or a proxy.
+        if response.mimetype == "text/html":
+            response.headers["Cache-Control"] = "no-store"
+        response.vary.update(("Cookie", "Accept-Language"))
+    started = getattr(g, "started", None)
+    if started is not None:
+        response.headers["Server-Timing"] = \
+            f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+    return response
+
+
+def signed_in(view: F) -> F:
+    """The view needs a live console session; otherwise go to sign-in and come back."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if g.console_session is None:
+            return redirect(url_for("console.sign_in", next=request.path,
+                                    reason="session" if SESSION_COOKIE in request.cookies
+                                    else None), 303)
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_csrf(expected: str | None) -> None:
+    given = request.form.get("csrf_token", "")
+    if not expected or not given or not hmac.compare_digest(given, expected):
+        raise CsrfError()
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a console path of this server (no scheme, host, or ``//``): no open redirect."""
+    if target and target.startswith(COOKIE_PATH + "/") and "\\" not in target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and not target.startswith("//"):
+            return target
+    return url_for("console.home")
+
+
+# --- templates ----------------------------------------------------------------------------
+
+@bp.app_template_filter("money")
+def _money(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{float(value):,.2f}"
+
+
+@bp.app_template_filter("pct")
+def _pct(value: Any, digits: int = 0) -> str:
+    return "–" if value is None else f"{float(value) * 100:.{digits}f}%"
+
+
+@bp.app_template_filter("num")
+def _num(value: Any, digits: int = 0) -> str:
+    return "–" if value is None else f"{float(value):,.{digits}f}"
+
+
+@bp.app_template_filter("day")
+def _day(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value[:10]
+    if isinstance(value, datetime):
+        return value.astimezone(services().settings.zone).date().isoformat()
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+@bp.app_template_filter("when")
+def _when(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return value.astimezone(services().settings.zone).strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+@bp.context_processor
+def _context() -> dict[str, Any]:
+    lang = getattr(g, "lang", "en")
+    session: ConsoleSession | None = getattr(g, "console_session", None)
+
+    def t(key: str, **values: Any) -> str:
+        return translate(lang, key, **values)
+
+    def has(key: str) -> bool:
+        return key in MESSAGES
+
+    return {"t": t, "has_text": has, "lang": lang, "languages": LANGUAGES,
+            "language_names": LANGUAGE_NAMES, "console_session": session,
+            "csrf_token": session.csrf_token if session else None,
+            "currency": services().settings.currency, "plots": PLOTS}
+
+
+def _page(template: str, status: int = 200, **context: Any) -> BaseResponse:
+    response = current_app.make_response((render_template(f"console/{template}", **context),
+                                          status))
+    return response
+
+
+def _set_cookie(response: BaseResponse, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, httponly=True,
+                        secure=request.is_secure, samesite="Strict")
+
+
+# --- sign-in ------------------------------------------------------------------------------
+
+def _sign_in_form(status: int = 200, message: str | None = None,
+                  notice: str | None = None) -> BaseResponse:
+    form_token = secrets.token_urlsafe(32)
+    response = _page("sign_in.html", status, form_token=form_token, message=message,
+                     notice=notice, next=_safe_next(request.values.get("next")))
+    _set_cookie(response, CSRF_COOKIE, form_token, max_age=3600)
+    return response
+
+
+@bp.get("/sign-in")
+def sign_in() -> BaseResponse:
+    """The sign-in form (or, when already signed in, where the agent was going)."""
+    if g.console_session is not None:
+        return redirect(_safe_next(request.args.get("next")), 303)
+    reason = request.args.get("reason")
+    notice = {"signed_out": "sign_in.signed_out",
+              "session": "sign_in.session_ended"}.get(reason or "")
+    return _sign_in_form(notice=notice)
+
+
+@bp.post("/sign-in")
+def sign_in_submit() -> BaseResponse:
+    """Check the key once, open a session, and set its cookie."""
+    given = request.form.get("csrf_token", "")
+    expected = request.cookies.get(CSRF_COOKIE, "")
+    if not given or not expected or not hmac.compare_digest(given, expected):
+        return _sign_in_form(400, message="sign_in.expired_form")
+    key = request.form.get("api_key", "")
+    if not key.strip():
+        return _sign_in_form(422, message="sign_in.empty")
+    svc = services()
+    try:
+        with svc.pool.connection() as conn:
+            token, api_key = console_sessions.sign_in(conn, svc.settings, key)
+    except SignInError as exc:
+        log.info("console sign-in refused", extra={"reason": exc.reason})
+        status, message = (403, "sign_in.scope") if exc.reason == "scope" \
+            else (401, "sign_in.invalid")
+        return _sign_in_form(status, message=message)
+    log.info("console sign-in", extra={"key_id": api_key.id})
+    response = redirect(_safe_next(request.form.get("next")), 303)
+    _set_cookie(response, SESSION_COOKIE, token, max_age=svc.settings.console_session_hours
+                * 3600)
+    response.delete_cookie(CSRF_COOKIE, path=COOKIE_PATH)
+    return response
+
+
+@bp.post("/sign-out")
+def sign_out() -> BaseResponse:
+    """End the session (CSRF-checked: a third-party page cannot sign an agent out)."""
+    session = g.console_session
+    if session is not None:
+        _check_csrf(session.csrf_token)
+        with services().pool.connection() as conn:
+            console_sessions.sign_out(conn, request.cookies.get(SESSION_COOKIE, ""))
+        log.info("console sign-out", extra={"key_id": session.key_id})
+    response = redirect(url_for("console.sign_in", reason="signed_out"), 303)
+    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+    return response
+
+
+@bp.get("/sign-out")
+def sign_out_page() -> BaseResponse:
+    """A GET cannot sign out (that would be a CSRF hole); go home, where the button is."""
+    return redirect(url_for("console.home"), 303)
+
+
+@bp.get("/language/<code>")
+def language(code: str) -> BaseResponse:
+    """The visible language switch: remember the choice in a cookie for a year."""
+    if code not in LANGUAGES:
+        abort(404)
+    response = redirect(_safe_next(request.args.get("next")), 303)
+    _set_cookie(response, LANG_COOKIE, code, max_age=365 * 86400)
+    return response
+
+
+# --- pages --------------------------------------------------------------------------------
+
+@bp.get("/")
+@signed_in
+def home() -> BaseResponse:
+    """The lookup page: one search box, and which run the scores come from."""
+    with services().reader.connection() as conn:
+        run = dashboard.live_brief(conn)
+    return _page("home.html", run=run)
+
+
+@bp.post("/search")
+@signed_in
+def search() -> BaseResponse:
+    """One search box: id, email, phone or channel account. One match opens the customer."""
+    _check_csrf(g.console_session.csrf_token)
+    query = request.form.get("q", "").strip()
+    if not query:
+        return _page("home.html", 422, run=None, message="search.empty")
+    matches = []
+    if len(query) <= MAX_QUERY:
+        with services().reader.connection() as conn:
+            matches = profiles.find(conn, query)
+    if len(matches) == 1:
+        return redirect(url_for("console.customer",
+                                customer_id=matches[0]["customer_id"]), 303)
+    return _page("search.html", 200 if matches else 404, query=query, matches=matches)
+
+
+@bp.get("/customers/<customer_id:customer_id>")
+@signed_in
+def customer(customer_id: str) -> BaseResponse:
+    """Everything an agent needs on one screen: tier, value, risk, what to offer, orders."""
+    try:
+        check_customer_id(customer_id)
+    except ValidationError:
+        found = None
+    else:
+        with services().reader.connection() as conn:
+            found = profiles.lookup(conn, customer_id, profile=True)
+    if found is None:
+        return _page("not_found.html", 404, customer_id=customer_id)
+    return _page("customer.html", customer_id=customer_id, found=found,
+                 scores=found["scores"] or {}, run=found["run"])
+
+
+@bp.get("/dashboard")
+@signed_in
+def dashboard_page() -> BaseResponse:
+    """Tiers, moves, CLV spread, segments, diagnostics plots and run history."""
+    with services().reader.connection() as conn:
+        data = dashboard.overview(conn)
+    return _page("dashboard.html", live=data["live"], runs=data["runs"])
+
+
+_plot_cache: dict[tuple[int, str], bytes] = {}
+_plot_lock = threading.Lock()
+
+
+@bp.get("/runs/<int:run_id>/plots/<name>.svg")
+@signed_in
+def plot(run_id: int, name: str) -> BaseResponse:
+    """A run's diagnostics plot; rendered once per process (a published run never changes)."""
+    if name not in PLOTS:
+        abort(404)
+    with _plot_lock:
+        svg = _plot_cache.get((run_id, name))
+    if svg is None:
+        with services().reader.connection() as conn:
+            data = score_store.run_diagnostics(conn, run_id)
+        if data is None:
+            abort(404)
+        svg = render(name, data)
+        with _plot_lock:
+            if len(_plot_cache) >= 30:
+                _plot_cache.clear()
+            _plot_cache[(run_id, name)] = svg
+    return Response(svg, mimetype="image/svg+xml",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+@bp.route("/<path:rest>", methods=["GET", "POST"])
+def unknown(rest: str) -> BaseResponse:
+    """Any other console URL: an HTML 404, not the API's problem+json."""
+    abort(404)
+
+
+# --- errors: HTML pages, not problem+json ------------------------------------------------
+
+@bp.errorhandler(CsrfError)
+def _csrf(_exc: CsrfError) -> BaseResponse:
+    return _page("error.html", 400, message="error.csrf")
+
+
+@bp.errorhandler(HTTPException)
+def _http(exc: HTTPException) -> BaseResponse:
+    message = "error.not_found" if exc.code == 404 else "error.internal"
+    return _page("error.html", exc.code or 500, message=message)
+
+
+def _database_down(_exc: Exception) -> BaseResponse:
+    log.warning("console: database unavailable")
+    response = _page("error.html", 503, message="error.db")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+for _kind in (*DatabaseUnavailable, DatabaseUnavailableError):
+    bp.register_error_handler(_kind, _database_down)
+
+
+@bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> BaseResponse:
+    route = request.url_rule.rule if request.url_rule else "(no route)"
+    log.exception("unhandled console error on %s %s", request.method, route)
+    return _page("error.html", 500, message="error.internal")

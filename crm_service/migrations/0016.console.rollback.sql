@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS customer_identities_external_idx;
+DROP TABLE IF EXISTS console_sessions;
