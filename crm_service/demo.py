@@ -8,10 +8,10 @@ amount. It is converted to the service's CSV format and loaded through the norma
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from crm_service.bulk_import import ImportSummary, import_orders

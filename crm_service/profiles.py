@@ -282,8 +282,10 @@ def find(conn: psycopg.Connection, text: str) -> list[dict[str, Any]]:
         arms.append("SELECT customer_id, 'email' FROM customers WHERE email_normalized = %(e)s")
         params["e"] = email
     if (phone := normalize_phone(text)) is not None:
-        arms.append("SELECT customer_id, 'phone' FROM customers WHERE phone_normalized = %(p)s")
-        params["p"] = phone
+        # Read out over the phone, "86 138..." usually means "+86 138...": try both forms.
+        arms.append("SELECT customer_id, 'phone' FROM customers"
+                    " WHERE phone_normalized = ANY(%(p)s)")
+        params["p"] = [phone] if phone.startswith("+") else [phone, "+" + phone]
     channel, slash, external = text.partition("/")
     if slash and channel.strip() and external.strip():
         arms.append("SELECT customer_id, 'channel_identity' FROM customer_identities"

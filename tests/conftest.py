@@ -18,7 +18,7 @@ from crm_service.embedded import ensure_database, start_embedded, with_database
 
 TABLES = ("idempotency_records, customer_identities, orders, customers, api_keys, customer_scores,"
           " tier_transitions, events, webhooks, webhook_deliveries, webhook_attempts,"
-          " schedule_slots, erased_customers")
+          " schedule_slots, erased_customers, console_sessions")
 # A fixed server key (the tests run with DATABASE_URL, where CRM_SECRET_KEY is required).
 TEST_SECRET_KEY = "dGVzdC1zZXJ2ZXIta2V5LW9mLTMyLWJ5dGVzLWxvbmc="
 
@@ -129,3 +129,11 @@ def count(conn: psycopg.Connection, sql: str, *params) -> int:
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (``rep_call``), for screenshots on failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

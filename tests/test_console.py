@@ -1,0 +1,322 @@
+"""The agent console through real HTTP requests to the app: sessions, CSRF, lookup, dashboard.
+
+The browser-level checks (rendering, keyboard, screen size) are in test_console_e2e.py.
+"""
+
+import hashlib
+import logging
+import re
+import string
+from datetime import date
+
+import pytest
+
+from api.console.i18n import LANGUAGES, MESSAGES, negotiate, translate
+from crm_service import api_keys
+from crm_service.scoring import run_scoring
+from tests.conftest import count, q
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture()
+def scored(cdnow_loaded, settings):
+    return run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+
+
+def csrf_of(page: str) -> str:
+    found = CSRF.search(page)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def sign_in(client, token, next_path="/console/"):
+    form = client.get("/console/sign-in")
+    return client.post("/console/sign-in", data={
+        "csrf_token": csrf_of(form.text), "api_key": token, "next": next_path})
+
+
+def set_cookies(response) -> dict[str, str]:
+    return {h.split("=", 1)[0]: h for h in response.headers.getlist("Set-Cookie")}
+
+
+def search(client, text):
+    page = client.get("/console/")
+    return client.post("/console/search", data={"csrf_token": csrf_of(page.text), "q": text})
+
+
+# --- sign-in and the session cookie ------------------------------------------------------
+
+def test_pages_need_a_session_and_come_back_after_sign_in(client, conn, make_token):
+    r = client.get("/console/dashboard")
+    assert r.status_code == 303
+    assert r.headers["Location"] == "/console/sign-in?next=/console/dashboard"
+    form = client.get(r.headers["Location"])
+    assert form.status_code == 200 and 'type="password"' in form.text
+    # The pre-session CSRF cookie is HttpOnly, SameSite=Strict, scoped to the console.
+    cookie = set_cookies(form)["crm_console_csrf"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    assert "Secure" not in cookie  # plain HTTP here; see the HTTPS test
+    token = make_token("customers:read")
+    r = client.post("/console/sign-in", data={"csrf_token": csrf_of(form.text),
+                                              "api_key": token, "next": "/console/dashboard"})
+    assert r.status_code == 303 and r.headers["Location"] == "/console/dashboard"
+    session = set_cookies(r)["crm_console"]
+    assert "HttpOnly" in session and "SameSite=Strict" in session and "Path=/console" in session
+    # The browser holds a random token, the database only its hash; the key is never echoed.
+    value = session.split(";")[0].split("=", 1)[1]
+    assert token not in r.text and token not in r.headers.get("Location", "")
+    stored = q(conn, "SELECT token_hash, key_id FROM console_sessions")
+    assert stored == [(hashlib.sha256(value.encode()).digest(), token.split("_")[1])]
+    assert client.get("/console/dashboard").status_code == 200
+
+
+def test_session_cookie_is_secure_over_https(app, conn, make_token):
+    client = app.test_client()
+    token = make_token("customers:read")
+    form = client.get("/console/sign-in", base_url="https://crm.example")
+    r = client.post("/console/sign-in", base_url="https://crm.example", data={
+        "csrf_token": csrf_of(form.text), "api_key": token})
+    assert r.status_code == 303
+    assert "Secure" in set_cookies(r)["crm_console"]
+    assert "Secure" in set_cookies(form)["crm_console_csrf"]
+
+
+@pytest.mark.parametrize(("scopes", "status", "message"), [
+    (None, 401, "not valid, or it has been revoked"),
+    (("scores:read",), 403, "lacks the customers:read scope"),
+])
+def test_a_bad_key_gets_a_clear_message_and_no_session(client, conn, make_token, scopes,
+                                                       status, message):
+    token = make_token(*scopes) if scopes else "crm_nosuchkey_" + "x" * 43
+    r = sign_in(client, token)
+    assert r.status_code == status and message in r.text
+    assert "crm_console" not in set_cookies(r)
+    assert token not in r.text  # the field is not refilled
+    assert count(conn, "SELECT count(*) FROM console_sessions") == 0
+
+
+def test_sign_in_without_the_form_token_is_refused(client, conn, make_token):
+    token = make_token("customers:read")
+    client.get("/console/sign-in")
+    r = client.post("/console/sign-in", data={"csrf_token": "forged", "api_key": token})
+    assert r.status_code == 400 and "form expired" in r.text
+    r = client.post("/console/sign-in", data={"api_key": token})
+    assert r.status_code == 400
+    assert count(conn, "SELECT count(*) FROM console_sessions") == 0
+    empty = client.post("/console/sign-in", data={"csrf_token": csrf_of(r.text), "api_key": " "})
+    assert empty.status_code == 422 and "Enter an API key" in empty.text
+
+
+def test_revoking_the_key_ends_its_sessions_at_once(client, conn, make_token):
+    token = make_token("customers:read")
+    sign_in(client, token)
+    assert client.get("/console/").status_code == 200
+    api_keys.revoke_key(conn, token.split("_")[1])
+    conn.commit()
+    r = client.get("/console/")
+    assert r.status_code == 303 and "reason=session" in r.headers["Location"]
+
+
+def test_idle_and_old_sessions_end(client, conn, make_token, settings):
+    sign_in(client, make_token("customers:read"))
+    conn.execute("UPDATE console_sessions SET last_seen_at = now() - make_interval(mins => %s)",
+                 (settings.console_idle_minutes + 1,))
+    conn.commit()
+    assert client.get("/console/").status_code == 303
+    sign_in(client, make_token("admin"))
+    conn.execute("UPDATE console_sessions SET expires_at = now() - interval '1 second'")
+    conn.commit()
+    assert client.get("/console/").status_code == 303
+    # An expired session is swept at the next sign-in.
+    sign_in(client, make_token("admin"))
+    assert count(conn, "SELECT count(*) FROM console_sessions") == 1
+
+
+def test_sign_out_needs_the_csrf_token_and_deletes_the_session(client, conn, make_token):
+    sign_in(client, make_token("customers:read"))
+    page = client.get("/console/")
+    assert client.get("/console/sign-out").headers["Location"] == "/console/"  # GET: no-op
+    forged = client.post("/console/sign-out", data={"csrf_token": "forged"})
+    assert forged.status_code == 400
+    assert count(conn, "SELECT count(*) FROM console_sessions") == 1
+    r = client.post("/console/sign-out", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 303 and "reason=signed_out" in r.headers["Location"]
+    assert "crm_console=;" in set_cookies(r)["crm_console"]
+    assert count(conn, "SELECT count(*) FROM console_sessions") == 0
+    assert "You are signed out" in client.get(r.headers["Location"]).text
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/",
+                                    "/v1/customers", "/console\\@evil.example"])
+def test_no_open_redirect_after_sign_in_or_language_switch(client, conn, make_token, target):
+    r = client.get("/console/language/zh-Hans", query_string={"next": target})
+    assert r.headers["Location"] == "/console/"
+    r = sign_in(client, make_token("customers:read"), next_path=target)
+    assert r.headers["Location"] == "/console/"
+
+
+# --- lookup --------------------------------------------------------------------------------
+
+def test_one_search_box_finds_by_id_email_phone_and_channel_account(scored, client, make_token):
+    sign_in(client, make_token("customers:read"))
+    for text in ("cdnow-0004", "CDNOW-0004@Example.com", "+86 138-0000-0004", "8613800000004",
+                 "tmall/tb_0004", "Tmall / tb_0004", "tb_0004"):
+        r = search(client, text)
+        assert r.status_code == 303, text
+        assert r.headers["Location"] == "/console/customers/cdnow-0004", text
+    # Searches are POSTs: what the agent typed never appears in a URL.
+    assert "example.com" not in r.headers["Location"]
+
+
+def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn, make_token):
+    conn.execute("UPDATE customers SET email = 'family@example.com',"
+                 " email_normalized = 'family@example.com'"
+                 " WHERE customer_id IN ('cdnow-0001', 'cdnow-0002')")
+    conn.commit()
+    sign_in(client, make_token("customers:read"))
+    r = search(client, "family@example.com")
+    assert r.status_code == 200
+    assert "2 customers match" in r.text
+    assert r.text.count('href="/console/customers/cdnow-000') == 2
+    r = search(client, "nobody@example.com")
+    assert r.status_code == 404 and "No customer found" in r.text
+    assert search(client, "  ").status_code == 422
+    assert search(client, "x" * 300).status_code == 404
+    page = client.get("/console/")
+    forged = client.post("/console/search", data={"csrf_token": "forged", "q": "cdnow-0004"})
+    assert forged.status_code == 400 and page.status_code == 200
+
+
+def test_customer_page_shows_what_the_api_says(scored, client, make_token, auth):
+    api = client.get("/v1/customers/cdnow-0042", headers=auth).json
+    sign_in(client, make_token("customers:read"))
+    r = client.get("/console/customers/cdnow-0042")
+    assert r.status_code == 200
+    page = r.text
+    s = api["scores"]
+    assert f'tier-{api["tier"]}' in page
+    assert f'since {api["tier_since"]}' in page
+    assert f'{s["clv_12m"]:,.2f}' in page
+    assert f'{s["p_alive"] * 100:.0f}%' in page
+    assert f'{s["churn_probability"] * 100:.0f}%' in page
+    assert api["contact"]["email"] in page and api["contact"]["name"] in page
+    assert "Recommended action" in page and "What to say" in page
+    assert "Orders by channel" in page and "Tier history" in page
+
+
+def test_unknown_customer_is_an_html_404(scored, client, make_token):
+    sign_in(client, make_token("customers:read"))
+    r = client.get("/console/customers/no-such-one")
+    assert r.status_code == 404 and r.mimetype == "text/html"
+    assert "There is no customer with id" in r.text
+    r = client.get("/console/nowhere")
+    assert r.status_code == 404 and r.mimetype == "text/html"
+
+
+def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token, caplog):
+    sign_in(client, make_token("customers:read"))
+    with caplog.at_level(logging.DEBUG):
+        search(client, "cdnow-0004@example.com")
+        search(client, "+86 138 0000 0004")
+        client.get("/console/customers/cdnow-0004")
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "cdnow-0004@example.com" not in text and "0000 0004" not in text
+    assert "cdnow-0004" not in text  # the route template is logged, not the path
+
+
+# --- dashboard ----------------------------------------------------------------------------
+
+def test_dashboard_shows_tiers_moves_clv_spread_segments_plots_and_runs(
+        cdnow_loaded, settings, client, make_token):
+    run_scoring(cdnow_loaded, settings, as_of=date(1998, 3, 31))
+    live = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    counts = live.counts
+    sign_in(client, make_token("customers:read"))
+    page = client.get("/console/dashboard").text
+    for tier, n in counts["tiers"].items():
+        assert f"{n:,}" in page, tier
+    assert "Tier moves since the previous run" in page and "first run" not in page
+    moved = counts["tier_transition_matrix"]["active"]["dormant"]
+    assert f">{moved:,}<" in page
+    assert len(counts["clv_deciles"]) == 10
+    top = counts["clv_deciles"][0]
+    assert f'{top["share"] * 100:.1f}%' in page
+    assert "Champions" in page and "Value segments" in page
+    plots = re.findall(r'<img src="(/console/runs/\d+/plots/\w+\.svg)"', page)
+    assert len(plots) == 3
+    svg = client.get(plots[0])
+    assert svg.status_code == 200 and svg.mimetype == "image/svg+xml"
+    assert svg.data.startswith(b"<?xml") and b"<script" not in svg.data
+    # Both runs, with their churn model against the baseline.
+    assert page.count('class="status status-succeeded"') == 2
+    ml = live.models["churn"]["validation"]["ml"]["roc_auc"]
+    assert f"{ml:.3f}" in page
+
+
+def test_dashboard_before_any_run_and_plots_need_a_session(client, conn, make_token):
+    assert client.get("/console/runs/1/plots/tracking.svg").status_code == 303
+    sign_in(client, make_token("customers:read"))
+    page = client.get("/console/dashboard")
+    assert page.status_code == 200 and "No scoring run has been published yet" in page.text
+    assert client.get("/console/runs/999/plots/tracking.svg").status_code == 404
+    assert client.get("/console/runs/999/plots/nope.svg").status_code == 404
+
+
+# --- every page -------------------------------------------------------------------------
+
+def test_pages_forbid_scripts_and_caching(scored, client, make_token):
+    sign_in(client, make_token("customers:read"))
+    for path in ("/console/", "/console/dashboard", "/console/customers/cdnow-0004",
+                 "/console/sign-in", "/console/customers/nobody"):
+        r = client.get(path)
+        assert r.headers["Cache-Control"] == "no-store", path
+        csp = r.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "script" not in csp and "frame-ancestors 'none'" \
+            in csp, path
+        assert "<script" not in r.text, path
+        assert float(r.headers["Server-Timing"].split("dur=")[1]) > 0
+
+
+# --- languages ----------------------------------------------------------------------------
+
+def test_language_from_the_browser_and_the_switch(scored, client, make_token):
+    sign_in(client, make_token("customers:read"))
+    zh = client.get("/console/customers/cdnow-0004", headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    assert '<html lang="zh-Hans">' in zh.text and "建议动作" in zh.text
+    en = client.get("/console/customers/cdnow-0004", headers={"Accept-Language": "de, en;q=0.5"})
+    assert '<html lang="en">' in en.text and "Recommended action" in en.text
+    r = client.get("/console/language/zh-Hans", query_string={
+        "next": "/console/customers/cdnow-0004"})
+    assert r.headers["Location"] == "/console/customers/cdnow-0004"
+    assert "crm_lang=zh-Hans" in set_cookies(r)["crm_lang"]
+    # The switch beats the browser's preference.
+    page = client.get("/console/customers/cdnow-0004", headers={"Accept-Language": "en"})
+    assert "建议动作" in page.text
+    assert client.get("/console/language/fr").status_code == 404
+
+
+def test_every_text_has_both_languages_with_the_same_placeholders():
+    fields = string.Formatter()
+    for key, (en, zh) in MESSAGES.items():
+        assert en.strip() and zh.strip(), key
+        assert {f for _, f, _, _ in fields.parse(en) if f} == \
+            {f for _, f, _, _ in fields.parse(zh) if f}, key
+    from models import segments
+
+    names = [f"tier.{n}" for n in segments.TIERS] + [f"rfm.{n}" for n in segments.RFM_SEGMENTS] \
+        + [f"value.{n}" for n in segments.VALUE_SEGMENTS] \
+        + [f"{p}.{n}" for n in segments.ACTIONS for p in ("action", "script")]
+    for key in names:
+        assert key in MESSAGES, key
+        assert MESSAGES[key][0] != MESSAGES[key][1] or key.startswith("model."), key
+    assert translate("zh-Hans", "action.send_gift") == "send_gift"  # a custom action
+
+
+@pytest.mark.parametrize(("cookie", "accept", "expected"), [
+    (None, [], "en"), (None, ["zh-TW", "en"], "zh-Hans"), (None, ["fr", "zh"], "zh-Hans"),
+    (None, ["en-GB", "zh-CN"], "en"), ("zh-Hans", ["en"], "zh-Hans"), ("xx", ["zh"], "zh-Hans"),
+])
+def test_language_negotiation(cookie, accept, expected):
+    assert negotiate(cookie, accept) == expected
+    assert expected in LANGUAGES
