@@ -533,7 +533,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
 
     Each run replaces the previous demo admin key (the old one is revoked).
     """
-    from crm_service.demo import CDNOW_AS_OF, load_cdnow_sample
+    from crm_service.demo import CDNOW_AS_OF, load_cdnow_sample, load_demo_profiles
     from crm_service.scoring import run_scoring
 
     s = ctx.settings
@@ -543,6 +543,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     dsn = ctx.upgraded_dsn()
     with connect(dsn, s) as conn:
         summary = load_cdnow_sample(conn, s)
+        load_demo_profiles(conn, s)
         live = score_store.active_run(conn)
         conn.commit()
         # A later run (queued through the API, say) stays live: re-scoring as of the demo date
@@ -565,6 +566,8 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     if no_serve:
         click.echo("start the API with: crm-service serve")
         return
+    click.echo(f"console: {base}/console/   (sign in with the admin key above; try looking "
+               "up cdnow-0042 or cdnow-0007@example.com)")
     click.echo(f"API:  {base}/v1   docs: {base}/docs   OpenAPI: {base}/openapi.json")
     # The demo's history ends in 1998: a nightly run as of today would turn everyone dormant.
     # Webhook receivers on this machine are allowed, to try them out.
@@ -576,6 +579,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
                + "' -H 'Content-Type: application/json' -d '{\"orders\": [{\"order_id\": "
                "\"T-1\", \"customer_id\": \"C-1\", \"channel\": \"tmall\", "
                "\"ordered_at\": \"2024-05-01T10:30:00+08:00\", \"amount\": \"129.90\"}]}'")
+    sys.stdout.flush()
     sys.exit(_serve(ctx, host, port, s.workers, s.threads))
 
 

@@ -54,10 +54,7 @@ def load_cdnow_sample(conn: psycopg.Connection, settings: Settings) -> ImportSum
     """Load the CDNOW sample (idempotent: a second load finds only duplicates)."""
     path = settings.data_dir / "demo" / "cdnow_sample_orders.csv"
     write_cdnow_csv(path)
-    summary = import_orders(conn, settings, path)
-    load_demo_profiles(conn, settings)
-    conn.commit()
-    return summary
+    return import_orders(conn, settings, path)
 
 
 # Made-up contact details, so the console's search by email, phone and channel account can be

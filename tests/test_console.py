@@ -13,6 +13,7 @@ import pytest
 
 from api.console.i18n import LANGUAGES, MESSAGES, negotiate, translate
 from crm_service import api_keys
+from crm_service.demo import load_demo_profiles
 from crm_service.scoring import run_scoring
 from tests.conftest import count, q
 
@@ -20,8 +21,16 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture()
-def scored(cdnow_loaded, settings):
-    return run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+def demo(cdnow_loaded, settings):
+    """The CDNOW orders with the demo's made-up contact details and channel accounts."""
+    load_demo_profiles(cdnow_loaded, settings)
+    cdnow_loaded.commit()
+    return cdnow_loaded
+
+
+@pytest.fixture()
+def scored(demo, settings):
+    return run_scoring(demo, settings, as_of=date(1998, 6, 30))
 
 
 def csrf_of(page: str) -> str:
@@ -228,9 +237,9 @@ def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token,
 # --- dashboard ----------------------------------------------------------------------------
 
 def test_dashboard_shows_tiers_moves_clv_spread_segments_plots_and_runs(
-        cdnow_loaded, settings, client, make_token):
-    run_scoring(cdnow_loaded, settings, as_of=date(1998, 3, 31))
-    live = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+        demo, settings, client, make_token):
+    run_scoring(demo, settings, as_of=date(1998, 3, 31))
+    live = run_scoring(demo, settings, as_of=date(1998, 6, 30))
     counts = live.counts
     sign_in(client, make_token("customers:read"))
     page = client.get("/console/dashboard").text

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from crm_service import api_keys
-from crm_service.demo import load_cdnow_sample
+from crm_service.demo import load_cdnow_sample, load_demo_profiles
 from crm_service.scoring import run_scoring
 from tests.conftest import TABLES
 from tests.test_serve import serving
@@ -53,6 +53,7 @@ def site(dsn, settings, tmp_path_factory):
         conn.execute("DELETE FROM tier_policies")
         conn.commit()
         load_cdnow_sample(conn, settings)
+        load_demo_profiles(conn, settings)
         conn.commit()
         run_scoring(conn, settings, as_of=date(1998, 3, 31))
         run_scoring(conn, settings, as_of=date(1998, 6, 30))
@@ -146,7 +147,9 @@ def test_sign_in_bad_key_then_good_key(page, site):
 def test_lookup_by_id_then_by_email_with_the_keyboard_only(page, site):
     sign_in(page, site, site["agent"])
     # The search box has the focus on arrival: type the id and press Enter.
-    assert page.evaluate("document.activeElement.id") == "q"
+    # (autofocus applies at the next rendering step, so wait for it rather than race it)
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'q'",
+                           timeout=5_000)
     page.keyboard.type("cdnow-0042")
     with page.expect_navigation():
         page.keyboard.press("Enter")
@@ -266,3 +269,33 @@ def test_sign_out(page, site):
     assert "You are signed out." in page.get_by_role("status").inner_text()
     page.goto(site["base"] + "/console/dashboard")
     assert page.url.startswith(site["base"] + "/console/sign-in")
+
+
+def test_no_accessibility_violations(page, site):
+    """axe-core (the engine of Lighthouse's accessibility audit) finds nothing on any page."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    axe = Axe()
+    found: dict[str, list[str]] = {}
+
+    def audit(name: str) -> None:
+        result = axe.run(page).response
+        assert len(result["passes"]) > 10, name  # axe really ran
+        found[name] = [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
+                       for v in result["violations"]]
+
+    page.goto(site["base"] + "/console/")
+    audit("sign-in")
+    sign_in(page, site, site["agent"])
+    audit("lookup")
+    search(page, "cdnow-0042")
+    audit("customer")
+    search(page, "nobody@example.com", box="#q-top")
+    audit("not found")
+    page.goto(site["base"] + "/console/dashboard")
+    page.wait_for_load_state("networkidle")
+    audit("dashboard")
+    page.get_by_role("link", name="简体中文").click()
+    page.wait_for_load_state("networkidle")
+    audit("dashboard (zh-Hans)")
+    assert found == {name: [] for name in found}

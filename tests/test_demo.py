@@ -13,6 +13,10 @@ def test_demo_loads_cdnow_sample_and_mints_admin_key(conn, cli_env):
     assert "start the API with: crm-service serve" in r.output
     assert count(conn, "SELECT count(*) FROM orders") == 6919
     assert count(conn, "SELECT count(*) FROM customers") == 2357
+    # Made-up contact details and channel accounts, so the console's search can be tried.
+    assert count(conn, "SELECT count(*) FROM customers WHERE email LIKE '%%@example.com'"
+                       " AND phone LIKE '+86 138 0000 %%' AND name IS NOT NULL") == 2357
+    assert count(conn, "SELECT count(*) FROM customer_identities WHERE channel = 'tmall'") == 2357
     assert count(conn, "SELECT count(DISTINCT ordered_at::date) FROM orders") > 500
     assert count(conn, "SELECT count(*) FROM api_keys WHERE 'admin' = ANY(scopes)") == 1
     # Running it again adds no orders, and the new key replaces the old one.
@@ -38,3 +42,41 @@ def test_demo_refuses_a_busy_port_before_doing_anything(conn, cli_env):
     assert f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output
     assert "admin API key" not in r.output
     assert count(conn, "SELECT count(*) FROM api_keys") == 0
+
+
+def test_demo_serves_the_console_and_says_where(conn, cli_env, tmp_path):
+    """The README's first command ends with the API and console up, and prints the console URL."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.test_serve import free_port, wait_until_up
+
+    port = free_port()
+    env = dict(os.environ, **cli_env, CRM_WORKERS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "crm_service", "demo", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("try:"):
+                break
+        output = "".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        assert f"console: {base}/console/" in output, output
+        key = re.search(r"admin API key \(shown once[^)]*\): (\S+)", output).group(1)
+        wait_until_up(base, proc)
+        with urllib.request.urlopen(f"{base}/console/sign-in", timeout=10) as r:
+            page = r.read().decode()
+        assert r.status == 200 and 'name="api_key"' in page
+        assert key not in page
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
