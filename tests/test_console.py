@@ -329,3 +329,26 @@ def test_every_text_has_both_languages_with_the_same_placeholders():
 def test_language_negotiation(cookie, accept, expected):
     assert negotiate(cookie, accept) == expected
     assert expected in LANGUAGES
+
+
+def test_database_down_is_a_clear_503_page(settings, tmp_path):
+    """With the database unreachable: a 503 page with Retry-After, not a crash or a JSON error."""
+    from dataclasses import replace
+
+    from api import create_app
+
+    down = replace(settings, pool_timeout_seconds=0.3, pool_min_size=0)
+    app = create_app(down, dsn="postgresql://nobody@127.0.0.1:9/nowhere?connect_timeout=1")
+    client = app.test_client()
+    client.set_cookie("crm_console", "some-session-token", path="/console")
+    r = client.get("/console/dashboard")
+    assert r.status_code == 503 and r.mimetype == "text/html"
+    assert r.headers["Retry-After"] == "5" and "did not answer in time" in r.text
+    client.delete_cookie("crm_console", path="/console")
+    form = client.get("/console/sign-in")  # needs no database
+    assert form.status_code == 200
+    r = client.post("/console/sign-in", data={"csrf_token": csrf_of(form.text),
+                                              "api_key": "crm_abc_def"})
+    assert r.status_code == 503 and "did not answer in time" in r.text
+    app.extensions["crm"].pool.close()
+    app.extensions["crm"].reader.close()
