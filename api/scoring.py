@@ -23,7 +23,7 @@ from api.schemas import (
 from api.services import services
 from crm_service import audience, score_store
 from crm_service.errors import NotFoundError, ValidationError
-from crm_service.plots import PLOTS, render
+from crm_service.plots import PLOTS, run_plot
 from crm_service.predictions import predict
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
@@ -137,11 +137,11 @@ class RunPlot(MethodView):
         if name not in PLOTS:
             raise NotFoundError(f"no plot {name!r}; plots: {', '.join(PLOTS)}")
         with services().reader.connection() as conn:
-            data = score_store.run_diagnostics(conn, run_id)
-        if data is None:
+            svg = run_plot(conn, run_id, name)
+        if svg is None:
             raise NotFoundError(f"scoring run {run_id} has no diagnostics (not found, or not "
                                 "succeeded)")
-        return Response(render(name, data), mimetype="image/svg+xml",
+        return Response(svg, mimetype="image/svg+xml",
                         headers={"Cache-Control": "private, max-age=3600"})
 
 

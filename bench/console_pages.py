@@ -92,7 +92,9 @@ def _prepare(dsn: str, env: dict[str, str], as_of: str) -> None:
                 " 8, '0'), phone_normalized = '+86139' || lpad((abs(hashtext(customer_id))"
                 " % 100000000)::text, 8, '0') WHERE email IS NULL")
             conn.commit()
+            conn.autocommit = True
             conn.execute("VACUUM ANALYZE customers")
+            conn.autocommit = False
         counts = conn.execute("SELECT r.counts ? 'clv_deciles' FROM scoring_state st"
                               " JOIN scoring_runs r ON r.id = st.active_run_id").fetchone()
     if not counts or not counts[0]:
@@ -144,6 +146,14 @@ def main() -> None:
         _, home, _, _ = b.request("/console/")
         csrf = CSRF.search(home).group(1)
         auth = {"Authorization": f"Bearer {token}"}
+        # Diagnostics plots: rendered when the run is published (or on a first request, for a
+        # run published before plots were stored), then read from the database.
+        _, dash, _, _ = b.request("/console/dashboard")
+        plots = re.findall(r'<img src="(/console/runs/\d+/plots/\w+\.svg)"', dash)
+        first = [b.request(p)[2] for p in plots]
+        stored = [b.request(p)[2] for p in plots for _ in range(30)]
+        print(f"plots ({len(plots)}): first request {', '.join(f'{x:.0f}' for x in first)} ms;"
+              f" stored: server {_stats(stored)}", flush=True)
         kinds = {
             "lookup page (GET /console/)": lambda c: ("/console/", None, None),
             "dashboard (GET /console/dashboard)": lambda c: ("/console/dashboard", None, None),

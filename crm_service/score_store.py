@@ -602,3 +602,16 @@ def run_diagnostics(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | N
     if row is None or row[0] is None:
         return None
     return {**row[0], "models": row[1]}
+
+
+def stored_plot(conn: psycopg.Connection, run_id: int, name: str) -> bytes | None:
+    """A rendered plot of a run (SVG), or None when it has not been rendered yet."""
+    row = conn.execute("SELECT svg FROM run_plots WHERE run_id = %s AND name = %s",
+                       (run_id, name)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def store_plot(conn: psycopg.Connection, run_id: int, name: str, svg: bytes) -> None:
+    """Keep a rendered plot (the first one stored wins: renders of one run are identical)."""
+    conn.execute("INSERT INTO run_plots (run_id, name, svg) VALUES (%s, %s, %s)"
+                 " ON CONFLICT DO NOTHING", (run_id, name, svg))

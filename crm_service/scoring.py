@@ -330,7 +330,26 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     seconds = time.perf_counter() - started
     log.info("scoring run %s published: %s customers in %.1f s", run_id, counts["customers"],
              seconds)
+    _render_plots(conn, run_id)
     return RunResult(run_id, as_of, counts, models, seconds, horizon)
+
+
+def _render_plots(conn: psycopg.Connection, run_id: int) -> None:
+    """Render and store the new run's plots, so no reader waits for matplotlib.
+
+    Best effort: the run is already live, and a plot that is missing here is rendered on its
+    first request instead.
+    """
+    from crm_service.plots import PLOTS, run_plot
+
+    try:
+        for name in PLOTS:
+            run_plot(conn, run_id, name)
+        conn.commit()
+    except Exception:
+        conn.rollback()
+        log.warning("scoring run %s: plots not rendered now; they will be on first request",
+                    run_id, exc_info=True)
 
 
 def _ref_params(settings: Settings) -> dict[str, bytes]:

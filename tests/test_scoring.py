@@ -13,7 +13,7 @@ from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model
 from tests.cdnow import cdnow_rfm
-from tests.conftest import TEST_SECRET_KEY, count
+from tests.conftest import TEST_SECRET_KEY, count, q
 
 
 def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
@@ -276,6 +276,23 @@ def test_diagnostics_plots_are_svg(cdnow_loaded, settings, client, make_token, n
     r = client.get(f"/v1/scoring-runs/{result.run_id}/plots/{name}.svg", headers=token)
     assert r.status_code == 200 and r.mimetype == "image/svg+xml"
     assert r.data.lstrip().startswith(b"<?xml") and b"<svg" in r.data
+
+
+def test_plots_are_rendered_at_publish_and_otherwise_on_first_request(cdnow_loaded, settings,
+                                                                       client, make_token):
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    stored = dict(q(cdnow_loaded, "SELECT name, svg FROM run_plots WHERE run_id = %s",
+                    result.run_id))
+    assert sorted(stored) == ["holdout_by_frequency", "p_alive", "tracking"]
+    r = client.get(f"/v1/scoring-runs/{result.run_id}/plots/tracking.svg", headers=token)
+    assert r.data == bytes(stored["tracking"])
+    # A run published before plots were stored: rendered on request, then kept.
+    cdnow_loaded.execute("DELETE FROM run_plots")
+    cdnow_loaded.commit()
+    r = client.get(f"/v1/scoring-runs/{result.run_id}/plots/p_alive.svg", headers=token)
+    assert r.status_code == 200 and r.data.startswith(b"<?xml")
+    assert q(cdnow_loaded, "SELECT name FROM run_plots") == [("p_alive",)]
 
 
 def test_plot_errors(cdnow_loaded, settings, client, make_token):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from datetime import date, datetime
@@ -41,11 +40,11 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.console.i18n import LANGUAGE_NAMES, LANGUAGES, MESSAGES, negotiate, translate
 from api.customers import check_customer_id
 from api.services import services
-from crm_service import console_sessions, dashboard, profiles, score_store
+from crm_service import console_sessions, dashboard, profiles
 from crm_service.console_sessions import ConsoleSession, SignInError
 from crm_service.db import DatabaseUnavailable
 from crm_service.errors import DatabaseUnavailableError, ValidationError
-from crm_service.plots import PLOTS, render
+from crm_service.plots import PLOTS, run_plot
 
 log = logging.getLogger("crm.console")
 
@@ -335,28 +334,16 @@ def dashboard_page() -> BaseResponse:
     return _page("dashboard.html", live=data["live"], runs=data["runs"])
 
 
-_plot_cache: dict[tuple[int, str], bytes] = {}
-_plot_lock = threading.Lock()
-
-
 @bp.get("/runs/<int:run_id>/plots/<name>.svg")
 @signed_in
 def plot(run_id: int, name: str) -> BaseResponse:
-    """A run's diagnostics plot; rendered once per process (a published run never changes)."""
+    """A run's diagnostics plot (rendered when the run was published; see crm_service.plots)."""
     if name not in PLOTS:
         abort(404)
-    with _plot_lock:
-        svg = _plot_cache.get((run_id, name))
+    with services().reader.connection() as conn:
+        svg = run_plot(conn, run_id, name)
     if svg is None:
-        with services().reader.connection() as conn:
-            data = score_store.run_diagnostics(conn, run_id)
-        if data is None:
-            abort(404)
-        svg = render(name, data)
-        with _plot_lock:
-            if len(_plot_cache) >= 30:
-                _plot_cache.clear()
-            _plot_cache[(run_id, name)] = svg
+        abort(404)
     return Response(svg, mimetype="image/svg+xml",
                     headers={"Cache-Control": "private, max-age=3600"})
 
