@@ -573,6 +573,8 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     # Webhook receivers on this machine are allowed, to try them out.
     os.environ.setdefault("CRM_SCORE_SCHEDULE", "off")
     os.environ.setdefault("CRM_WEBHOOK_ALLOW_HOSTS", "127.0.0.1,localhost")
+    # The demo's made-up phones are Chinese mobiles: "138 0000 0042" finds "+86 138 0000 0042".
+    os.environ.setdefault("CRM_PHONE_COUNTRY_CODE", "86")
     click.echo(f"demo: score schedule {os.environ['CRM_SCORE_SCHEDULE']}; webhook receivers "
                f"allowed on {os.environ['CRM_WEBHOOK_ALLOW_HOSTS']}")
     click.echo("try:  curl -X POST " + base + "/v1/orders -H 'Authorization: Bearer " + token

@@ -62,6 +62,8 @@ class Settings:
     webhook_retry_max_seconds: float = 3600.0
     webhook_retry_window_seconds: float = 86_400.0
     score_schedule: str | None = "02:00"
+    phone_country_code: str | None = None
+    console_secure_cookies: str = "auto"
     console_idle_minutes: int = 30
     console_session_hours: int = 12
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -101,6 +103,23 @@ def _timezone(env: Mapping[str, str]) -> str:
         raise ConfigError(
             f"CRM_TIMEZONE={raw!r} is not an IANA time zone name (e.g. UTC, Asia/Shanghai)"
         ) from None
+    return raw
+
+
+def _country_code(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("CRM_PHONE_COUNTRY_CODE") or "").strip().lstrip("+")
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit() and 1 <= len(raw) <= 3 and raw[0] != "0"):
+        raise ConfigError(f"CRM_PHONE_COUNTRY_CODE={raw!r} is not a country calling code "
+                          "(1-3 digits, e.g. 86)")
+    return raw
+
+
+def _secure_cookies(env: Mapping[str, str]) -> str:
+    raw = (env.get("CRM_CONSOLE_SECURE_COOKIES") or "auto").strip().lower()
+    if raw not in {"auto", "always", "never"}:
+        raise ConfigError(f"CRM_CONSOLE_SECURE_COOKIES={raw!r}: one of auto, always, never")
     return raw
 
 
@@ -217,6 +236,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_allow_hosts=_hosts(env),
         webhook_timeout_seconds=_number(env, "CRM_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 60.0),
         webhook_concurrency=_number(env, "CRM_WEBHOOK_CONCURRENCY", 8, 1, 64),
+        phone_country_code=_country_code(env),
+        console_secure_cookies=_secure_cookies(env),
         console_idle_minutes=_number(env, "CRM_CONSOLE_IDLE_MINUTES", 30, 1, 24 * 60),
         console_session_hours=_number(env, "CRM_CONSOLE_SESSION_HOURS", 12, 1, 24 * 7),
         webhook_retry_base_seconds=_number(env, "CRM_WEBHOOK_RETRY_BASE_SECONDS", 30.0, 0.01,

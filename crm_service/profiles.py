@@ -264,13 +264,33 @@ def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | N
     return _search(conn, where, {"v": value})
 
 
-def find(conn: psycopg.Connection, text: str) -> list[dict[str, Any]]:
+def phone_forms(normalized: str, country_code: str | None) -> list[str]:
+    """The stored forms a typed phone number may have (``normalize_phone`` output).
+
+    An international number (``+86...``) is itself. A national one (``138 0013 8000``) is also
+    tried in international form with the deployment's country code (``CRM_PHONE_COUNTRY_CODE``,
+    dropping a trunk ``0``), and digits that start with that code (``86138...``) with a ``+``.
+    Without a country code a national number matches only as typed.
+    """
+    if normalized.startswith("+"):
+        return [normalized]
+    forms = [normalized]
+    if country_code:
+        forms.append(f"+{country_code}{normalized.lstrip('0')}")
+        if normalized.startswith(country_code) and len(normalized) - len(country_code) >= 7:
+            forms.append("+" + normalized)
+    return forms
+
+
+def find(conn: psycopg.Connection, text: str, *, country_code: str | None = None,
+         limit: int = MAX_SEARCH_RESULTS) -> list[dict[str, Any]]:
     """Customers matching what an agent typed into one search box, however it was meant.
 
     ``text`` is tried, in one statement, as a customer id, an email, a phone number, a channel
     account written ``channel/external_id``, and an external id on any channel (each only where
     it could be one: ``+86 138-0013-8000`` is tried as a phone, not as an email). Each match
-    lists how it matched in ``matched_by``; at most :data:`MAX_SEARCH_RESULTS`, by customer id.
+    lists how it matched in ``matched_by``; at most ``limit``, by customer id. Phones are
+    matched in the forms of :func:`phone_forms`.
     """
     text = text.strip()
     if not text or len(text) > 254 or any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
@@ -282,10 +302,9 @@ def find(conn: psycopg.Connection, text: str) -> list[dict[str, Any]]:
         arms.append("SELECT customer_id, 'email' FROM customers WHERE email_normalized = %(e)s")
         params["e"] = email
     if (phone := normalize_phone(text)) is not None:
-        # Read out over the phone, "86 138..." usually means "+86 138...": try both forms.
         arms.append("SELECT customer_id, 'phone' FROM customers"
                     " WHERE phone_normalized = ANY(%(p)s)")
-        params["p"] = [phone] if phone.startswith("+") else [phone, "+" + phone]
+        params["p"] = phone_forms(phone, country_code)
     channel, slash, external = text.partition("/")
     if slash and channel.strip() and external.strip():
         arms.append("SELECT customer_id, 'channel_identity' FROM customer_identities"
@@ -300,7 +319,7 @@ def find(conn: psycopg.Connection, text: str) -> list[dict[str, Any]]:
         " LEFT JOIN scoring_state st ON true"
         " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
         "  AND s.customer_id = c.customer_id ORDER BY c.customer_id",
-        {**params, "n": MAX_SEARCH_RESULTS}).fetchall()
+        {**params, "n": limit}).fetchall()
     keys = ("customer_id", "email", "phone", "name", "tier", "value_segment",
             "recommended_action", "matched_by")
     return [dict(zip(keys, r, strict=True)) for r in rows]

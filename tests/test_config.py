@@ -18,6 +18,9 @@ def test_values_are_read_and_normalised():
                        "CRM_POOL_MAX_SIZE": "20", "DATABASE_URL": "postgresql://u@h/db"})
     assert s.timezone == "Asia/Shanghai" and s.currency == "CNY" and s.pool_max_size == 20
     assert not s.embedded
+    assert load_settings({"CRM_PHONE_COUNTRY_CODE": "+86"}).phone_country_code == "86"
+    assert load_settings({}).phone_country_code is None
+    assert load_settings({}).console_secure_cookies == "auto"
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -31,6 +34,10 @@ def test_values_are_read_and_normalised():
     ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL must be a PostgreSQL URL"),
     ({"CRM_LOG_LEVEL": "LOUD"}, "CRM_LOG_LEVEL='LOUD'"),
     ({"CRM_PORT": "70000"}, "CRM_PORT=70000 is out of range"),
+    ({"CRM_PHONE_COUNTRY_CODE": "086"}, "CRM_PHONE_COUNTRY_CODE='086' is not a country"),
+    ({"CRM_PHONE_COUNTRY_CODE": "China"}, "CRM_PHONE_COUNTRY_CODE='China'"),
+    ({"CRM_CONSOLE_SECURE_COOKIES": "yes"}, "one of auto, always, never"),
+    ({"CRM_CONSOLE_IDLE_MINUTES": "0"}, "CRM_CONSOLE_IDLE_MINUTES=0 is out of range"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError) as info:

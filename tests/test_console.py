@@ -89,6 +89,24 @@ def test_session_cookie_is_secure_over_https(app, conn, make_token):
     assert r.status_code == 303
     assert "Secure" in set_cookies(r)["crm_console"]
     assert "Secure" in set_cookies(form)["crm_console_csrf"]
+    assert form.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+@pytest.mark.parametrize(("policy", "base", "secure"), [
+    ("auto", "http://localhost", False), ("auto", "http://127.0.0.1:8000", False),
+    ("auto", "http://[::1]:8000", False),
+    # A public name over "http": TLS ended at a proxy that did not say so. Still Secure.
+    ("auto", "http://crm.example", True), ("auto", "http://10.0.0.5:8000", True),
+    ("always", "http://localhost", True), ("never", "https://crm.example", False),
+])
+def test_secure_cookie_policy(settings, dsn, conn, policy, base, secure):
+    from dataclasses import replace
+
+    from api import create_app
+
+    client = create_app(replace(settings, console_secure_cookies=policy), dsn=dsn).test_client()
+    form = client.get("/console/sign-in", base_url=base)
+    assert ("Secure" in set_cookies(form)["crm_console_csrf"]) is secure
 
 
 @pytest.mark.parametrize(("scopes", "status", "message"), [
@@ -115,6 +133,27 @@ def test_sign_in_without_the_form_token_is_refused(client, conn, make_token):
     assert count(conn, "SELECT count(*) FROM console_sessions") == 0
     empty = client.post("/console/sign-in", data={"csrf_token": csrf_of(r.text), "api_key": " "})
     assert empty.status_code == 422 and "Enter an API key" in empty.text
+
+
+def test_signing_in_again_ends_the_previous_session(client, conn, make_token):
+    first = make_token("customers:read")
+    sign_in(client, first)
+    api_keys.revoke_key(conn, first.split("_")[1])  # its session stops working...
+    conn.commit()
+    sign_in(client, make_token("admin"))  # ...and signing in again removes it
+    assert q(conn, "SELECT 'admin' = ANY(k.scopes) FROM console_sessions s"
+                   " JOIN api_keys k ON k.id = s.key_id") == [(True,)]
+
+
+def test_a_search_after_the_session_ended_returns_to_the_lookup_page(client, conn, make_token):
+    sign_in(client, make_token("customers:read"))
+    page = client.get("/console/")
+    conn.execute("DELETE FROM console_sessions")
+    conn.commit()
+    r = client.post("/console/search", data={"csrf_token": csrf_of(page.text), "q": "x"})
+    assert r.status_code == 303 and "next=" not in r.headers["Location"]
+    r = sign_in(client, make_token("customers:read"), next_path="")
+    assert r.headers["Location"] == "/console/"
 
 
 def test_revoking_the_key_ends_its_sessions_at_once(client, conn, make_token):
@@ -169,13 +208,32 @@ def test_no_open_redirect_after_sign_in_or_language_switch(client, conn, make_to
 
 def test_one_search_box_finds_by_id_email_phone_and_channel_account(scored, client, make_token):
     sign_in(client, make_token("customers:read"))
-    for text in ("cdnow-0004", "CDNOW-0004@Example.com", "+86 138-0000-0004", "8613800000004",
-                 "tmall/tb_0004", "Tmall / tb_0004", "tb_0004"):
+    for text in ("cdnow-0004", "CDNOW-0004@Example.com", "+86 138-0000-0004",
+                 "0086 13800000004", "tmall/tb_0004", "Tmall / tb_0004", "tb_0004"):
         r = search(client, text)
         assert r.status_code == 303, text
         assert r.headers["Location"] == "/console/customers/cdnow-0004", text
     # Searches are POSTs: what the agent typed never appears in a URL.
     assert "example.com" not in r.headers["Location"]
+
+
+def test_national_phone_numbers_with_a_country_code(scored, settings, dsn, make_token):
+    from dataclasses import replace
+
+    from api import create_app
+    from crm_service.profiles import phone_forms
+
+    assert phone_forms("+8613800138000", "86") == ["+8613800138000"]
+    assert phone_forms("13800138000", "86") == ["13800138000", "+8613800138000"]
+    assert phone_forms("013800138000", "86") == ["013800138000", "+8613800138000"]
+    assert phone_forms("8613800138000", "86") == ["8613800138000", "+868613800138000",
+                                                  "+8613800138000"]
+    assert phone_forms("13800138000", None) == ["13800138000"]  # no blind guesses
+    client = create_app(replace(settings, phone_country_code="86"), dsn=dsn).test_client()
+    sign_in(client, make_token("customers:read"))
+    for text in ("138 0000 0004", "86 138 0000 0004", "0086 138 0000 0004"):
+        r = search(client, text)
+        assert r.headers.get("Location") == "/console/customers/cdnow-0004", text
 
 
 def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn, make_token):
@@ -191,6 +249,13 @@ def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn,
     r = search(client, "nobody@example.com")
     assert r.status_code == 404 and "No customer found" in r.text
     assert search(client, "  ").status_code == 422
+    # More than 20 matches: the first 20, saying there are more.
+    conn.execute("UPDATE customers SET email = 'shop@example.com',"
+                 " email_normalized = 'shop@example.com' WHERE customer_id < 'cdnow-0030'")
+    conn.commit()
+    r = search(client, "shop@example.com")
+    assert "20+ customers match" in r.text and "Showing the first 20" in r.text
+    assert r.text.count('href="/console/customers/cdnow-00') == 20
     assert search(client, "x" * 300).status_code == 404
     page = client.get("/console/")
     forged = client.post("/console/search", data={"csrf_token": "forged", "q": "cdnow-0004"})
@@ -224,13 +289,19 @@ def test_unknown_customer_is_an_html_404(scored, client, make_token):
 
 
 def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token, caplog):
+    from crm_service.demo import demo_profile
+
+    person = demo_profile(4)
     sign_in(client, make_token("customers:read"))
     with caplog.at_level(logging.DEBUG):
         search(client, "cdnow-0004@example.com")
         search(client, "+86 138 0000 0004")
+        search(client, str(person["name"]))
         client.get("/console/customers/cdnow-0004")
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
-    assert "cdnow-0004@example.com" not in text and "0000 0004" not in text
+    for secret in ("cdnow-0004@example.com", "0000 0004", "8613800000004", "13800000004",
+                   str(person["name"]), "tb_0004"):
+        assert secret not in text, secret
     assert "cdnow-0004" not in text  # the route template is logged, not the path
 
 
@@ -352,3 +423,19 @@ def test_database_down_is_a_clear_503_page(settings, tmp_path):
     assert r.status_code == 503 and "did not answer in time" in r.text
     app.extensions["crm"].pool.close()
     app.extensions["crm"].reader.close()
+
+
+def test_order_dates_are_shown_in_the_reporting_time_zone(settings, dsn, conn, make_token):
+    from dataclasses import replace
+
+    from api import create_app
+
+    client = create_app(replace(settings, timezone="Asia/Shanghai"), dsn=dsn).test_client()
+    admin = {"Authorization": f"Bearer {make_token('admin')}"}
+    r = client.post("/v1/orders", headers=admin, json={"orders": [{
+        "order_id": "T-1", "customer_id": "C-1", "channel": "tmall",
+        "ordered_at": "2024-05-01T23:30:00Z", "amount": "10.00"}]})
+    assert r.status_code == 200, r.json
+    sign_in(client, make_token("customers:read"))
+    page = client.get("/console/customers/C-1").text
+    assert "2024-05-02" in page and "2024-05-01" not in page  # 07:30 on May 2 in Shanghai

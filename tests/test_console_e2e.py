@@ -57,6 +57,12 @@ def site(dsn, settings, tmp_path_factory):
         conn.commit()
         run_scoring(conn, settings, as_of=date(1998, 3, 31))
         run_scoring(conn, settings, as_of=date(1998, 6, 30))
+        # A customer with a profile but no order yet, and two who share an email.
+        conn.execute("INSERT INTO customers (customer_id, name, email, email_normalized)"
+                     " VALUES ('walk-in-0001', 'Walk-in', 'walkin@example.com',"
+                     " 'walkin@example.com')")
+        conn.execute("UPDATE customers SET email = 'family@example.com', email_normalized ="
+                     " 'family@example.com' WHERE customer_id IN ('cdnow-0001', 'cdnow-0002')")
         _, agent = api_keys.create_key(conn, "agent-li", ["customers:read"])
         _, admin = api_keys.create_key(conn, "admin", ["admin"])
         _, scores_only = api_keys.create_key(conn, "scores-only", ["scores:read"])
@@ -292,6 +298,14 @@ def test_no_accessibility_violations(page, site):
     audit("customer")
     search(page, "nobody@example.com", box="#q-top")
     audit("not found")
+    search(page, "walkin@example.com", box="#q-top")
+    assert "Not scored" in page.get_by_role("status").inner_text()
+    audit("customer without scores")
+    search(page, "family@example.com", box="#q-top")
+    assert page.get_by_role("heading", level=1).inner_text().startswith("2 customers match")
+    audit("several matches")
+    page.goto(site["base"] + "/console/no-such-page")
+    audit("error page")
     page.goto(site["base"] + "/console/dashboard")
     page.wait_for_load_state("networkidle")
     audit("dashboard")

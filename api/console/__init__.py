@@ -91,6 +91,8 @@ def _load_session() -> None:
 def _headers(response: Response) -> BaseResponse:
     if request.endpoint != "console.static":
         response.headers.update(_SECURITY_HEADERS)
+        if request.is_secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         # Pages hold personal data: never stored by the browser or a proxy.
         if response.mimetype == "text/html":
             response.headers["Cache-Control"] = "no-store"
@@ -108,7 +110,9 @@ def signed_in(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if g.console_session is None:
-            return redirect(url_for("console.sign_in", next=request.path,
+            # Back to this page after sign-in; a POST (a search) cannot be replayed by a GET.
+            back = request.path if request.method == "GET" else None
+            return redirect(url_for("console.sign_in", next=back,
                                     reason="session" if SESSION_COOKIE in request.cookies
                                     else None), 303)
         return view(*args, **kwargs)
@@ -152,10 +156,13 @@ def _num(value: Any, digits: int = 0) -> str:
 
 @bp.app_template_filter("day")
 def _day(value: Any) -> str:
+    """A date, or a timestamp's date in the reporting time zone (CRM_TIMEZONE)."""
     if value is None:
         return "–"
     if isinstance(value, str):
-        return value[:10]
+        if len(value) <= 10:
+            return value
+        value = datetime.fromisoformat(value)
     if isinstance(value, datetime):
         return value.astimezone(services().settings.zone).date().isoformat()
     return value.isoformat() if isinstance(value, date) else str(value)
@@ -195,9 +202,28 @@ def _page(template: str, status: int = 200, **context: Any) -> BaseResponse:
     return response
 
 
+_LOOPBACK = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+def _secure_cookies() -> bool:
+    """Whether cookies get the Secure attribute (``CRM_CONSOLE_SECURE_COOKIES``).
+
+    ``auto``: always, except for plain HTTP to this machine (the demo on 127.0.0.1). A console
+    reached by a public name is assumed to be behind TLS even when the proxy does not say so
+    (gunicorn trusts ``X-Forwarded-Proto`` only from 127.0.0.1). ``never`` is for a plain-HTTP
+    intranet, where browsers would otherwise drop the session cookie.
+    """
+    policy = services().settings.console_secure_cookies
+    if policy != "auto":
+        return policy == "always"
+    host = request.host
+    name = host[:host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
+    return request.is_secure or name not in _LOOPBACK
+
+
 def _set_cookie(response: BaseResponse, name: str, value: str, max_age: int) -> None:
     response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, httponly=True,
-                        secure=request.is_secure, samesite="Strict")
+                        secure=_secure_cookies(), samesite="Strict")
 
 
 # --- sign-in ------------------------------------------------------------------------------
@@ -236,6 +262,8 @@ def sign_in_submit() -> BaseResponse:
     try:
         with svc.pool.connection() as conn:
             token, api_key = console_sessions.sign_in(conn, svc.settings, key)
+            if old := request.cookies.get(SESSION_COOKIE):  # signing in again: end the old one
+                console_sessions.sign_out(conn, old)
     except SignInError as exc:
         log.info("console sign-in refused", extra={"reason": exc.reason})
         status, message = (403, "sign_in.scope") if exc.reason == "scope" \
@@ -300,12 +328,16 @@ def search() -> BaseResponse:
         return _page("home.html", 422, run=None, message="search.empty")
     matches = []
     if len(query) <= MAX_QUERY:
-        with services().reader.connection() as conn:
-            matches = profiles.find(conn, query)
+        svc = services()
+        with svc.reader.connection() as conn:
+            matches = profiles.find(conn, query, country_code=svc.settings.phone_country_code,
+                                    limit=profiles.MAX_SEARCH_RESULTS + 1)
     if len(matches) == 1:
         return redirect(url_for("console.customer",
                                 customer_id=matches[0]["customer_id"]), 303)
-    return _page("search.html", 200 if matches else 404, query=query, matches=matches)
+    shown = matches[:profiles.MAX_SEARCH_RESULTS]
+    return _page("search.html", 200 if matches else 404, query=query, matches=shown,
+                 more=len(matches) > len(shown))
 
 
 @bp.get("/customers/<customer_id:customer_id>")
@@ -363,8 +395,10 @@ def _csrf(_exc: CsrfError) -> BaseResponse:
 
 @bp.errorhandler(HTTPException)
 def _http(exc: HTTPException) -> BaseResponse:
-    message = "error.not_found" if exc.code == 404 else "error.internal"
-    return _page("error.html", exc.code or 500, message=message)
+    status = exc.code or 500
+    message = "error.not_found" if status == 404 else "error.request" if status < 500 \
+        else "error.internal"
+    return _page("error.html", status, message=message)
 
 
 def _database_down(_exc: Exception) -> BaseResponse:
