@@ -235,8 +235,10 @@ class CustomerSearch(MethodView):
         """Exact match after normalisation: ``?email=``, ``?phone=`` or ``?channel=&external_id=``.
 
         Emails match case-insensitively; phones by their digits ("+86 138-0013-8000" finds
-        "+8613800138000"); a channel identity by channel and external id. An empty list when
-        nothing matches. Needs ``customers:read`` (the query is personal data).
+        "+8613800138000"; with CRM_PHONE_COUNTRY_CODE=86, "138 0013 8000" finds it too); a
+        channel identity by channel and external id. An empty list when nothing matches. Needs
+        ``customers:read`` (the query is personal data).
         """
         with services().reader.connection() as conn:
-            return {"matches": profiles.search(conn, **query)}
+            return {"matches": profiles.search(
+                conn, **query, country_code=services().settings.phone_country_code)}

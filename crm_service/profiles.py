@@ -231,12 +231,14 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
 
 
 def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | None = None,
-           channel: str | None = None, external_id: str | None = None) -> list[dict[str, Any]]:
+           channel: str | None = None, external_id: str | None = None,
+           country_code: str | None = None) -> list[dict[str, Any]]:
     """Customers matching one contact or channel identity exactly, after normalisation.
 
     Exactly one of ``email``, ``phone`` or ``channel`` with ``external_id``. Each match has
     the id, contact fields and the live tier (None when not scored), at most
-    :data:`MAX_SEARCH_RESULTS`, by customer id.
+    :data:`MAX_SEARCH_RESULTS`, by customer id. A phone matches in the forms of
+    :func:`phone_forms` (with ``country_code``, a national number finds its international form).
     """
     given = [name for name, v in (("email", email), ("phone", phone), ("channel", channel),
                                   ("external_id", external_id)) if v is not None]
@@ -245,23 +247,21 @@ def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | N
         if norm is None:
             raise ValidationError("email: not an email address")
         where, value = "c.email_normalized = %(v)s", norm
-    elif given == ["phone"]:
+        return _search(conn, where, {"v": value})
+    if given == ["phone"]:
         norm = normalize_phone(phone or "")
         if norm is None:
             raise ValidationError("phone: not a phone number (5-15 digits, optional leading +)")
-        where, value = "c.phone_normalized = %(v)s", norm
-    elif given == ["channel", "external_id"]:
+        return _search(conn, "c.phone_normalized = ANY(%(v)s)",
+                       {"v": phone_forms(norm, country_code)})
+    if given == ["channel", "external_id"]:
         chan, ext = (channel or "").strip().lower(), (external_id or "").strip()
         if not chan or not ext:
             raise ValidationError("channel and external_id must not be empty")
         where = ("c.customer_id IN (SELECT customer_id FROM customer_identities"
                  " WHERE channel = %(ch)s AND external_id = %(v)s)")
-        value = ext
-        return _search(conn, where, {"v": value, "ch": chan})
-    else:
-        raise ValidationError("search by exactly one of: email, phone, or channel with "
-                              "external_id")
-    return _search(conn, where, {"v": value})
+        return _search(conn, where, {"v": ext, "ch": chan})
+    raise ValidationError("search by exactly one of: email, phone, or channel with external_id")
 
 
 def phone_forms(normalized: str, country_code: str | None) -> list[str]:

@@ -241,11 +241,21 @@ def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn,
                  " email_normalized = 'family@example.com'"
                  " WHERE customer_id IN ('cdnow-0001', 'cdnow-0002')")
     conn.commit()
+    # cdnow-0002 bought again after the run: listed with the tier its own page shows.
+    admin = {"Authorization": f"Bearer {make_token('admin')}"}
+    assert client.post("/v1/orders", headers=admin, json={"orders": [{
+        "order_id": "late-1", "customer_id": "cdnow-0002", "channel": "tmall",
+        "ordered_at": "1998-07-02", "amount": "50.00"}]}).status_code == 200
     sign_in(client, make_token("customers:read"))
     r = search(client, "family@example.com")
     assert r.status_code == 200
     assert "2 customers match" in r.text
     assert r.text.count('href="/console/customers/cdnow-000') == 2
+    assert r.text.count("(provisional)") == 1
+    page = client.get("/console/customers/cdnow-0002").text
+    row = r.text[r.text.index("cdnow-0002"):]
+    tier = re.search(r'class="badge tier-(\w+)"', page).group(1)
+    assert re.search(r'class="badge tier-(\w+)"', row).group(1) == tier
     r = search(client, "nobody@example.com")
     assert r.status_code == 404 and "No customer found" in r.text
     assert search(client, "  ").status_code == 422

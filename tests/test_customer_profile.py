@@ -152,6 +152,7 @@ def test_search_by_email_phone_and_identity_after_normalisation(
 
     assert ids(email="  LI.WEI@example.COM ") == ["C-2", "cdnow-0001"]
     assert ids(phone="+86 13800138000") == ids(phone="0086 138 0013 8000") == ["cdnow-0001"]
+    assert ids(phone="138 0013 8000") == []  # a national number: no country code configured
     assert ids(channel="JD", external_id="j1") == ["cdnow-0001"]
     assert ids(email="nobody@example.com") == [] and ids(channel="jd", external_id="x") == []
     r = client.get("/v1/customers/search", query_string={"email": "li.wei@example.com"},
@@ -174,3 +175,17 @@ def test_lookup_reads_one_snapshot_and_caches_the_run_context(scored, cdnow_load
     assert found["run"]["run_id"] == scored.run_id and found["provisional"] is False
     assert profiles.lookup(cdnow_loaded, "nobody")["scores"] is None
     assert profiles.lookup(cdnow_loaded, "nobody", profile=True) is None
+
+
+def test_search_by_national_phone_number_with_a_country_code(conn, settings, dsn, make_token):
+    from dataclasses import replace
+
+    from api import create_app
+
+    client = create_app(replace(settings, phone_country_code="86"), dsn=dsn).test_client()
+    admin = bearer(make_token, "admin")
+    client.post("/v1/customers", json={"customers": [
+        {"customer_id": "C-1", "phone": "+86 138-0013-8000"}]}, headers=admin)
+    for typed in ("138 0013 8000", "86 138 0013 8000", "+8613800138000"):
+        r = client.get("/v1/customers/search", query_string={"phone": typed}, headers=admin)
+        assert [m["customer_id"] for m in r.json["matches"]] == ["C-1"], typed

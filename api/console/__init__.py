@@ -336,6 +336,14 @@ def search() -> BaseResponse:
         return redirect(url_for("console.customer",
                                 customer_id=matches[0]["customer_id"]), 303)
     shown = matches[:profiles.MAX_SEARCH_RESULTS]
+    if len(shown) > 1:  # the tier each customer's own page would show (maybe provisional)
+        with svc.reader.connection() as conn:
+            for match in shown:
+                found = profiles.lookup(conn, match["customer_id"])
+                scores = (found or {}).get("scores") or {}
+                match["tier"], match["value_segment"] = scores.get("tier"), \
+                    scores.get("value_segment")
+                match["provisional"] = bool(found and found["provisional"] and scores)
     return _page("search.html", 200 if matches else 404, query=query, matches=shown,
                  more=len(matches) > len(shown))
 

@@ -43,6 +43,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
                               "请登录（会话已结束或尚未开始）。"),
     "search.label": ("Customer id, email, phone or channel account",
                      "客户 ID、邮箱、手机号或渠道账号"),
+    "search.placeholder": ("Id, email, phone or account", "ID、邮箱、手机号或账号"),
+    "search.col_id": ("Customer id", "客户 ID"),
     "search.hint": ("Channel accounts can be typed as channel/id, e.g. tmall/tb_88231, or just "
                     "the id.", "渠道账号可写成 渠道/账号，例如 tmall/tb_88231，也可只写账号"
                                "（如淘宝会员名、京东账号）。"),
@@ -56,6 +58,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "search.more": ("Showing the first {n}: type more of the email, phone or account to narrow "
                     "it down.", "仅显示前 {n} 位：请输入更完整的邮箱、手机号或账号以缩小范围。"),
     "search.matched_by": ("Matched by", "匹配方式"),
+    "search.provisional": ("(provisional)", "（临时）"),
     "match.customer_id": ("customer id", "客户 ID"),
     "match.email": ("email", "邮箱"),
     "match.phone": ("phone", "手机号"),
@@ -81,8 +84,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "customer.clv": ("12-month CLV", "12 个月 CLV"),
     "customer.p_alive": ("P(alive)", "活跃概率"),
     "customer.churn": ("Churn probability", "流失概率"),
-    "customer.churn_horizon": ("no purchase in the next {days} days",
-                               "未来 {days} 天内不再购买"),
+    "customer.churn_horizon": ("chance of no purchase in the next {days} days",
+                               "未来 {days} 天内不再购买的概率"),
     "customer.next_order": ("Expected next order", "预计下次下单"),
     "customer.next_order_none": ("none expected", "暂无预期"),
     "customer.historic_spend": ("Historic net spend", "历史净消费"),
@@ -147,9 +150,20 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "plot.holdout_by_frequency": ("Held-out purchases, predicted vs actual, by calibration "
                                   "frequency", "按校准期购买频次：留出期购买的预测值与实际值"),
     "plot.p_alive": ("P(alive) by frequency and recency", "按频次与最近购买的活跃概率"),
-    "plot.tracking": ("Repeat purchases per week, predicted vs actual",
-                      "每周重复购买：预测值与实际值"),
+    "plot.tracking": ("Cumulative repeat purchases, predicted vs actual",
+                      "累计重复购买：预测值与实际值"),
     "dash.runs": ("Run history", "评分批次记录"),
+    "dash.runs_help": ("Holdout MAE: the purchase model's mean error per customer when it "
+                       "predicts a held-out period (lower is better). Churn AUC (ranking, higher "
+                       "is better) and Brier score (calibration, lower is better) compare the "
+                       "churn model with the BTYD baseline on held-out data; the one with the "
+                       "better Brier score is used.",
+                       "留出期 MAE：购买模型预测留出期时每位客户的平均误差（越低越好）。流失 AUC"
+                       "（排序能力，越高越好）与 Brier 分数（概率校准，越低越好）在留出数据上比较"
+                       "流失模型与 BTYD 基线，采用 Brier 分数更好的那个。"),
+    "dash.tiers_help": ("The high-value tier ranks customers by predicted 12-month CLV; the "
+                        "value segments rank them by historic net spend.",
+                        "“高价值”等级按预测的 12 个月 CLV 排名；价值分层按历史净消费排名。"),
     "dash.status": ("Status", "状态"),
     "dash.model": ("Purchase model", "购买模型"),
     "dash.holdout_mae": ("Holdout MAE", "留出期 MAE"),
