@@ -149,7 +149,7 @@ def main() -> None:
         # Diagnostics plots: rendered when the run is published (or on a first request, for a
         # run published before plots were stored), then read from the database.
         _, dash, _, _ = b.request("/console/dashboard")
-        plots = re.findall(r'<img src="(/console/runs/\d+/plots/\w+\.svg)"', dash)
+        plots = re.findall(r'<img src="(/console/runs/\d+/plots/\w+\.svg\?lang=en)"', dash)
         first = [b.request(p)[2] for p in plots]
         stored = [b.request(p)[2] for p in plots for _ in range(30)]
         print(f"plots ({len(plots)}): first request {', '.join(f'{x:.0f}' for x in first)} ms;"

@@ -604,14 +604,15 @@ def run_diagnostics(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | N
     return {**row[0], "models": row[1]}
 
 
-def stored_plot(conn: psycopg.Connection, run_id: int, name: str) -> bytes | None:
+def stored_plot(conn: psycopg.Connection, run_id: int, name: str, lang: str) -> bytes | None:
     """A rendered plot of a run (SVG), or None when it has not been rendered yet."""
-    row = conn.execute("SELECT svg FROM run_plots WHERE run_id = %s AND name = %s",
-                       (run_id, name)).fetchone()
+    row = conn.execute("SELECT svg FROM run_plots WHERE run_id = %s AND name = %s"
+                       " AND lang = %s", (run_id, name, lang)).fetchone()
     return bytes(row[0]) if row else None
 
 
-def store_plot(conn: psycopg.Connection, run_id: int, name: str, svg: bytes) -> None:
+def store_plot(conn: psycopg.Connection, run_id: int, name: str, lang: str,
+               svg: bytes) -> None:
     """Keep a rendered plot (the first one stored wins: renders of one run are identical)."""
-    conn.execute("INSERT INTO run_plots (run_id, name, svg) VALUES (%s, %s, %s)"
-                 " ON CONFLICT DO NOTHING", (run_id, name, svg))
+    conn.execute("INSERT INTO run_plots (run_id, name, lang, svg) VALUES (%s, %s, %s, %s)"
+                 " ON CONFLICT DO NOTHING", (run_id, name, lang, svg))

@@ -340,11 +340,12 @@ def _render_plots(conn: psycopg.Connection, run_id: int) -> None:
     Best effort: the run is already live, and a plot that is missing here is rendered on its
     first request instead.
     """
-    from crm_service.plots import PLOTS, run_plot
+    from crm_service.plots import LANGUAGES, PLOTS, run_plot
 
     try:
         for name in PLOTS:
-            run_plot(conn, run_id, name)
+            for lang in LANGUAGES:
+                run_plot(conn, run_id, name, lang)
         conn.commit()
     except Exception:
         conn.rollback()

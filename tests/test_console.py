@@ -333,11 +333,15 @@ def test_dashboard_shows_tiers_moves_clv_spread_segments_plots_and_runs(
     top = counts["clv_deciles"][0]
     assert f'{top["share"] * 100:.1f}%' in page
     assert "Champions" in page and "Value segments" in page
-    plots = re.findall(r'<img src="(/console/runs/\d+/plots/\w+\.svg)"', page)
+    plots = re.findall(r'<img src="(/console/runs/\d+/plots/\w+\.svg)\?lang=en"', page)
     assert len(plots) == 3
-    svg = client.get(plots[0])
+    svg = client.get(plots[2] + "?lang=en")
     assert svg.status_code == 200 and svg.mimetype == "image/svg+xml"
     assert svg.data.startswith(b"<?xml") and b"<script" not in svg.data
+    assert "end of calibration" in svg.text  # text, not glyph outlines: the browser's fonts
+    zh = client.get(plots[2] + "?lang=zh-Hans")
+    assert "校准期结束" in zh.text and "end of calibration" not in zh.text
+    assert client.get(plots[2] + "?lang=fr").status_code == 404
     # Both runs, with their churn model against the baseline.
     assert page.count('class="status status-succeeded"') == 2
     ml = live.models["churn"]["validation"]["ml"]["roc_auc"]

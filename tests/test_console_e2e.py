@@ -312,4 +312,8 @@ def test_no_accessibility_violations(page, site):
     page.get_by_role("link", name="简体中文").click()
     page.wait_for_load_state("networkidle")
     audit("dashboard (zh-Hans)")
+    plot = page.locator(".plots img").first
+    assert "lang=zh-Hans" in plot.get_attribute("src")
+    assert plot.evaluate("img => img.complete && img.naturalWidth > 0")
+    shot(page, "09-dashboard-zh", full_page=True)
     assert found == {name: [] for name in found}

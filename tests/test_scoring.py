@@ -282,9 +282,10 @@ def test_plots_are_rendered_at_publish_and_otherwise_on_first_request(cdnow_load
                                                                        client, make_token):
     token = {"Authorization": f"Bearer {make_token('scores:read')}"}
     result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
-    stored = dict(q(cdnow_loaded, "SELECT name, svg FROM run_plots WHERE run_id = %s",
-                    result.run_id))
+    stored = dict(q(cdnow_loaded, "SELECT name, svg FROM run_plots WHERE run_id = %s"
+                    " AND lang = 'en'", result.run_id))
     assert sorted(stored) == ["holdout_by_frequency", "p_alive", "tracking"]
+    assert count(cdnow_loaded, "SELECT count(*) FROM run_plots WHERE lang = 'zh-Hans'") == 3
     r = client.get(f"/v1/scoring-runs/{result.run_id}/plots/tracking.svg", headers=token)
     assert r.data == bytes(stored["tracking"])
     # A run published before plots were stored: rendered on request, then kept.

@@ -377,11 +377,16 @@ def dashboard_page() -> BaseResponse:
 @bp.get("/runs/<int:run_id>/plots/<name>.svg")
 @signed_in
 def plot(run_id: int, name: str) -> BaseResponse:
-    """A run's diagnostics plot (rendered when the run was published; see crm_service.plots)."""
-    if name not in PLOTS:
+    """A run's diagnostics plot (rendered when the run was published; see crm_service.plots).
+
+    The language is in the URL (``?lang=``, else the page's), so a cached image never shows
+    the other language.
+    """
+    lang = request.args.get("lang", g.lang)
+    if name not in PLOTS or lang not in LANGUAGES:
         abort(404)
     with services().reader.connection() as conn:
-        svg = run_plot(conn, run_id, name)
+        svg = run_plot(conn, run_id, name, lang)
     if svg is None:
         abort(404)
     return Response(svg, mimetype="image/svg+xml",
