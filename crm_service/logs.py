@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 # Fields passed with ``extra=`` that become top-level JSON keys.
 FIELDS = ("request_id", "method", "route", "status", "duration_ms", "key_id", "run_id",
-          "webhook_id", "delivery_id", "event", "bytes")
+          "webhook_id", "delivery_id", "event", "bytes", "customer_ref", "matches", "reason")
 
 
 class JsonFormatter(logging.Formatter):

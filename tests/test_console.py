@@ -298,7 +298,8 @@ def test_unknown_customer_is_an_html_404(scored, client, make_token):
     assert r.status_code == 404 and r.mimetype == "text/html"
 
 
-def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token, caplog):
+def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token, caplog,
+                                                     settings):
     from crm_service.demo import demo_profile
 
     person = demo_profile(4)
@@ -309,6 +310,14 @@ def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token,
         search(client, str(person["name"]))
         client.get("/console/customers/cdnow-0004")
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    # The audit trail: which key viewed whom, as the customer's pseudonymous reference.
+    from crm_service.erasure import customer_ref
+
+    viewed = [r for r in caplog.records if r.getMessage() == "console customer viewed"]
+    assert [r.customer_ref for r in viewed] == [customer_ref(settings, "cdnow-0004")]
+    assert viewed[0].key_id
+    searches = [r.matches for r in caplog.records if r.getMessage() == "console search"]
+    assert searches == [1, 1, 0]
     for secret in ("cdnow-0004@example.com", "0000 0004", "8613800000004", "13800000004",
                    str(person["name"]), "tb_0004"):
         assert secret not in text, secret

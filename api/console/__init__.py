@@ -40,7 +40,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.console.i18n import LANGUAGE_NAMES, LANGUAGES, MESSAGES, negotiate, translate
 from api.customers import check_customer_id
 from api.services import services
-from crm_service import console_sessions, dashboard, profiles
+from crm_service import console_sessions, dashboard, erasure, profiles
 from crm_service.console_sessions import ConsoleSession, SignInError
 from crm_service.db import DatabaseUnavailable
 from crm_service.errors import DatabaseUnavailableError, ValidationError
@@ -332,6 +332,9 @@ def search() -> BaseResponse:
         with svc.reader.connection() as conn:
             matches = profiles.find(conn, query, country_code=svc.settings.phone_country_code,
                                     limit=profiles.MAX_SEARCH_RESULTS + 1)
+    # An audit trail without personal data: who searched, and how many matched (not what).
+    log.info("console search", extra={"key_id": g.console_session.key_id,
+                                      "matches": len(matches)})
     if len(matches) == 1:
         return redirect(url_for("console.customer",
                                 customer_id=matches[0]["customer_id"]), 303)
@@ -361,6 +364,11 @@ def customer(customer_id: str) -> BaseResponse:
             found = profiles.lookup(conn, customer_id, profile=True)
     if found is None:
         return _page("not_found.html", 404, customer_id=customer_id)
+    # Which key saw whose personal data: the customer as their pseudonymous reference (the
+    # customer_ref of events and erasure), never the id.
+    log.info("console customer viewed", extra={
+        "key_id": g.console_session.key_id,
+        "customer_ref": erasure.customer_ref(services().settings, customer_id)})
     return _page("customer.html", customer_id=customer_id, found=found,
                  scores=found["scores"] or {}, run=found["run"])
 
