@@ -95,6 +95,36 @@ def _wrk(port: int, script: Path, seconds: int, connections: int, threads: int) 
     }
 
 
+def _cpu_ticks() -> dict[str, int]:
+    """CPU time (clock ticks) used so far by the gunicorn and postgres processes, by kind."""
+    out = {"gunicorn": 0, "postgres": 0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        name, rest = stat.split(")", 1)
+        kind = "gunicorn" if "gunicorn" in cmd else "postgres" if "postgres" in name else None
+        if kind:
+            fields = rest.split()
+            out[kind] += int(fields[11]) + int(fields[12])  # utime + stime
+    return out
+
+
+def _cpu_split(before: dict[str, int], children_before: float, requests: int) -> str:
+    """Per request: CPU ms in the API workers, PostgreSQL and wrk (from rusage of children)."""
+    import resource
+
+    hz = os.sysconf("SC_CLK_TCK")
+    after = _cpu_ticks()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_s = usage.ru_utime + usage.ru_stime - children_before
+    parts = {k: (after[k] - before[k]) / hz for k in after} | {"wrk": wrk_s}
+    return "CPU per request: " + ", ".join(
+        f"{k} {v / max(requests, 1) * 1000:.3f} ms" for k, v in parts.items())
+
+
 def _report(label: str, r: dict) -> None:
     print(f"{label}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, "
           f"p99 {r['p99_ms']:.2f} ms, {r['requests']} requests, non-2xx {r['non_2xx']}, "
@@ -113,6 +143,8 @@ def main() -> None:
                     default=[64, 16], help="comma-separated; each is one closed-loop run")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--endpoints", default="tier,profile")
+    ap.add_argument("--cpu-split", action="store_true",
+                    help="also print CPU time per request in gunicorn, PostgreSQL and wrk")
     a = ap.parse_args()
     dsn, data_dir = fresh_database(a.keep)
     # The limiter stays on (its cost is part of the measurement), with a limit wrk never meets.
@@ -157,8 +189,15 @@ def main() -> None:
                                      "suffix": suffix})
             _wrk(port, script, 5, 64, 2)  # warm-up: caches, connections
             for connections in a.connections:
+                import resource
+
+                ticks = _cpu_ticks()
+                usage = resource.getrusage(resource.RUSAGE_CHILDREN)
                 r = _wrk(port, script, a.seconds, connections, 2)
                 _report(f"{name}, {connections} connections", r)
+                if a.cpu_split:
+                    print("  " + _cpu_split(ticks, usage.ru_utime + usage.ru_stime,
+                                            r["requests"]))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
