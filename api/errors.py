@@ -102,6 +102,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
+        if request.path.startswith("/console/") or request.path == "/console":
+            # Errors the router raises before the console's blueprint is known (a method the
+            # path does not allow, say): the browser gets the console's HTML page.
+            from api.console import error_page
+
+            return error_page(exc)  # type: ignore[return-value]
         status = exc.code or 500
         extra: dict[str, Any] = {}
         # flask-smorest / webargs put field errors on the exception.

@@ -296,6 +296,11 @@ def test_unknown_customer_is_an_html_404(scored, client, make_token):
     assert "There is no customer with id" in r.text
     r = client.get("/console/nowhere")
     assert r.status_code == 404 and r.mimetype == "text/html"
+    # A method the page does not take: still the console's HTML, with Allow.
+    r = client.put("/console/dashboard")
+    assert r.status_code == 405 and r.mimetype == "text/html"
+    assert "cannot be handled" in r.text and "GET" in r.headers["Allow"]
+    assert client.delete("/console").mimetype == "text/html"
 
 
 def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token, caplog,

@@ -179,9 +179,12 @@ def _when(value: Any) -> str:
     return str(value)
 
 
-@bp.context_processor
 def _context() -> dict[str, Any]:
-    lang = getattr(g, "lang", "en")
+    """What every console template sees (passed explicitly: an error page may be rendered
+    outside the blueprint, where its hooks did not run).
+    """
+    lang = getattr(g, "lang", None) or negotiate(request.cookies.get(LANG_COOKIE),
+                                                 [tag for tag, _q in request.accept_languages])
     session: ConsoleSession | None = getattr(g, "console_session", None)
 
     def t(key: str, **values: Any) -> str:
@@ -197,9 +200,10 @@ def _context() -> dict[str, Any]:
 
 
 def _page(template: str, status: int = 200, **context: Any) -> BaseResponse:
-    response = current_app.make_response((render_template(f"console/{template}", **context),
-                                          status))
-    return response
+    values = _context()
+    values.update(context)
+    return current_app.make_response((render_template(f"console/{template}", **values),
+                                      status))
 
 
 _LOOPBACK = {"localhost", "127.0.0.1", "[::1]", "::1"}
@@ -415,11 +419,16 @@ def _csrf(_exc: CsrfError) -> BaseResponse:
 
 
 @bp.errorhandler(HTTPException)
-def _http(exc: HTTPException) -> BaseResponse:
+def error_page(exc: HTTPException) -> BaseResponse:
+    """An HTTP error as the console's HTML page (``Allow`` kept on a 405)."""
     status = exc.code or 500
     message = "error.not_found" if status == 404 else "error.request" if status < 500 \
         else "error.internal"
-    return _page("error.html", status, message=message)
+    response = _page("error.html", status, message=message)
+    allow = exc.get_response().headers.get("Allow")
+    if status == 405 and allow:
+        response.headers["Allow"] = allow
+    return response
 
 
 def _database_down(_exc: Exception) -> BaseResponse:
