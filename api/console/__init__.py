@@ -180,8 +180,10 @@ def _when(value: Any) -> str:
 
 
 def _context() -> dict[str, Any]:
-    """What every console template sees (passed explicitly: an error page may be rendered
-    outside the blueprint, where its hooks did not run).
+    """What every console template sees.
+
+    Passed explicitly, not by a context processor: an error page may be rendered outside the
+    blueprint (a routing error), where the blueprint's hooks did not run.
     """
     lang = getattr(g, "lang", None) or negotiate(request.cookies.get(LANG_COOKIE),
                                                  [tag for tag, _q in request.accept_languages])
