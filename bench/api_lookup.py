@@ -74,7 +74,7 @@ def _wrk(port: int, script: Path, seconds: int, connections: int, threads: int) 
         capture_output=True, text=True, check=True).stdout
 
     def grab(pattern: str, default: str = "0") -> str:
-        m = re.search(pattern, out)
+        m = re.search(pattern, out, re.MULTILINE)
         return m.group(1) if m else default
 
     def ms(text: str) -> float:
@@ -86,8 +86,9 @@ def _wrk(port: int, script: Path, seconds: int, connections: int, threads: int) 
     return {
         "rps": float(grab(r"Requests/sec:\s+([\d.]+)")),
         "requests": int(grab(r"(\d+) requests in")),
-        "p50_ms": ms(grab(r"50%\s+(\S+)")), "p90_ms": ms(grab(r"90%\s+(\S+)")),
-        "p99_ms": ms(grab(r"99%\s+(\S+)")),
+        # Anchored: "Thread Stats" lines end in percentages too (e.g. "67.50%").
+        "p50_ms": ms(grab(r"^\s+50%\s+(\S+)")), "p90_ms": ms(grab(r"^\s+90%\s+(\S+)")),
+        "p99_ms": ms(grab(r"^\s+99%\s+(\S+)")),
         "non_2xx": int(grab(r"Non-2xx or 3xx responses:\s+(\d+)")),
         "socket_errors": sum(int(x) for x in re.findall(
             r"(?:connect|read|write|timeout) (\d+)", grab(r"Socket errors: (.*)", ""))),
@@ -96,8 +97,8 @@ def _wrk(port: int, script: Path, seconds: int, connections: int, threads: int) 
 
 
 def _cpu_ticks() -> dict[str, int]:
-    """CPU time (clock ticks) used so far by the gunicorn and postgres processes, by kind."""
-    out = {"gunicorn": 0, "postgres": 0}
+    """CPU time (clock ticks) used so far by the API server and postgres processes, by kind."""
+    out = {"api server": 0, "postgres": 0}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -105,7 +106,8 @@ def _cpu_ticks() -> dict[str, int]:
         except OSError:
             continue
         name, rest = stat.split(")", 1)
-        kind = "gunicorn" if "gunicorn" in cmd else "postgres" if "postgres" in name else None
+        kind = "api server" if "gunicorn" in cmd or "granian" in cmd \
+            else "postgres" if "postgres" in name else None
         if kind:
             fields = rest.split()
             out[kind] += int(fields[11]) + int(fields[12])  # utime + stime
@@ -113,7 +115,7 @@ def _cpu_ticks() -> dict[str, int]:
 
 
 def _cpu_split(before: dict[str, int], children_before: float, requests: int) -> str:
-    """Per request: CPU ms in the API workers, PostgreSQL and wrk (from rusage of children)."""
+    """Per request: CPU ms in the API server, PostgreSQL and wrk (from rusage of children)."""
     import resource
 
     hz = os.sysconf("SC_CLK_TCK")
@@ -143,6 +145,9 @@ def main() -> None:
                     default=[64, 16], help="comma-separated; each is one closed-loop run")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--endpoints", default="tier,profile")
+    ap.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn",
+                    help="gunicorn: `crm-service serve` as shipped; granian: the same app under "
+                         "granian's Rust HTTP server (an experiment: `pip install granian`)")
     ap.add_argument("--cpu-split", action="store_true",
                     help="also print CPU time per request in gunicorn, PostgreSQL and wrk")
     a = ap.parse_args()
@@ -173,12 +178,17 @@ def main() -> None:
         conn.commit()
     (work / "ids.txt").write_text("\n".join(ids) + "\n")
     port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "crm_service", "serve", "--host", "127.0.0.1", "--port",
-         str(port), "--workers", str(a.workers), "--threads", str(a.threads)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if a.server == "granian":
+        command = [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi",
+                   "--host", "127.0.0.1", "--port", str(port), "--workers", str(a.workers),
+                   "--blocking-threads", str(a.threads), "--no-ws", "api.wsgi:app"]
+    else:
+        command = [sys.executable, "-m", "crm_service", "serve", "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", str(a.workers), "--threads", str(a.threads)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     print(f"machine: {machine()}")
-    print(f"live run: {customers} customers; {len(ids)} random ids; gunicorn {a.workers} "
+    print(f"live run: {customers} customers; {len(ids)} random ids; {a.server} {a.workers} "
           f"workers x {a.threads} threads; wrk -t2 -d{a.seconds}s, closed loop")
     try:
         _wait_ready(port)
