@@ -96,30 +96,30 @@ def _wrk(port: int, script: Path, seconds: int, connections: int, threads: int) 
     }
 
 
-def _cpu_ticks() -> dict[str, int]:
-    """CPU time (clock ticks) used so far by the API server and postgres processes, by kind."""
+def _cpu_ticks(server_group: int, postmaster: int) -> dict[str, int]:
+    """CPU time (clock ticks) used so far by the API server's processes (its process group)
+    and this database's PostgreSQL processes (the postmaster and its children)."""
     out = {"api server": 0, "postgres": 0}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        name, rest = stat.split(")", 1)
-        kind = "api server" if "gunicorn" in cmd or "granian" in cmd \
-            else "postgres" if "postgres" in name else None
+        fields = stat.rsplit(")", 1)[1].split()
+        ppid, pgid = int(fields[1]), int(fields[2])
+        kind = "api server" if pgid == server_group \
+            else "postgres" if postmaster in (int(pid), ppid) else None
         if kind:
-            fields = rest.split()
             out[kind] += int(fields[11]) + int(fields[12])  # utime + stime
     return out
 
 
-def _cpu_split(before: dict[str, int], children_before: float, requests: int) -> str:
+def _cpu_split(before: dict[str, int], after: dict[str, int], children_before: float,
+               requests: int) -> str:
     """Per request: CPU ms in the API server, PostgreSQL and wrk (from rusage of children)."""
     import resource
 
     hz = os.sysconf("SC_CLK_TCK")
-    after = _cpu_ticks()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_s = usage.ru_utime + usage.ru_stime - children_before
     parts = {k: (after[k] - before[k]) / hz for k in after} | {"wrk": wrk_s}
@@ -187,6 +187,9 @@ def main() -> None:
                    "--port", str(port), "--workers", str(a.workers), "--threads", str(a.threads)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
+    # The database's postmaster: its PID is the first line of postmaster.pid.
+    pid_file = next(Path(data_dir).rglob("postmaster.pid"), None)
+    postmaster = int(pid_file.read_text().split()[0]) if pid_file else -1
     print(f"machine: {machine()}")
     print(f"live run: {customers} customers; {len(ids)} random ids; {a.server} {a.workers} "
           f"workers x {a.threads} threads; wrk -t2 -d{a.seconds}s, closed loop")
@@ -201,13 +204,13 @@ def main() -> None:
             for connections in a.connections:
                 import resource
 
-                ticks = _cpu_ticks()
+                ticks = _cpu_ticks(server.pid, postmaster)
                 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
                 r = _wrk(port, script, a.seconds, connections, 2)
                 _report(f"{name}, {connections} connections", r)
                 if a.cpu_split:
-                    print("  " + _cpu_split(ticks, usage.ru_utime + usage.ru_stime,
-                                            r["requests"]))
+                    print("  " + _cpu_split(ticks, _cpu_ticks(server.pid, postmaster),
+                                            usage.ru_utime + usage.ru_stime, r["requests"]))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

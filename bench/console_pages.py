@@ -150,10 +150,13 @@ def main() -> None:
         # run published before plots were stored), then read from the database.
         _, dash, _, _ = b.request("/console/dashboard")
         plots = re.findall(r'<img src="(/console/runs/\d+/plots/\w+\.svg\?lang=en)"', dash)
-        first = [b.request(p)[2] for p in plots]
-        stored = [b.request(p)[2] for p in plots for _ in range(30)]
+        first_answers = [b.request(p) for p in plots]
+        stored_answers = [b.request(p) for p in plots for _ in range(30)]
+        bad = sum(a[0] != 200 for a in first_answers + stored_answers)
+        first = [a[2] for a in first_answers]
+        stored = [a[2] for a in stored_answers]
         print(f"plots ({len(plots)}): first request {', '.join(f'{x:.0f}' for x in first)} ms;"
-              f" stored: server {_stats(stored)}", flush=True)
+              f" stored: server {_stats(stored)}; errors {bad}", flush=True)
         kinds = {
             "lookup page (GET /console/)": lambda c: ("/console/", None, None),
             "dashboard (GET /console/dashboard)": lambda c: ("/console/dashboard", None, None),

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 # Fields passed with ``extra=`` that become top-level JSON keys.
 FIELDS = ("request_id", "method", "route", "status", "duration_ms", "key_id", "run_id",
-          "webhook_id", "delivery_id", "event", "bytes", "customer_ref", "matches", "reason")
+          "webhook_id", "delivery_id", "event", "bytes", "customer_ref", "customer_refs",
+          "matches", "reason")
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,12 +37,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """``time level logger message key=value...``: the same fields as the JSON lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as text, with the :data:`FIELDS` it carries appended as key=value."""
+        line = super().format(record)
+        extra = " ".join(f"{name}={record.__dict__[name]}" for name in FIELDS
+                         if record.__dict__.get(name) is not None)
+        if not extra:
+            return line
+        head, sep, tail = line.partition("\n")  # after the message, before a traceback
+        return f"{head} {extra}{sep}{tail}"
+
+
 def configure(level: str = "INFO", fmt: str | None = None) -> None:
     """Send the root logger to stderr in the chosen format (idempotent)."""
     fmt = (fmt or os.environ.get("CRM_LOG_FORMAT") or "json").strip().lower()
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     else:
         handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -8,6 +8,7 @@ published before that, or whose rendering failed, is rendered on first request a
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import psycopg
 
 PLOTS = ("holdout_by_frequency", "p_alive", "tracking")
+_RENDER_LOCK = threading.Lock()
 LANGUAGES = ("en", "zh-Hans")
 _LABELS = {"bgnbd": "BG/NBD", "pareto_nbd": "Pareto/NBD"}
 
@@ -77,7 +79,8 @@ def render(name: str, data: dict[str, Any], lang: str = "en") -> bytes:
     text = _TEXT[lang]
     # Without a CJK font on the server, matplotlib measures Chinese labels with placeholder
     # boxes (about the right width) and warns; the browser draws them with its own fonts.
-    with warnings.catch_warnings():
+    # rc_context and warning filters are process-global: one render at a time (CRM_THREADS > 1).
+    with _RENDER_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
         return _render(plt, matplotlib, name, data, text)
 

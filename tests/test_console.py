@@ -236,7 +236,8 @@ def test_national_phone_numbers_with_a_country_code(scored, settings, dsn, make_
         assert r.headers.get("Location") == "/console/customers/cdnow-0004", text
 
 
-def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn, make_token):
+def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn, make_token,
+                                                           settings, caplog):
     conn.execute("UPDATE customers SET email = 'family@example.com',"
                  " email_normalized = 'family@example.com'"
                  " WHERE customer_id IN ('cdnow-0001', 'cdnow-0002')")
@@ -247,9 +248,16 @@ def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn,
         "order_id": "late-1", "customer_id": "cdnow-0002", "channel": "tmall",
         "ordered_at": "1998-07-02", "amount": "50.00"}]}).status_code == 200
     sign_in(client, make_token("customers:read"))
-    r = search(client, "family@example.com")
+    with caplog.at_level(logging.INFO):
+        r = search(client, "family@example.com")
     assert r.status_code == 200
     assert "2 customers match" in r.text
+    # The audit trail names whose contact details the page showed, as references.
+    from crm_service.erasure import customer_ref
+
+    listed = [r.customer_refs for r in caplog.records
+              if r.getMessage() == "console customers listed"]
+    assert listed == [[customer_ref(settings, "cdnow-0001"), customer_ref(settings, "cdnow-0002")]]
     assert r.text.count('href="/console/customers/cdnow-000') == 2
     assert r.text.count("(provisional)") == 1
     page = client.get("/console/customers/cdnow-0002").text
@@ -300,6 +308,8 @@ def test_unknown_customer_is_an_html_404(scored, client, make_token):
     r = client.put("/console/dashboard")
     assert r.status_code == 405 and r.mimetype == "text/html"
     assert "cannot be handled" in r.text and "GET" in r.headers["Allow"]
+    assert r.headers["Cache-Control"] == "no-store"
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
     assert client.delete("/console").mimetype == "text/html"
 
 
@@ -467,3 +477,13 @@ def test_order_dates_are_shown_in_the_reporting_time_zone(settings, dsn, conn, m
     sign_in(client, make_token("customers:read"))
     page = client.get("/console/customers/C-1").text
     assert "2024-05-02" in page and "2024-05-01" not in page  # 07:30 on May 2 in Shanghai
+
+
+def test_audit_fields_survive_the_text_log_format():
+    from crm_service.logs import TextFormatter
+
+    record = logging.LogRecord("crm.console", logging.INFO, __file__, 1, "console customer viewed",
+                               None, None)
+    record.key_id, record.customer_ref = "k123", "ab12"
+    line = TextFormatter().format(record)
+    assert line.endswith("console customer viewed key_id=k123 customer_ref=ab12")

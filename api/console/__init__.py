@@ -44,6 +44,7 @@ from crm_service import console_sessions, dashboard, erasure, profiles
 from crm_service.console_sessions import ConsoleSession, SignInError
 from crm_service.db import DatabaseUnavailable
 from crm_service.errors import DatabaseUnavailableError, ValidationError
+from crm_service.plots import LANGUAGES as PLOT_LANGUAGES
 from crm_service.plots import PLOTS, run_plot
 
 log = logging.getLogger("crm.console")
@@ -90,18 +91,23 @@ def _load_session() -> None:
 @bp.after_request
 def _headers(response: Response) -> BaseResponse:
     if request.endpoint != "console.static":
-        response.headers.update(_SECURITY_HEADERS)
-        if request.is_secure:
-            response.headers["Strict-Transport-Security"] = "max-age=31536000"
-        # Pages hold personal data: never stored by the browser or a proxy.
-        if response.mimetype == "text/html":
-            response.headers["Cache-Control"] = "no-store"
-        response.vary.update(("Cookie", "Accept-Language"))
+        _protect(response)
     started = getattr(g, "started", None)
     if started is not None:
         response.headers["Server-Timing"] = \
             f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
     return response
+
+
+def _protect(response: BaseResponse) -> None:
+    """The console's security and caching headers (idempotent)."""
+    response.headers.update(_SECURITY_HEADERS)
+    if request.is_secure:
+        response.headers["Strict-Transport-Security"] = "max-age=31536000"
+    # Pages hold personal data: never stored by the browser or a proxy.
+    if response.mimetype == "text/html":
+        response.headers["Cache-Control"] = "no-store"
+    response.vary.update(("Cookie", "Accept-Language"))
 
 
 def signed_in(view: F) -> F:
@@ -345,7 +351,13 @@ def search() -> BaseResponse:
         return redirect(url_for("console.customer",
                                 customer_id=matches[0]["customer_id"]), 303)
     shown = matches[:profiles.MAX_SEARCH_RESULTS]
-    if len(shown) > 1:  # the tier each customer's own page would show (maybe provisional)
+    if len(shown) > 1:
+        # A results page shows contact details too: log whose, as references.
+        log.info("console customers listed", extra={
+            "key_id": g.console_session.key_id,
+            "customer_refs": [erasure.customer_ref(svc.settings, m["customer_id"])
+                              for m in shown]})
+        # The tier each customer's own page would show (maybe provisional).
         with svc.reader.connection() as conn:
             for match in shown:
                 found = profiles.lookup(conn, match["customer_id"])
@@ -397,7 +409,7 @@ def plot(run_id: int, name: str) -> BaseResponse:
     the other language.
     """
     lang = request.args.get("lang", g.lang)
-    if name not in PLOTS or lang not in LANGUAGES:
+    if name not in PLOTS or lang not in PLOT_LANGUAGES:
         abort(404)
     with services().reader.connection() as conn:
         svg = run_plot(conn, run_id, name, lang)
@@ -427,6 +439,7 @@ def error_page(exc: HTTPException) -> BaseResponse:
     message = "error.not_found" if status == 404 else "error.request" if status < 500 \
         else "error.internal"
     response = _page("error.html", status, message=message)
+    _protect(response)  # also when rendered by the app's handler, outside the blueprint
     allow = exc.get_response().headers.get("Allow")
     if status == 405 and allow:
         response.headers["Allow"] = allow
