@@ -52,7 +52,7 @@ def test_demo_serves_the_console_and_says_where(conn, cli_env, tmp_path):
     import sys
     import urllib.request
 
-    from tests.test_serve import free_port, wait_until_up
+    from tests.test_serve import free_port, stop, wait_until_up
 
     port = free_port()
     env = dict(os.environ, **cli_env, CRM_WORKERS="1", PYTHONUNBUFFERED="1")
@@ -74,9 +74,4 @@ def test_demo_serves_the_console_and_says_where(conn, cli_env, tmp_path):
         assert r.status == 200 and 'name="api_key"' in page
         assert key not in page
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop(proc, seconds=30)

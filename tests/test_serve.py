@@ -50,12 +50,17 @@ def serving(dsn: str, data_dir, **env: str) -> Iterator[tuple[str, subprocess.Po
         wait_until_up(base, proc)
         yield base, proc
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, seconds: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``seconds``; output is drained."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 @pytest.fixture()
