@@ -97,12 +97,13 @@ def resolve(conn: psycopg.Connection, settings: Settings, token: str) -> Console
     if row is None:
         return None
     key_id, name, scopes, csrf, expires, stale = row
-    if CONSOLE_SCOPE not in scopes and "admin" not in scopes:
+    session = ConsoleSession(key_id, name, tuple(scopes), csrf, expires)
+    if not session.allows(CONSOLE_SCOPE):  # the key's scopes changed since sign-in
         return None
     if stale:
         conn.execute("UPDATE console_sessions SET last_seen_at = now() WHERE token_hash = %s",
                      (_hash(token),))
-    return ConsoleSession(key_id, name, tuple(scopes), csrf, expires)
+    return session
 
 
 def sign_out(conn: psycopg.Connection, token: str) -> None:

@@ -80,14 +80,9 @@ def render(name: str, data: dict[str, Any], lang: str = "en") -> bytes:
     # Without a CJK font on the server, matplotlib measures Chinese labels with placeholder
     # boxes (about the right width) and warns; the browser draws them with its own fonts.
     # rc_context and warning filters are process-global: one render at a time (CRM_THREADS > 1).
-    with _RENDER_LOCK, warnings.catch_warnings():
+    with _RENDER_LOCK, warnings.catch_warnings(), \
+            matplotlib.rc_context({"svg.fonttype": "none"}):
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
-        return _render(plt, matplotlib, name, data, text)
-
-
-def _render(plt: Any, matplotlib: Any, name: str, data: dict[str, Any],
-            text: dict[str, str]) -> bytes:
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
         fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
         try:
             {"holdout_by_frequency": _by_frequency, "p_alive": _p_alive,
