@@ -20,6 +20,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     CRM_REQUIRE_DATABASE_URL=1 \
     CRM_DATA_DIR=/app/data \
     CRM_WORKERS=2 \
+    CRM_THREADS=4 \
     MPLCONFIGDIR=/app/data/matplotlib
 WORKDIR /app
 RUN mkdir -p /app/data && chown -R crm:crm /app
@@ -32,4 +33,4 @@ HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys
 # in a problem+json answer. Writable paths: /app/data (volume) and /tmp (rate-limit buckets), so
 # the root filesystem can be read-only:
 #   docker run --read-only --tmpfs /tmp -v crm-data:/app/data -e DATABASE_URL=... IMAGE
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --timeout 120 --graceful-timeout 10 --no-control-socket --worker-class api.server.ProblemSyncWorker api.wsgi:app"]
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --threads ${CRM_THREADS} --keep-alive 5 --timeout 120 --graceful-timeout 10 --no-control-socket --worker-class api.server.ProblemKeepAliveWorker api.wsgi:app"]

@@ -17,6 +17,7 @@ from flask_smorest import Api
 
 from api import auth, console, customers, events, health, ingestion, policy, scoring, webhooks
 from api.errors import register_error_handlers
+from api.fastpath import TierLane
 from api.openapi import CustomerIdConverter, ProblemDocsPlugin
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
@@ -87,6 +88,9 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     register_error_handlers(app)
     _serve_swagger_assets(app)
     _request_log(app)
+    # GET /v1/customers/{id}/tier in its common case: answered before Flask (api.fastpath).
+    app.wsgi_app = TierLane(app.extensions[EXTENSION], app.wsgi_app,  # type: ignore[method-assign]
+                            log_request)
     return app
 
 
@@ -94,32 +98,45 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 request_log = logging.getLogger("crm.request")
 
 
+def request_id(given: str) -> str:
+    """The client's ``X-Request-Id`` if sane, else a new one."""
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def log_request(environ: dict, route: str, status: int, started: float | None,
+                key_id: str | None, rid: str | None = None) -> str:
+    """Write the request's log line; return its request id (for ``X-Request-Id``)."""
+    rid = rid or request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+    request_log.info("request", extra={
+        "request_id": rid, "method": environ.get("REQUEST_METHOD"), "route": route,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+        "key_id": key_id})
+    return rid
+
+
 def _request_log(app: Flask) -> None:
     """One structured line per request; ``X-Request-Id`` taken (if sane) or made, and echoed.
 
     The route is the URL rule (``/v1/customers/<customer_id>``), so customer ids in paths and
-    query strings never reach the log.
+    query strings never reach the log. The /tier fast lane writes the same line
+    (:func:`log_request`).
     """
 
     @app.before_request
     def start() -> None:
-        given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        g.request_id = request_id(request.headers.get("X-Request-Id", ""))
         g.started = time.perf_counter()
 
     @app.after_request
     def finish(response: Response) -> Response:
-        request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
-        response.headers["X-Request-Id"] = request_id
-        started = getattr(g, "started", None)
         key = getattr(g, "api_key", None)
-        request_log.info("request", extra={
-            "request_id": request_id, "method": request.method,
-            "route": request.url_rule.rule if request.url_rule else "(no route)",
-            "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2)
-            if started else None,
-            "key_id": key.id if key is not None else None})
+        rid = log_request(request.environ,
+                          request.url_rule.rule if request.url_rule else "(no route)",
+                          response.status_code, getattr(g, "started", None),
+                          key.id if key is not None else None,
+                          getattr(g, "request_id", None))
+        response.headers["X-Request-Id"] = rid
         return response
 
 

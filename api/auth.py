@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from flask import Flask, g, request
 
 from api.errors import ApiProblem
+from api.fastpath import RATE_CHECKED
 from api.services import services
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,7 +40,10 @@ def authenticate(accepted: tuple[str, ...]) -> None:
         raise ApiProblem(403, "Forbidden", f"this API key lacks the {wanted} scope",
                          slug="forbidden", required_scope=accepted[0])
     if svc.limiter is not None:
-        wait = svc.limiter.take(key.id)
+        # The /tier fast lane (api.fastpath) may have spent this request's token already.
+        wait = request.environ.get(RATE_CHECKED)
+        if wait is None:
+            wait = svc.limiter.take(key.id)
         if wait:
             limit = svc.settings.rate_limit_per_second
             raise ApiProblem(429, "Too Many Requests",

@@ -62,12 +62,17 @@ ID_IN_PATH = rf"[^\x00-\x1f\x7f/]{{1,{MAX_ID_LENGTH}}}"
 _ID_IN_PATH = re.compile(ID_IN_PATH)
 
 
+def valid_customer_id(customer_id: str) -> bool:
+    """Whether the id is 1-128 characters without control characters (the OpenAPI pattern)."""
+    return _ID_IN_PATH.fullmatch(customer_id) is not None
+
+
 def check_customer_id(customer_id: str) -> None:
-    """422 unless the id is 1-128 characters without control characters (the OpenAPI pattern).
+    """422 unless :func:`valid_customer_id`.
 
     Ingestion is stricter (printable only), so an id that passes here may simply be unknown: 404.
     """
-    if not _ID_IN_PATH.fullmatch(customer_id):
+    if not valid_customer_id(customer_id):
         raise ValidationError(f"a customer id is 1-{MAX_ID_LENGTH} characters, "
                               "without control characters")
 

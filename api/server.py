@@ -12,12 +12,22 @@ Use ``--worker-class api.server.ProblemSyncWorker`` (or ``ProblemThreadWorker`` 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import queue
+import selectors
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
-from gunicorn import util
+from gunicorn import http, util
 from gunicorn.http import errors as http_errors
+from gunicorn.http import wsgi
+from gunicorn.workers import base
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
@@ -76,3 +86,322 @@ class ProblemSyncWorker(_ProblemErrors, SyncWorker):
 
 class ProblemThreadWorker(_ProblemErrors, ThreadWorker):
     """gunicorn's gthread worker with problem+json parser errors."""
+
+
+_ACCEPT, _WAKE, _SIGNAL = object(), object(), object()
+READ_TIMEOUT_SECONDS = 30.0  # a client that stops sending mid-request (threads only)
+BODY_DRAIN_SECONDS = 5.0  # reading what the app left of a request body, before keep-alive
+MAX_HEAD = 65536  # bytes peeked for a complete request head
+
+
+class _Conn:
+    """One client connection.
+
+    Its socket, its HTTP parser (which keeps read-ahead bytes) and when it may be closed for
+    idleness.
+    """
+
+    __slots__ = ("sock", "addr", "server", "parser", "deadline", "watched")
+
+    def __init__(self, sock: socket.socket, addr: Any, server: Any, cfg: Any) -> None:
+        self.sock, self.addr, self.server = sock, addr, server
+        self.parser = http.get_parser(cfg, sock, addr)
+        self.deadline = 0.0
+        self.watched = False
+
+    def buffered(self) -> bool:
+        """Whether the parser already holds bytes of a next request."""
+        return bool(self.parser.unreader.buf.getvalue())
+
+
+class _Gather:
+    """Stands in for a client socket while an inline answer is written.
+
+    gunicorn writes the head and the body separately, and two sends wake the client twice. The
+    loop sends what was gathered in one call.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+
+class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
+    """Keep-alive connections on one event loop; cheap lookups answered inline and batched.
+
+    gunicorn's sync worker closes the connection after every answer and serves one request at
+    a time; its gthread worker keeps connections alive but hands every request to a thread,
+    and the handover and GIL contention cost more than the cheap requests themselves. This
+    worker:
+
+    - keeps HTTP/1.1 connections alive (``--keep-alive`` seconds idle) in a selector;
+    - reads each ready connection's request on the event loop, but only once its whole head
+      has arrived (peeked), so a slow client never stalls the loop;
+    - answers requests the app marks as inline (``app.wsgi_app.inline(environ)``: the /tier
+      fast lane, :class:`api.fastpath.TierLane`) on the loop, after calling
+      ``app.wsgi_app.prefetch(environs)`` once for all of them, which batches their database
+      lookups into one statement;
+    - hands every other request (profiles, exports, ingestion, the console) to a pool of
+      ``--threads`` threads, so a long export does not hold up the lookups behind it;
+    - answers unparseable requests with problem+json like the other workers here.
+    """
+
+    alive: bool  # gunicorn's base worker sets it
+
+    def init_process(self) -> None:
+        """Set up the selector, thread pool and wake-up pipe, then run (gunicorn's base)."""
+        self.selector = selectors.DefaultSelector()
+        self.pool = ThreadPoolExecutor(max(1, self.cfg.threads), thread_name_prefix="crm-http")
+        self.finished: queue.SimpleQueue[tuple[_Conn, bool]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.conns: dict[int, _Conn] = {}
+        self.accepting = False
+        super().init_process()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until told to stop, then finish what threads hold and close the rest."""
+        lane = getattr(self.wsgi, "wsgi_app", None)  # Flask's middleware slot
+        self.inline = getattr(lane, "inline", None)
+        self.prefetch = getattr(lane, "prefetch", None)
+        for listener in self.sockets:
+            listener.setblocking(False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, _WAKE)
+        self.selector.register(self.PIPE[0], selectors.EVENT_READ, _SIGNAL)
+        self._accept_enabled(True)
+        ready: list[_Conn] = []
+        swept = time.monotonic()
+        while self.alive:
+            self.notify()
+            events = self.selector.select(0 if ready else 1.0)
+            batch: dict[int, _Conn] = {id(c): c for c in ready}
+            ready = []
+            for key, _ in events:
+                if key.data is _ACCEPT:
+                    self._accept(key.fileobj)
+                elif key.data is _WAKE:
+                    ready.extend(self._back_from_threads())
+                elif key.data is _SIGNAL:
+                    self._drain(self.PIPE[0])
+                else:
+                    batch[id(key.data)] = key.data
+            if batch:
+                ready.extend(self._serve(list(batch.values())))
+            self._accept_enabled(len(self.conns) < self.cfg.worker_connections)
+            if self.ppid != os.getppid():
+                self.log.info("Parent changed, shutting down: %s", self)
+                break
+            now = time.monotonic()
+            if now - swept >= 1.0:
+                swept = now
+                for conn in [c for c in self.conns.values() if c.watched and c.deadline < now]:
+                    self._close(conn)
+        self._accept_enabled(False)
+        self.pool.shutdown(wait=True)
+        self._back_from_threads()
+        for conn in list(self.conns.values()):
+            self._close(conn)
+
+    def _accept_enabled(self, enabled: bool) -> None:
+        if enabled == self.accepting:
+            return
+        for listener in self.sockets:
+            if enabled:
+                self.selector.register(listener, selectors.EVENT_READ, _ACCEPT)
+            else:
+                self.selector.unregister(listener)
+        self.accepting = enabled
+
+    def _accept(self, listener: Any) -> None:
+        for _ in range(16):
+            if len(self.conns) >= self.cfg.worker_connections:
+                return
+            try:
+                client, addr = listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED):
+                    return
+                raise
+            client.setblocking(True)
+            util.close_on_exec(client)
+            conn = _Conn(client, addr, listener.getsockname(), self.cfg)
+            self.conns[client.fileno()] = conn
+            self._watch(conn)
+
+    def _watch(self, conn: _Conn) -> None:
+        conn.deadline = time.monotonic() + max(self.cfg.keepalive, 1)
+        if not conn.watched:
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+            conn.watched = True
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.watched:
+            self.selector.unregister(conn.sock)
+            conn.watched = False
+
+    def _close(self, conn: _Conn) -> None:
+        self._unwatch(conn)
+        self.conns.pop(conn.sock.fileno(), None)
+        util.close(conn.sock)
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _head_complete(self, conn: _Conn) -> bool | None:
+        """Whether a whole request head can be read without waiting.
+
+        None if the client has closed, False if it is still sending.
+        """
+        if conn.buffered():
+            return True
+        try:
+            data = conn.sock.recv(MAX_HEAD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return None
+        if not data:
+            return None
+        return b"\r\n\r\n" in data
+
+    def _serve(self, conns: list[_Conn]) -> list[_Conn]:
+        """Serve one request of each ready connection; return those with more buffered."""
+        inline: list[tuple[_Conn, Any, Any, dict[str, Any]]] = []
+        for conn in conns:
+            complete = self._head_complete(conn)
+            if complete is None:
+                self._close(conn)
+                continue
+            if not complete or self.inline is None:
+                self._to_thread(conn)
+                continue
+            try:
+                req = next(conn.parser)
+                resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
+            except (StopIteration, http_errors.NoMoreData, OSError):
+                self._close(conn)
+                continue
+            except Exception as exc:  # noqa: BLE001 - an unparseable request: problem+json
+                self.handle_error(None, conn.sock, conn.addr, exc)
+                self._close(conn)
+                continue
+            environ["wsgi.multithread"] = True
+            if environ.get("CONTENT_LENGTH") in (None, "", "0") \
+                    and "HTTP_TRANSFER_ENCODING" not in environ and self.inline(environ):
+                inline.append((conn, req, resp, environ))
+            else:
+                self._to_thread(conn, (req, resp, environ))
+        if self.prefetch is not None and len(inline) > 1:
+            self.prefetch([item[3] for item in inline])
+        more: list[_Conn] = []
+        for conn, req, resp, environ in inline:
+            resp.sock = gather = _Gather()
+            keep = self._respond(conn, req, resp, environ)
+            try:
+                conn.sock.sendall(b"".join(gather.parts))
+            except OSError:
+                keep = False
+            if keep:
+                self._watch(conn)
+                if conn.buffered():
+                    more.append(conn)
+            else:
+                self._close(conn)
+        return more
+
+    def _to_thread(self, conn: _Conn, parsed: tuple[Any, Any, dict[str, Any]] | None = None,
+                   ) -> None:
+        self._unwatch(conn)
+        self.pool.submit(self._threaded, conn, parsed)
+
+    def _threaded(self, conn: _Conn, parsed: tuple[Any, Any, dict[str, Any]] | None) -> None:
+        """In a pool thread: read the request if not read yet, answer it, hand it back."""
+        keep = False
+        try:
+            conn.sock.settimeout(READ_TIMEOUT_SECONDS)
+            if parsed is None:
+                req = next(conn.parser)
+                resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
+                environ["wsgi.multithread"] = True
+            else:
+                req, resp, environ = parsed
+            keep = self._respond(conn, req, resp, environ)
+        except (StopIteration, http_errors.NoMoreData, OSError):
+            keep = False
+        except Exception as exc:  # noqa: BLE001 - an unparseable request: problem+json
+            self.handle_error(None, conn.sock, conn.addr, exc)
+            keep = False
+        finally:
+            self.finished.put((conn, keep))
+            try:
+                os.write(self.wake_w, b"\0")
+            except OSError:
+                pass  # the pipe is full: the loop is awake anyway
+
+    def _back_from_threads(self) -> list[_Conn]:
+        """Take back the connections threads are done with; return those with more buffered."""
+        self._drain(self.wake_r)
+        more: list[_Conn] = []
+        while True:
+            try:
+                conn, keep = self.finished.get_nowait()
+            except queue.Empty:
+                return more
+            if keep and self.alive:
+                conn.sock.settimeout(None)
+                self._watch(conn)
+                if conn.buffered():
+                    more.append(conn)
+            else:
+                self._close(conn)
+
+    def _respond(self, conn: _Conn, req: Any, resp: Any, environ: dict[str, Any]) -> bool:
+        """Run the app for one request; True if the connection stays open for another."""
+        try:
+            self.cfg.pre_request(self, req)
+            started = datetime.now()
+            self.nr += 1
+            if self.nr >= self.max_requests and self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+            body = self.wsgi(environ, resp.start_response)
+            try:
+                for chunk in body:
+                    resp.write(chunk)
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - started)
+                if hasattr(body, "close"):
+                    body.close()
+            if resp.should_close():
+                return False
+            return bool(conn.parser.finish_body(deadline=time.monotonic() + BODY_DRAIN_SECONDS))
+        except OSError:
+            return False
+        except Exception as exc:  # noqa: BLE001 - the app's errors are its own; this is ours
+            if resp is not None and resp.headers_sent:
+                self.log.exception("Error handling request")
+            else:
+                self.handle_error(req, conn.sock, conn.addr, exc)
+            return False
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:  # noqa: BLE001
+                self.log.exception("Exception in post_request hook")

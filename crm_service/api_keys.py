@@ -141,6 +141,17 @@ class VerifiedKeys:
         self._entries: dict[bytes, tuple[ApiKey, float]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, token: str) -> ApiKey | None:
+        """The key of ``token`` if this process verified it within the TTL, else None.
+
+        Never asks the database.
+        """
+        if self.ttl <= 0:
+            return None
+        with self._lock:
+            hit = self._entries.get(_digest(token))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     def verify(self, connection: Callable[[], AbstractContextManager[psycopg.Connection]],
                token: str) -> ApiKey | None:
         """Like :func:`verify_token`; ``connection()`` is entered only on a cache miss."""

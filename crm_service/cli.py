@@ -424,8 +424,10 @@ def export_scores(ctx: Context, horizon_days: int, out: Path | None) -> None:
 # Longer than CRM_STATEMENT_TIMEOUT_MS's default, so a slow request ends in a problem+json
 # answer from the app rather than gunicorn killing the worker.
 WORKER_TIMEOUT_SECONDS = 120
-# Workers whose HTTP-parser errors (URL too long, bad headers) are problem+json, not HTML.
-GUNICORN_WORKER = {False: "api.server.ProblemSyncWorker", True: "api.server.ProblemThreadWorker"}
+# Keep-alive connections, the /tier fast lane batched on an event loop, other requests in
+# threads; HTTP-parser errors (URL too long, bad headers) are problem+json, not HTML.
+GUNICORN_WORKER = "api.server.ProblemKeepAliveWorker"
+KEEPALIVE_SECONDS = 5
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -440,7 +442,7 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 1) -> int:
+def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -> int:
     _check_port_free(host, port)
     dsn = ctx.upgraded_dsn()
     env = dict(os.environ, DATABASE_URL=dsn)
@@ -460,7 +462,8 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 1) -
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
            str(workers), "--threads", str(threads),
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
-           "--no-control-socket", "--worker-class", GUNICORN_WORKER[threads > 1],
+           "--keep-alive", str(KEEPALIVE_SECONDS),
+           "--no-control-socket", "--worker-class", GUNICORN_WORKER,
            "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
     # it when the server exits.
@@ -510,8 +513,8 @@ def worker(ctx: Context, poll_seconds: float) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="gunicorn worker processes (CRM_WORKERS, default 2).")
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
-              help="threads per worker (CRM_THREADS, default 1); above 1 gunicorn's gthread "
-                   "workers also keep client connections alive.")
+              help="threads per worker for requests other than /tier lookups (CRM_THREADS, "
+                   "default 4).")
 @pass_ctx
 @handles_errors
 def serve(ctx: Context, host: str | None, port: int | None, workers: int | None,

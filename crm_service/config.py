@@ -45,7 +45,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
-    threads: int = 1
+    threads: int = 4
     auth_cache_seconds: float = 5.0
     rate_limit_per_second: float = 100.0
     rate_limit_burst: float = 200.0
@@ -221,7 +221,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=(env.get("CRM_HOST") or "127.0.0.1").strip(),
         port=_number(env, "CRM_PORT", 8000, 1, 65535),
         workers=_number(env, "CRM_WORKERS", 2, 1, 64),
-        threads=_number(env, "CRM_THREADS", 1, 1, 64),
+        threads=_number(env, "CRM_THREADS", 4, 1, 64),
         auth_cache_seconds=_number(env, "CRM_AUTH_CACHE_SECONDS", 5.0, 0.0, 300.0),
         rate_limit_per_second=_number(env, "CRM_RATE_LIMIT_PER_SECOND", 100.0, 0.0, 1e6),
         rate_limit_burst=_number(env, "CRM_RATE_LIMIT_BURST", 200.0, 1.0, 1e7),

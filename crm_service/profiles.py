@@ -57,6 +57,33 @@ LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s
 WHERE r.id = (SELECT active_run_id FROM scoring_state)
 """
 
+# The answer of GET /v1/customers/{id}/tier, built as JSON text by PostgreSQL, for many customers
+# in one round trip. Only customers whose live-run row is current and complete: scored with a
+# tier, finite numbers (PostgreSQL would write NaN as a string), and no order changed since the
+# run started or dated after its as_of (those get a provisional answer from lookup()).
+_TIER_CARDS = """
+SELECT c.id, (SELECT row_to_json(card) FROM (
+           SELECT c.id AS customer_id, r.id AS run_id, r.as_of, false AS provisional,
+                  NULL::date AS provisional_as_of, s.tier, s.tier_since, s.value_segment,
+                  s.rfm_segment, s.recommended_action, s.churn_risk, s.churn_probability,
+                  s.clv_12m, s.p_alive,
+                  (SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM (
+                       SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
+                       JOIN scoring_runs sr ON sr.id = t.run_id
+                       WHERE t.customer_id = c.id AND t.run_id <= r.id
+                       ORDER BY t.run_id DESC LIMIT %(n)s) h) AS recent_transitions) card)::text
+FROM unnest(%(ids)s::text[]) AS c(id)
+JOIN scoring_runs r ON r.id = (SELECT active_run_id FROM scoring_state)
+JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = c.id
+WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
+  AND (s.clv_12m IS NULL OR s.clv_12m < 'Infinity')
+  AND (s.churn_probability IS NULL OR s.churn_probability < 'Infinity')
+  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id
+                  AND (o.updated_at > r.started_at
+                       OR (o.status = 'paid'
+                           AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))
+"""
+
 # With the profile: the customer row, identities and the order summary per channel.
 _PROFILE_EXTRA = """,
        (SELECT json_build_object('email', c.email, 'phone', c.phone, 'name', c.name,
@@ -228,6 +255,20 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
     if out["scores"] is not None:
         out["scores"] = jsonable(out["scores"])
     return out
+
+
+def tier_cards(conn: psycopg.Connection, customer_ids: list[str]) -> dict[str, bytes]:
+    """The ``/tier`` answers of ``customer_ids`` whose live-run row is current, as JSON bytes.
+
+    One statement for all of them (one snapshot, one round trip): the API's fast lane asks for
+    the lookups that arrived together in one call. A customer left out has no live answer that
+    PostgreSQL can give on its own: not scored in the live run, no run live, or orders changed
+    since the run (provisional); :func:`lookup` answers those.
+    """
+    if not customer_ids:
+        return {}
+    rows = conn.execute(_TIER_CARDS, {"ids": customer_ids, "n": HISTORY}).fetchall()
+    return {customer_id: card.encode() for customer_id, card in rows}
 
 
 def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | None = None,
