@@ -17,7 +17,7 @@ from flask_smorest import Api
 
 from api import auth, console, customers, events, health, ingestion, policy, scoring, webhooks
 from api.errors import register_error_handlers
-from api.fastpath import TierLane
+from api.fastpath import LookupLane
 from api.openapi import CustomerIdConverter, ProblemDocsPlugin
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
@@ -88,8 +88,9 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     register_error_handlers(app)
     _serve_swagger_assets(app)
     _request_log(app)
-    # GET /v1/customers/{id}/tier in its common case: answered before Flask (api.fastpath).
-    app.wsgi_app = TierLane(app.extensions[EXTENSION], app.wsgi_app,  # type: ignore[method-assign]
+    # GET /v1/customers/{id} and .../tier in the common case: answered before Flask
+    # (api.fastpath).
+    app.wsgi_app = LookupLane(app.extensions[EXTENSION], app.wsgi_app,  # type: ignore[method-assign]
                             log_request)
     return app
 
@@ -119,7 +120,7 @@ def _request_log(app: Flask) -> None:
     """One structured line per request; ``X-Request-Id`` taken (if sane) or made, and echoed.
 
     The route is the URL rule (``/v1/customers/<customer_id>``), so customer ids in paths and
-    query strings never reach the log. The /tier fast lane writes the same line
+    query strings never reach the log. The lookup fast lane writes the same line
     (:func:`log_request`).
     """
 

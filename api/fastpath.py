@@ -1,22 +1,23 @@
-"""The fast lane for ``GET /v1/customers/{id}/tier``: answered without Flask, lookups batched.
+"""The fast lane for ``GET /v1/customers/{id}/tier`` and ``GET /v1/customers/{id}``.
 
-Agents and campaign tools call ``/tier`` far more than anything else, and most of its cost was
-not the lookup but what surrounds it: Flask's request machinery, and one PostgreSQL round trip
-per request (each a pair of context switches on a busy machine). :class:`TierLane` wraps the
-Flask app's ``wsgi_app`` and answers the common case itself:
+Agents and campaign tools call these two far more than anything else, and most of their cost
+was not the lookup but what surrounds it: Flask's request machinery, and one PostgreSQL round
+trip per request (each a pair of context switches on a busy machine). :class:`LookupLane` wraps
+the Flask app's ``wsgi_app`` and answers the common case itself:
 
-- a ``GET`` of ``/v1/customers/<id>/tier`` with a bearer key that this process verified
-  recently (:class:`~crm_service.api_keys.VerifiedKeys`) or verifies now, holding
-  ``scores:read`` (or ``admin``), within its rate limit;
-- for a customer whose live-run answer PostgreSQL can build alone
-  (:func:`crm_service.profiles.tier_cards`): scored in the live run, orders unchanged since.
+- a ``GET`` of ``/v1/customers/<id>/tier`` or ``/v1/customers/<id>`` with a bearer key that
+  this process verified recently (:class:`~crm_service.api_keys.VerifiedKeys`) or verifies
+  now, holding the view's scope (``scores:read``; for the profile also ``customers:read``,
+  which adds contact details), within its rate limit;
+- for a customer whose live-run answer PostgreSQL can build alone as JSON
+  (:func:`crm_service.profiles.cards`): scored in the live run, orders unchanged since.
 
 Everything else, including every error, goes to the Flask view, which gives the same answers it
 always did (401/403/404/422/429/503 as problem+json, provisional tiers). The lane changes how
 fast a request is answered, never what the answer is; ``tests/test_fastpath.py`` checks both
 lanes give the same body and headers.
 
-**Batching.** :meth:`TierLane.prefetch` takes the requests a server received together and looks
+**Batching.** :meth:`LookupLane.prefetch` takes the requests a server received together and looks
 all their customers up in one statement, leaving each answer in its request's environ. The
 keep-alive worker (:class:`api.server.ProblemKeepAliveWorker`) calls it for each batch of
 requests that arrived at once; other servers simply never call it, and each request is looked
@@ -39,43 +40,46 @@ log = logging.getLogger("crm.request")
 
 PREFIX = "/v1/customers/"
 SUFFIX = "/tier"
-ROUTE = "/v1/customers/<customer_id>/tier"  # the route template the request log shows
-SCOPE = "scores:read"
+# The route templates the request log shows (never the customer id).
+ROUTES = {"tier": "/v1/customers/<customer_id>/tier", "profile": "/v1/customers/<customer_id>"}
+READ_SCORES, READ_CUSTOMERS = "scores:read", "customers:read"
 
 # environ keys the lane leaves for the Flask app (not settable by clients: their headers
 # arrive as HTTP_*).
-CARD = "crm.tier_card"  # the prefetched answer (bytes), or MISSING
+CARD = "crm.card"  # the prefetched answer (bytes), or MISSING
 RATE_CHECKED = "crm.rate_limit_wait"  # the rate limiter was consulted: seconds to wait
 MISSING = b""
 
 StartResponse = Callable[..., Any]
 
 
-def customer_id_of(environ: dict[str, Any]) -> str | None:
-    """The customer id when the request is a plain ``GET .../<id>/tier``, else None.
+def lookup_of(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """``("tier" | "profile", customer id)`` for a plain lookup, else None.
 
-    Plain means what the Flask route would take as is: no script name, a path that decodes as
-    UTF-8, one non-empty segment, a valid id (:func:`api.customers.check_customer_id`'s rule).
+    Plain means what the Flask route would take as is: a ``GET``, no script name, a path that
+    decodes as UTF-8, one non-empty segment that is a valid id
+    (:func:`api.customers.valid_customer_id`) and not ``search``.
     """
     if environ.get("REQUEST_METHOD") != "GET" or environ.get("SCRIPT_NAME"):
         return None
     raw = environ.get("PATH_INFO", "")
-    if not (raw.startswith(PREFIX) and raw.endswith(SUFFIX)):
+    if not raw.startswith(PREFIX):
         return None
+    tier = raw.endswith(SUFFIX) and len(raw) > len(PREFIX) + len(SUFFIX)
+    kind, end = ("tier", -len(SUFFIX)) if tier else ("profile", None)
     try:
-        path = raw.encode("latin-1").decode("utf-8")  # how Werkzeug decodes PATH_INFO
+        customer_id = raw[len(PREFIX):end].encode("latin-1").decode("utf-8")  # as Werkzeug
     except UnicodeError:
         return None
     from api.customers import valid_customer_id
 
-    customer_id = path[len(PREFIX):-len(SUFFIX)]
     if customer_id == "search" or not valid_customer_id(customer_id):
         return None
-    return customer_id
+    return kind, customer_id
 
 
-class TierLane:
-    """WSGI middleware: ``app.wsgi_app = TierLane(services, app.wsgi_app, log_request)``."""
+class LookupLane:
+    """WSGI middleware: ``app.wsgi_app = LookupLane(services, app.wsgi_app, log_request)``."""
 
     def __init__(self, services: Services, fallback: Callable[..., Iterable[bytes]],
                  request_log: Callable[..., str]) -> None:
@@ -88,10 +92,10 @@ class TierLane:
 
         Cheap: a server may ask on its event loop.
         """
-        return customer_id_of(environ) is not None
+        return lookup_of(environ) is not None
 
-    def _key(self, environ: dict[str, Any], *, verify: bool) -> Any:
-        """The request's verified key holding the scope, or None (then Flask answers)."""
+    def _key(self, environ: dict[str, Any], kind: str, *, verify: bool) -> Any:
+        """The request's verified key holding the view's scope, or None (then Flask answers)."""
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -99,60 +103,72 @@ class TierLane:
         keys = self.services.keys
         key = keys.verify(self.services.reader.connection, token) if verify \
             else keys.cached(token)
-        if key is None or not key.allows(SCOPE):
+        if key is None:
             return None
-        return key
+        if key.allows(READ_SCORES) or (kind == "profile" and key.allows(READ_CUSTOMERS)):
+            return key
+        return None
 
     def prefetch(self, environs: list[dict[str, Any]]) -> None:
-        """Look up, in one statement, the customers of the lane's requests among ``environs``.
+        """Look up, in one statement per kind, the customers of the lane's requests.
 
         Only requests whose key is already verified in this process take part, so an anonymous
         flood cannot make the database work. Each answer found is left in its environ; a
         request without one is looked up alone later. A failing database leaves nothing, so
         the requests then meet the failure themselves and answer 503 as usual.
         """
-        wanted: dict[str, list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, bool], dict[str, list[dict[str, Any]]]] = {}
         for environ in environs:
-            customer_id = customer_id_of(environ)
-            if customer_id is not None and self._key(environ, verify=False) is not None:
-                wanted.setdefault(customer_id, []).append(environ)
-        if len(wanted) < 2:
-            return
-        try:
-            with self.services.reader.connection() as conn:
-                cards = profiles.tier_cards(conn, list(wanted))
-        except Exception:  # noqa: BLE001 - each request meets the error again on its own
-            log.debug("batched tier lookup failed; requests fall back to their own lookups")
-            return
-        for customer_id, requests in wanted.items():
-            for environ in requests:
-                environ[CARD] = cards.get(customer_id, MISSING)
+            found = lookup_of(environ)
+            if found is None:
+                continue
+            kind, customer_id = found
+            key = self._key(environ, kind, verify=False)
+            if key is not None:
+                contact = kind == "profile" and key.allows(READ_CUSTOMERS)
+                groups.setdefault((kind, contact), {}).setdefault(customer_id, []).append(
+                    environ)
+        for (kind, contact), wanted in groups.items():
+            if len(wanted) < 2:
+                continue
+            try:
+                with self.services.reader.connection() as conn:
+                    found_cards = profiles.cards(conn, list(wanted), profile=kind == "profile",
+                                                 contact=contact)
+            except Exception:  # noqa: BLE001 - each request meets the error again on its own
+                log.debug("batched lookup failed; requests fall back to their own lookups")
+                continue
+            for customer_id, requests in wanted.items():
+                for environ in requests:
+                    environ[CARD] = found_cards.get(customer_id, MISSING)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """Answer a plain ``/tier`` lookup here when the live run has it; else ask Flask."""
-        customer_id = customer_id_of(environ)
-        if customer_id is None:
-            return self.fallback(environ, start_response)
-        started = time.perf_counter()
-        try:
-            found = self._answer(environ, customer_id)
-        except Exception:  # noqa: BLE001 - e.g. the database is down: Flask answers 503
-            found = None
+        """Answer a plain lookup here when the live run has it; else ask Flask."""
+        found = lookup_of(environ)
         if found is None:
             return self.fallback(environ, start_response)
-        key, card = found
-        request_id = self.request_log(environ, ROUTE, 200, started, key.id)
+        kind, customer_id = found
+        started = time.perf_counter()
+        try:
+            answer = self._answer(environ, kind, customer_id)
+        except Exception:  # noqa: BLE001 - e.g. the database is down: Flask answers 503
+            answer = None
+        if answer is None:
+            return self.fallback(environ, start_response)
+        key, card = answer
+        request_id = self.request_log(environ, ROUTES[kind], 200, started, key.id)
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(card))),
                                   ("X-Request-Id", request_id)])
         return [card]
 
-    def _answer(self, environ: dict[str, Any], customer_id: str) -> tuple[Any, bytes] | None:
+    def _answer(self, environ: dict[str, Any], kind: str,
+                customer_id: str) -> tuple[Any, bytes] | None:
         """The key and the answer, or None when Flask must answer.
 
-        Flask answers errors, provisional tiers and unknown customers.
+        Flask answers errors, provisional tiers and unknown or unscored customers.
         """
-        key = self._key(environ, verify=True)
+        key = self._key(environ, kind, verify=True)
         if key is None:
             return None
         limiter = self.services.limiter
@@ -164,5 +180,8 @@ class TierLane:
         card = environ.get(CARD)
         if card is None:
             with self.services.reader.connection() as conn:
-                card = profiles.tier_cards(conn, [customer_id]).get(customer_id, MISSING)
+                card = profiles.cards(
+                    conn, [customer_id], profile=kind == "profile",
+                    contact=kind == "profile" and key.allows(READ_CUSTOMERS),
+                ).get(customer_id, MISSING)
         return (key, card) if card else None

@@ -141,11 +141,11 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
     - keeps HTTP/1.1 connections alive (``--keep-alive`` seconds idle) in a selector;
     - reads each ready connection's request on the event loop, but only once its whole head
       has arrived (peeked), so a slow client never stalls the loop;
-    - answers requests the app marks as inline (``app.wsgi_app.inline(environ)``: the /tier
-      fast lane, :class:`api.fastpath.TierLane`) on the loop, after calling
-      ``app.wsgi_app.prefetch(environs)`` once for all of them, which batches their database
-      lookups into one statement;
-    - hands every other request (profiles, exports, ingestion, the console) to a pool of
+    - answers requests the app marks as inline (``app.wsgi_app.inline(environ)``: the lookups
+      of :class:`api.fastpath.LookupLane`, ``/tier`` and the profile) on the loop, after
+      calling ``app.wsgi_app.prefetch(environs)`` once for all of them, which batches their
+      database lookups into one statement per kind;
+    - hands every other request (lists, exports, ingestion, the console) to a pool of
       ``--threads`` threads, so a long export does not hold up the lookups behind it;
     - answers unparseable requests with problem+json like the other workers here.
     """

@@ -140,7 +140,8 @@ def main() -> None:
     ap.add_argument("--csv", default="bench/out/orders_1m.csv")
     ap.add_argument("--as-of", default="2024-12-31")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=4,
+                    help="threads per worker (serve's default, for requests off the fast lane)")
     ap.add_argument("--connections", type=lambda t: [int(x) for x in t.split(",")],
                     default=[64, 16], help="comma-separated; each is one closed-loop run")
     ap.add_argument("--seconds", type=int, default=30)

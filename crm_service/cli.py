@@ -424,7 +424,7 @@ def export_scores(ctx: Context, horizon_days: int, out: Path | None) -> None:
 # Longer than CRM_STATEMENT_TIMEOUT_MS's default, so a slow request ends in a problem+json
 # answer from the app rather than gunicorn killing the worker.
 WORKER_TIMEOUT_SECONDS = 120
-# Keep-alive connections, the /tier fast lane batched on an event loop, other requests in
+# Keep-alive connections, the lookup fast lane batched on an event loop, other requests in
 # threads; HTTP-parser errors (URL too long, bad headers) are problem+json, not HTML.
 GUNICORN_WORKER = "api.server.ProblemKeepAliveWorker"
 KEEPALIVE_SECONDS = 5
@@ -513,7 +513,7 @@ def worker(ctx: Context, poll_seconds: float) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="gunicorn worker processes (CRM_WORKERS, default 2).")
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
-              help="threads per worker for requests other than /tier lookups (CRM_THREADS, "
+              help="threads per worker for requests other than customer lookups (CRM_THREADS, "
                    "default 4).")
 @pass_ctx
 @handles_errors

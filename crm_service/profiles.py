@@ -57,32 +57,76 @@ LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s
 WHERE r.id = (SELECT active_run_id FROM scoring_state)
 """
 
-# The answer of GET /v1/customers/{id}/tier, built as JSON text by PostgreSQL, for many customers
-# in one round trip. Only customers whose live-run row is current and complete: scored with a
-# tier, finite numbers (PostgreSQL would write NaN as a string), and no order changed since the
-# run started or dated after its as_of (those get a provisional answer from lookup()).
-_TIER_CARDS = """
-SELECT c.id, (SELECT row_to_json(card) FROM (
-           SELECT c.id AS customer_id, r.id AS run_id, r.as_of, false AS provisional,
-                  NULL::date AS provisional_as_of, s.tier, s.tier_since, s.value_segment,
-                  s.rfm_segment, s.recommended_action, s.churn_risk, s.churn_probability,
-                  s.clv_12m, s.p_alive,
-                  (SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM (
-                       SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
-                       JOIN scoring_runs sr ON sr.id = t.run_id
-                       WHERE t.customer_id = c.id AND t.run_id <= r.id
-                       ORDER BY t.run_id DESC LIMIT %(n)s) h) AS recent_transitions) card)::text
+# The answers of GET /v1/customers/{id}/tier and GET /v1/customers/{id}, built as JSON text by
+# PostgreSQL, for many customers in one round trip (see cards()). Only customers whose live-run
+# row is current and complete: scored with a tier, finite numbers (PostgreSQL would write NaN as
+# a string), no order changed since the run started or dated after its as_of (those get a
+# provisional answer from lookup()).
+_CARD_FROM = """
 FROM unnest(%(ids)s::text[]) AS c(id)
 JOIN scoring_runs r ON r.id = (SELECT active_run_id FROM scoring_state)
 JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = c.id
+{join}
 WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
   AND (s.clv_12m IS NULL OR s.clv_12m < 'Infinity')
   AND (s.churn_probability IS NULL OR s.churn_probability < 'Infinity')
+  AND (s.expected_spend IS NULL OR s.expected_spend < 'Infinity')
   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id
                   AND (o.updated_at > r.started_at
                        OR (o.status = 'paid'
                            AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))
 """
+
+_CARD_TRANSITIONS = """
+(SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM (
+     SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
+     JOIN scoring_runs sr ON sr.id = t.run_id
+     WHERE t.customer_id = c.id AND t.run_id <= r.id
+     ORDER BY t.run_id DESC LIMIT %(n)s) h) AS recent_transitions"""
+
+_TIER_CARDS = f"""
+SELECT c.id, (SELECT row_to_json(card) FROM (
+           SELECT c.id AS customer_id, r.id AS run_id, r.as_of, false AS provisional,
+                  NULL::date AS provisional_as_of, s.tier, s.tier_since, s.value_segment,
+                  s.rfm_segment, s.recommended_action, s.churn_risk, s.churn_probability,
+                  s.clv_12m, s.p_alive, {_CARD_TRANSITIONS}) card)::text
+""" + _CARD_FROM.format(join="")
+
+# Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
+_ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+            " || CASE WHEN date_part('microseconds', {t})::int %% 1000000 = 0 THEN ''"
+            " ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00'")
+
+_PROFILE_CARDS = """
+SELECT c.id, (SELECT row_to_json(card) FROM (
+           SELECT c.id AS customer_id, cu.created_at, cu.updated_at,
+                  CASE WHEN %(pii)s THEN json_build_object(
+                      'email', cu.email, 'phone', cu.phone, 'name', cu.name) END AS contact,
+                  CASE WHEN %(pii)s THEN (
+                      SELECT coalesce(json_agg(json_build_object(
+                                 'channel', i.channel, 'external_id', i.external_id)
+                             ORDER BY i.channel, i.external_id), '[]')
+                      FROM customer_identities i WHERE i.customer_id = c.id) END AS identities,
+                  (SELECT coalesce(json_agg(ch ORDER BY ch.channel), '[]') FROM (
+                       SELECT o.channel,
+                              count(*) FILTER (WHERE o.status = 'paid') AS paid_orders,
+                              count(*) FILTER (WHERE o.status = 'refunded') AS refunded_orders,
+                              count(*) FILTER (WHERE o.status = 'cancelled') AS cancelled_orders,
+                              coalesce(sum(o.amount) FILTER (WHERE o.status = 'paid'), 0)::float8
+                                  AS net_spend,
+                              min(o.ordered_at) FILTER (WHERE o.status = 'paid')
+                                  AS first_order_at,
+                              max(o.ordered_at) FILTER (WHERE o.status = 'paid') AS last_order_at
+                       FROM orders o WHERE o.customer_id = c.id GROUP BY o.channel) ch)
+                      AS orders_by_channel,
+                  r.id AS run_id, r.as_of, {scored_at} AS scored_at, r.churn_horizon_days,
+                  false AS provisional, s.tier, s.tier_since, s.value_segment, s.rfm_segment,
+                  s.recommended_action,
+                  (SELECT row_to_json(sc) FROM (SELECT {scores}) sc) AS scores,
+                  {transitions}) card)::text
+""".format(scored_at=_ISO_UTC.format(t="r.finished_at"), transitions=_CARD_TRANSITIONS,
+           scores="{scores}") + _CARD_FROM.format(
+    join="JOIN customers cu ON cu.customer_id = c.id")
 
 # With the profile: the customer row, identities and the order summary per channel.
 _PROFILE_EXTRA = """,
@@ -114,6 +158,10 @@ GROUP BY day ORDER BY day
 """
 
 _SCORES = tuple(c for c in SCORE_COLUMNS if c != "customer_id")
+# numeric columns as float8, as the Flask view's jsonable() gives them
+_PROFILE_CARDS = _PROFILE_CARDS.format(scores=", ".join(
+    f"s.{c}::float8 AS {c}" if c in ("monetary_value", "historic_spend") else f"s.{c}"
+    for c in _SCORES))
 _TIER_FIELDS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended_action")
 
 
@@ -257,17 +305,21 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
     return out
 
 
-def tier_cards(conn: psycopg.Connection, customer_ids: list[str]) -> dict[str, bytes]:
-    """The ``/tier`` answers of ``customer_ids`` whose live-run row is current, as JSON bytes.
+def cards(conn: psycopg.Connection, customer_ids: list[str], *, profile: bool = False,
+          contact: bool = False) -> dict[str, bytes]:
+    """The ``/tier`` (or, with ``profile``, the profile) answers of ``customer_ids``, as JSON.
 
     One statement for all of them (one snapshot, one round trip): the API's fast lane asks for
-    the lookups that arrived together in one call. A customer left out has no live answer that
-    PostgreSQL can give on its own: not scored in the live run, no run live, or orders changed
-    since the run (provisional); :func:`lookup` answers those.
+    the lookups that arrived together in one call. ``contact`` includes the profile's contact
+    details and channel accounts (a key with ``customers:read``); without it they are null.
+    A customer left out has no live answer that PostgreSQL can give on its own: unknown, not
+    scored in the live run, no run live, or orders changed since the run (provisional);
+    :func:`lookup` answers those.
     """
     if not customer_ids:
         return {}
-    rows = conn.execute(_TIER_CARDS, {"ids": customer_ids, "n": HISTORY}).fetchall()
+    sql = _PROFILE_CARDS if profile else _TIER_CARDS
+    rows = conn.execute(sql, {"ids": customer_ids, "n": HISTORY, "pii": contact}).fetchall()
     return {customer_id: card.encode() for customer_id, card in rows}
 
 

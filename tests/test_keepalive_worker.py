@@ -1,0 +1,168 @@
+"""`crm-service serve`'s gunicorn worker (api.server.ProblemKeepAliveWorker) over real HTTP.
+
+Keep-alive, pipelined requests, many concurrent connections whose /tier lookups are batched,
+slow clients that must not stall the event loop, requests handed to threads (a POST) on the
+same connection as inline ones, and a prompt stop with idle connections open.
+"""
+
+import http.client
+import json
+import random
+import socket
+import threading
+import time
+from datetime import date
+from urllib.parse import urlsplit
+
+import pytest
+
+from crm_service.scoring import run_scoring
+from tests.test_serve import serving, stop
+
+
+@pytest.fixture()
+def served(cdnow_loaded, settings, dsn, tmp_path, make_token):
+    run = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    customers = [r[0] for r in cdnow_loaded.execute(
+        "SELECT customer_id FROM customer_scores WHERE run_id = %s ORDER BY customer_id",
+        (run.run_id,)).fetchall()]
+    cdnow_loaded.commit()
+    token = make_token("admin")
+    # Request logs off: nobody reads the server's output pipe until it stops, and a thousand
+    # request lines would fill it. The rate limit is raised for the load below.
+    with serving(dsn, tmp_path, CRM_LOG_LEVEL="WARNING", CRM_RATE_LIMIT_PER_SECOND="100000",
+                 CRM_RATE_LIMIT_BURST="100000") as (base, proc):
+        parts = urlsplit(base)
+        yield parts.hostname, parts.port, token, customers, proc
+
+
+def head(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def get(conn: http.client.HTTPConnection, path: str, token: str) -> tuple[int, dict, dict]:
+    conn.request("GET", path, headers=head(token))
+    r = conn.getresponse()
+    return r.status, dict(r.getheaders()), json.loads(r.read())
+
+
+def read_responses(sock: socket.socket, n: int, timeout: float = 10) -> list[tuple[int, bytes]]:
+    """``n`` HTTP/1.1 responses with Content-Length bodies, read off one socket in order."""
+    sock.settimeout(timeout)
+    data, out = b"", []
+    while len(out) < n:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(out)} responses"
+            data += chunk
+        top, _, rest = data.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        length = next(int(x.split(":", 1)[1]) for x in lines
+                      if x.lower().startswith("content-length:"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            assert chunk
+            rest += chunk
+        out.append((int(lines[0].split()[1]), rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def test_keep_alive_pipelining_and_threads_on_one_connection(served, client):
+    host, port, token, customers, _ = served
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    status, headers, body = get(conn, f"/v1/customers/{customers[0]}/tier", token)
+    sock = conn.sock
+    assert status == 200 and headers.get("Connection", "").lower() != "close"
+    for cid in customers[1:4]:
+        status, _, body = get(conn, f"/v1/customers/{cid}/tier", token)
+        assert status == 200 and body["customer_id"] == cid
+    assert conn.sock is sock  # the same connection throughout
+    # A POST (answered in a thread) then lookups (answered on the loop), same connection.
+    conn.request("POST", "/v1/orders", headers={**head(token), "Content-Type":
+                                                "application/json"},
+                 body=json.dumps({"orders": [{"order_id": "ka-1", "customer_id": customers[0],
+                                              "channel": "web", "ordered_at": "1998-07-03",
+                                              "amount": 12.5}]}))
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read())["totals"]["inserted"] == 1
+    status, _, body = get(conn, f"/v1/customers/{customers[0]}/tier", token)
+    assert status == 200 and body["provisional"] is True
+    status, _, body = get(conn, f"/v1/customers/{customers[0]}", token)
+    assert status == 200 and body["provisional"] is True
+    assert conn.sock is sock
+    conn.close()
+    # Pipelined: three requests in one write, three answers in order on the same socket.
+    with socket.create_connection((host, port)) as raw:
+        ask = "".join(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+                      for path in (f"/v1/customers/{customers[5]}/tier", "/healthz",
+                                   f"/v1/customers/{customers[6]}/tier"))
+        raw.sendall(ask.encode())
+        (s1, b1), (s2, b2), (s3, b3) = read_responses(raw, 3)
+    assert (s1, s2, s3) == (200, 200, 200)
+    assert json.loads(b1)["customer_id"] == customers[5]
+    assert json.loads(b2)["status"] == "ok"
+    assert json.loads(b3)["customer_id"] == customers[6]
+    assert json.loads(b1) == client.get(f"/v1/customers/{customers[5]}/tier",
+                                        headers=head(token)).json
+
+
+def test_concurrent_lookups_are_batched_and_each_gets_its_own_answer(served, client):
+    """48 keep-alive connections at once: lookups arrive together, so the worker batches them;
+    every answer must still be the customer's own."""
+    host, port, token, customers, _ = served
+    sample = random.Random(7).sample(customers, 300)
+    expected = {c: client.get(f"/v1/customers/{c}/tier", headers=head(token)).json
+                for c in sample}
+    wrong: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        conn = http.client.HTTPConnection(host, port, timeout=20)
+        try:
+            for _ in range(25):
+                cid = rng.choice(sample)
+                status, _, body = get(conn, f"/v1/customers/{cid}/tier", token)
+                if status != 200 or body != expected[cid]:
+                    wrong.append(f"{cid}: {status} {body}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(48)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not wrong
+
+
+def test_a_slow_client_does_not_stall_the_others(served):
+    host, port, token, customers, _ = served
+    with socket.create_connection((host, port)) as slow:
+        # Half a request head, then silence.
+        slow.sendall(f"GET /v1/customers/{customers[0]}/tier HTTP/1.1\r\nHost: x\r\n".encode())
+        time.sleep(0.2)
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        began = time.monotonic()
+        for cid in customers[1:21]:
+            assert get(conn, f"/v1/customers/{cid}/tier", token)[0] == 200
+        assert time.monotonic() - began < 3  # 20 lookups, while the slow head hangs
+        conn.close()
+        slow.sendall(f"Authorization: Bearer {token}\r\n\r\n".encode())
+        ((status, body),) = read_responses(slow, 1)
+    assert status == 200 and json.loads(body)["customer_id"] == customers[0]
+
+
+def test_stops_promptly_with_idle_connections_open(served):
+    host, port, token, customers, proc = served
+    idle = [http.client.HTTPConnection(host, port, timeout=5) for _ in range(5)]
+    for conn in idle:
+        assert get(conn, f"/v1/customers/{customers[0]}/tier", token)[0] == 200
+    began = time.monotonic()
+    stop(proc)
+    assert proc.returncode is not None and time.monotonic() - began < 8
+    for conn in idle:
+        conn.close()
