@@ -30,6 +30,11 @@ from crm_service.ratelimit import RateLimiter
 # Swagger UI's assets come from the swagger-ui-bundle package and are served locally, so the docs
 # page works on machines without internet access.
 SWAGGER_UI_ASSETS = "/docs/assets/"
+# The lookup lane's batched reads run on a server's event loop: fail fast (then the lookups go
+# to threads) rather than hold up every connection of the worker.
+LANE_POOL_TIMEOUT_SECONDS = 0.25
+LANE_STATEMENT_TIMEOUT_MS = 1000
+LANE_LOCK_TIMEOUT_MS = 100
 
 
 def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> Flask:
@@ -61,8 +66,12 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     # is back, instead of failing to boot (which makes gunicorn stop the whole server).
     pool = create_pool(dsn, settings, wait=False)
     reader = create_pool(dsn, settings, name="crm-read", autocommit=True, wait=False)
-    atexit.register(pool.close)
-    atexit.register(reader.close)
+    lane = create_pool(dsn, settings, name="crm-lane", autocommit=True, wait=False, max_size=2,
+                       timeout=LANE_POOL_TIMEOUT_SECONDS,
+                       statement_timeout_ms=LANE_STATEMENT_TIMEOUT_MS,
+                       lock_timeout_ms=LANE_LOCK_TIMEOUT_MS)
+    for opened in (pool, reader, lane):
+        atexit.register(opened.close)
     limiter = None
     if settings.rate_limit_per_second > 0:
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
@@ -70,7 +79,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
         atexit.register(limiter.close)
     app.extensions[EXTENSION] = Services(settings=settings, pool=pool, reader=reader,
                                               keys=VerifiedKeys(settings.auth_cache_seconds),
-                                              limiter=limiter)
+                                              limiter=limiter, lane=lane)
     app.url_map.converters["customer_id"] = CustomerIdConverter
     api = Api(app, spec_kwargs={"extra_plugins": [ProblemDocsPlugin()]})
     api.register_converter(CustomerIdConverter, lambda _converter: {"type": "string"})
@@ -89,9 +98,10 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     _serve_swagger_assets(app)
     _request_log(app)
     # GET /v1/customers/{id} and .../tier in the common case: answered before Flask
-    # (api.fastpath).
-    app.wsgi_app = LookupLane(app.extensions[EXTENSION], app.wsgi_app,  # type: ignore[method-assign]
-                            log_request)
+    # (api.fastpath). CRM_LOOKUP_LANE=off leaves every request to Flask (same answers, slower).
+    if settings.lookup_lane:
+        app.wsgi_app = LookupLane(  # type: ignore[method-assign]
+            app.extensions[EXTENSION], app.wsgi_app, log_request)
     return app
 
 

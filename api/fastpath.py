@@ -14,8 +14,10 @@ the Flask app's ``wsgi_app`` and answers the common case itself:
 
 Everything else, including every error, goes to the Flask view, which gives the same answers it
 always did (401/403/404/422/429/503 as problem+json, provisional tiers). The lane changes how
-fast a request is answered, never what the answer is; ``tests/test_fastpath.py`` checks both
-lanes give the same body and headers.
+fast a request is answered, not what it says: ``tests/test_fastpath.py`` checks that both lanes
+give equal JSON values, status and headers. The bytes may differ where JSON does not care: key
+order and spacing, non-ASCII text written as UTF-8 rather than ``\\u`` escapes, and a whole
+number of a float field written ``1`` rather than ``1.0``.
 
 **Batching.** :meth:`LookupLane.prefetch` takes the requests a server received together and looks
 all their customers up in one statement, leaving each answer in its request's environ. The
@@ -41,7 +43,10 @@ log = logging.getLogger("crm.request")
 PREFIX = "/v1/customers/"
 SUFFIX = "/tier"
 # The route templates the request log shows (never the customer id).
-ROUTES = {"tier": "/v1/customers/<customer_id>/tier", "profile": "/v1/customers/<customer_id>"}
+# (Flask's rule strings, as the request log writes them for the views.)
+ROUTES = {"tier": "/v1/customers/<customer_id:customer_id>/tier",
+          "profile": "/v1/customers/<customer_id:customer_id>"}
+DOWN_SECONDS = 1.0  # after a failed batch, how long lookups skip batching
 READ_SCORES, READ_CUSTOMERS = "scores:read", "customers:read"
 
 # environ keys the lane leaves for the Flask app (not settable by clients: their headers
@@ -86,13 +91,16 @@ class LookupLane:
         self.services = services
         self.fallback = fallback
         self.request_log = request_log
+        self.down_until = 0.0
 
     def inline(self, environ: dict[str, Any]) -> bool:
-        """Whether ``environ`` is a lookup this lane may answer.
+        """Whether a server may run ``environ`` on its event loop, after :meth:`prefetch`.
 
-        Cheap: a server may ask on its event loop.
+        A lookup whose key this process verified recently: answering it needs no database
+        work beyond the batch. (Without a prefetched answer it still needs a thread.)
         """
-        return lookup_of(environ) is not None
+        found = lookup_of(environ)
+        return found is not None and self._key(environ, found[0], verify=False) is not None
 
     def _key(self, environ: dict[str, Any], kind: str, *, verify: bool) -> Any:
         """The request's verified key holding the view's scope, or None (then Flask answers)."""
@@ -113,10 +121,14 @@ class LookupLane:
         """Look up, in one statement per kind, the customers of the lane's requests.
 
         Only requests whose key is already verified in this process take part, so an anonymous
-        flood cannot make the database work. Each answer found is left in its environ; a
-        request without one is looked up alone later. A failing database leaves nothing, so
-        the requests then meet the failure themselves and answer 503 as usual.
+        flood cannot make the database work. Each answer found is left in its environ
+        (:data:`MISSING` when PostgreSQL alone cannot give it). It runs on the lane's pool,
+        whose short timeouts make a slow or absent database fail fast; then nothing is left,
+        batching pauses for :data:`DOWN_SECONDS`, and the requests meet the failure themselves
+        (in a server's threads) and answer 503 as usual.
         """
+        if time.monotonic() < self.down_until:
+            return
         groups: dict[tuple[str, bool], dict[str, list[dict[str, Any]]]] = {}
         for environ in environs:
             found = lookup_of(environ)
@@ -128,16 +140,17 @@ class LookupLane:
                 contact = kind == "profile" and key.allows(READ_CUSTOMERS)
                 groups.setdefault((kind, contact), {}).setdefault(customer_id, []).append(
                     environ)
+        pool = self.services.lane or self.services.reader
         for (kind, contact), wanted in groups.items():
-            if len(wanted) < 2:
-                continue
             try:
-                with self.services.reader.connection() as conn:
+                with pool.connection() as conn:
                     found_cards = profiles.cards(conn, list(wanted), profile=kind == "profile",
                                                  contact=contact)
             except Exception:  # noqa: BLE001 - each request meets the error again on its own
-                log.debug("batched lookup failed; requests fall back to their own lookups")
-                continue
+                log.warning("batched lookup failed; lookups go to threads for %.0f s",
+                            DOWN_SECONDS)
+                self.down_until = time.monotonic() + DOWN_SECONDS
+                return
             for customer_id, requests in wanted.items():
                 for environ in requests:
                     environ[CARD] = found_cards.get(customer_id, MISSING)
@@ -168,7 +181,8 @@ class LookupLane:
 
         Flask answers errors, provisional tiers and unknown or unscored customers.
         """
-        key = self._key(environ, kind, verify=True)
+        # A prefetched request has a recently verified key: no database work here.
+        key = self._key(environ, kind, verify=CARD not in environ)
         if key is None:
             return None
         limiter = self.services.limiter

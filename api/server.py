@@ -31,6 +31,8 @@ from gunicorn.workers import base
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
+from api.fastpath import CARD
+
 log = logging.getLogger("crm.request")
 
 _STATUS: list[tuple[type[BaseException], int, str, str]] = [
@@ -89,7 +91,8 @@ class ProblemThreadWorker(_ProblemErrors, ThreadWorker):
 
 
 _ACCEPT, _WAKE, _SIGNAL = object(), object(), object()
-READ_TIMEOUT_SECONDS = 30.0  # a client that stops sending mid-request (threads only)
+READ_TIMEOUT_SECONDS = 30.0  # a client that stops sending or reading (threads only)
+HEAD_TIMEOUT_SECONDS = 10.0  # to send a whole request head, once it has begun
 BODY_DRAIN_SECONDS = 5.0  # reading what the app left of a request body, before keep-alive
 MAX_HEAD = 65536  # bytes peeked for a complete request head
 
@@ -101,17 +104,40 @@ class _Conn:
     idleness.
     """
 
-    __slots__ = ("sock", "addr", "server", "parser", "deadline", "watched")
+    __slots__ = ("sock", "addr", "server", "parser", "deadline", "head_by", "watched")
 
     def __init__(self, sock: socket.socket, addr: Any, server: Any, cfg: Any) -> None:
         self.sock, self.addr, self.server = sock, addr, server
         self.parser = http.get_parser(cfg, sock, addr)
         self.deadline = 0.0
+        self.head_by = 0.0  # when a begun request head must be complete (0: none begun)
         self.watched = False
 
     def buffered(self) -> bool:
         """Whether the parser already holds bytes of a next request."""
         return bool(self.parser.unreader.buf.getvalue())
+
+    def fill(self) -> bool | None:
+        """Read what the client has sent, without waiting, into the parser's buffer.
+
+        True when a whole request head is buffered (or more than :data:`MAX_HEAD` bytes, which
+        the parser will refuse), False while it is still arriving, None if the client closed.
+        """
+        buf = self.parser.unreader.buf
+        data = buf.getvalue()
+        while b"\r\n\r\n" not in data and len(data) <= MAX_HEAD:
+            try:
+                chunk = self.sock.recv(MAX_HEAD, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            buf.seek(0, os.SEEK_END)
+            buf.write(chunk)
+            data += chunk
+        return True
 
 
 class _Gather:
@@ -139,21 +165,30 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
     worker:
 
     - keeps HTTP/1.1 connections alive (``--keep-alive`` seconds idle) in a selector;
-    - reads each ready connection's request on the event loop, but only once its whole head
-      has arrived (peeked), so a slow client never stalls the loop;
-    - answers requests the app marks as inline (``app.wsgi_app.inline(environ)``: the lookups
-      of :class:`api.fastpath.LookupLane`, ``/tier`` and the profile) on the loop, after
-      calling ``app.wsgi_app.prefetch(environs)`` once for all of them, which batches their
-      database lookups into one statement per kind;
-    - hands every other request (lists, exports, ingestion, the console) to a pool of
-      ``--threads`` threads, so a long export does not hold up the lookups behind it;
+    - reads request heads on the event loop without ever waiting for a client: bytes are taken
+      as they come until the head is complete (within :data:`HEAD_TIMEOUT_SECONDS`);
+    - runs the lookups the app marks as inline (``app.wsgi_app.inline(environ)``: the lookups
+      of :class:`api.fastpath.LookupLane`, ``/tier`` and the profile, with a recently verified
+      key) on the loop: ``app.wsgi_app.prefetch(environs)`` fetches all that arrived together
+      in one statement per kind, on a pool with short timeouts, and each request with its
+      answer in hand is answered at once, sent without blocking;
+    - hands every other request (lists, exports, ingestion, the console, and lookups the batch
+      could not answer) to a pool of ``--threads`` threads, so a long export or a slow
+      database does not hold up the loop; a thread also finishes sending to a client that
+      reads slowly;
     - answers unparseable requests with problem+json like the other workers here.
+
+    Request bodies are read in the threads, with :data:`READ_TIMEOUT_SECONDS` per read; as with
+    any gunicorn worker, put a buffering proxy in front when clients may be slow on purpose.
     """
 
     alive: bool  # gunicorn's base worker sets it
 
     def init_process(self) -> None:
         """Set up the selector, thread pool and wake-up pipe, then run (gunicorn's base)."""
+        if self.cfg.is_ssl:
+            raise RuntimeError("ProblemKeepAliveWorker does not terminate TLS: put a TLS proxy "
+                               "in front (or use api.server.ProblemThreadWorker)")
         self.selector = selectors.DefaultSelector()
         self.pool = ThreadPoolExecutor(max(1, self.cfg.threads), thread_name_prefix="crm-http")
         self.finished: queue.SimpleQueue[tuple[_Conn, bool]] = queue.SimpleQueue()
@@ -162,6 +197,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
         os.set_blocking(self.wake_w, False)
         self.conns: dict[int, _Conn] = {}
         self.accepting = False
+        self.accept_paused = False  # out of file descriptors: until the next sweep
         super().init_process()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -194,15 +230,18 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                     batch[id(key.data)] = key.data
             if batch:
                 ready.extend(self._serve(list(batch.values())))
-            self._accept_enabled(len(self.conns) < self.cfg.worker_connections)
+            self._accept_enabled(len(self.conns) < self.cfg.worker_connections
+                                 and not self.accept_paused)
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break
             now = time.monotonic()
             if now - swept >= 1.0:
                 swept = now
-                for conn in [c for c in self.conns.values() if c.watched and c.deadline < now]:
+                for conn in [c for c in self.conns.values() if c.watched and (
+                        c.deadline < now or 0 < c.head_by < now)]:
                     self._close(conn)
+                self.accept_paused = False
         self._accept_enabled(False)
         self.pool.shutdown(wait=True)
         self._back_from_threads()
@@ -227,6 +266,11 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                 client, addr = listener.accept()
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED):
+                    return
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log.warning("cannot accept connections (%s); pausing for a second",
+                                     errno.errorcode.get(exc.errno, exc.errno))
+                    self.accept_paused = True
                     return
                 raise
             client.setblocking(True)
@@ -261,33 +305,26 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _head_complete(self, conn: _Conn) -> bool | None:
-        """Whether a whole request head can be read without waiting.
-
-        None if the client has closed, False if it is still sending.
-        """
-        if conn.buffered():
-            return True
-        try:
-            data = conn.sock.recv(MAX_HEAD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return None
-        if not data:
-            return None
-        return b"\r\n\r\n" in data
-
     def _serve(self, conns: list[_Conn]) -> list[_Conn]:
-        """Serve one request of each ready connection; return those with more buffered."""
+        """Serve one request of each ready connection; return those with more buffered.
+
+        Nothing here waits on a client: heads are read without blocking until complete, and
+        answers are sent without blocking (a client that does not read gets the rest from a
+        thread). Requests that may need the database beyond the lane's batch go to threads.
+        """
         inline: list[tuple[_Conn, Any, Any, dict[str, Any]]] = []
         for conn in conns:
-            complete = self._head_complete(conn)
+            complete = conn.fill()
             if complete is None:
                 self._close(conn)
                 continue
-            if not complete or self.inline is None:
-                self._to_thread(conn)
+            if not complete:  # still arriving: wait on the loop, within HEAD_TIMEOUT_SECONDS
+                if not conn.head_by:
+                    conn.head_by = time.monotonic() + HEAD_TIMEOUT_SECONDS
+                continue
+            conn.head_by = 0.0
+            if b"\r\n\r\n" not in conn.parser.unreader.buf.getvalue():
+                self._to_thread(conn)  # a head over MAX_HEAD: the parser refuses it, or reads on
                 continue
             try:
                 req = next(conn.parser)
@@ -300,22 +337,32 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                 self._close(conn)
                 continue
             environ["wsgi.multithread"] = True
-            if environ.get("CONTENT_LENGTH") in (None, "", "0") \
+            if self.inline is not None and environ.get("CONTENT_LENGTH") in (None, "", "0") \
                     and "HTTP_TRANSFER_ENCODING" not in environ and self.inline(environ):
                 inline.append((conn, req, resp, environ))
             else:
                 self._to_thread(conn, (req, resp, environ))
-        if self.prefetch is not None and len(inline) > 1:
+        if inline and self.prefetch is not None:
             self.prefetch([item[3] for item in inline])
         more: list[_Conn] = []
         for conn, req, resp, environ in inline:
+            if not environ.get(CARD):  # no answer from the batch: the app needs a thread
+                self._to_thread(conn, (req, resp, environ))
+                continue
             resp.sock = gather = _Gather()
             keep = self._respond(conn, req, resp, environ)
+            out = b"".join(gather.parts)
             try:
-                conn.sock.sendall(b"".join(gather.parts))
+                sent = conn.sock.send(out, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
             except OSError:
-                keep = False
-            if keep:
+                self._close(conn)
+                continue
+            if sent < len(out):  # the client is not reading: a thread waits for it
+                self._unwatch(conn)
+                self.pool.submit(self._send_rest, conn, out[sent:], keep)
+            elif keep:
                 self._watch(conn)
                 if conn.buffered():
                     more.append(conn)
@@ -346,11 +393,23 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
             self.handle_error(None, conn.sock, conn.addr, exc)
             keep = False
         finally:
-            self.finished.put((conn, keep))
-            try:
-                os.write(self.wake_w, b"\0")
-            except OSError:
-                pass  # the pipe is full: the loop is awake anyway
+            self._hand_back(conn, keep)
+
+    def _send_rest(self, conn: _Conn, data: bytes, keep: bool) -> None:
+        """In a pool thread: finish sending an answer the client was slow to take."""
+        try:
+            conn.sock.settimeout(READ_TIMEOUT_SECONDS)
+            conn.sock.sendall(data)
+        except OSError:
+            keep = False
+        self._hand_back(conn, keep)
+
+    def _hand_back(self, conn: _Conn, keep: bool) -> None:
+        self.finished.put((conn, keep))
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:
+            pass  # the pipe is full: the loop is awake anyway
 
     def _back_from_threads(self) -> list[_Conn]:
         """Take back the connections threads are done with; return those with more buffered."""

@@ -19,7 +19,9 @@ class Services:
     """Settings and the connection pools of one app instance.
 
     ``pool`` is for writes (explicit transactions); ``reader`` is an autocommit pool for
-    requests that only read (and for API key checks): one round trip per statement.
+    requests that only read (and for API key checks): one round trip per statement. ``lane``
+    serves the lookup lane's batched reads on a server's event loop (api.fastpath): short
+    timeouts, so a slow database sends lookups to the threads instead of stalling the loop.
     """
 
     settings: Settings
@@ -27,6 +29,7 @@ class Services:
     reader: ConnectionPool
     keys: VerifiedKeys
     limiter: RateLimiter | None = None
+    lane: ConnectionPool | None = None
 
 
 def services() -> Services:

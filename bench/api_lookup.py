@@ -1,7 +1,8 @@
 """Benchmark: GET /v1/customers/{id}/tier and GET /v1/customers/{id} under load (wrk).
 
-Serves the API the way production does (`crm-service serve`: gunicorn, access log on) against a
-database of about a million scored customers, and drives it with wrk (Debian package `wrk`)
+Serves the API the way production does (`crm-service serve`: gunicorn with the keep-alive worker
+and the lookup lane, request log on) against a database of about a million scored customers, and
+drives it with wrk (Debian package `wrk`)
 from the same machine: closed loop (each connection sends its next request when the previous
 answer arrives) at 64 and 16 connections, random customer ids drawn from the live run. In a
 closed loop mean latency is connections / throughput (Little's law), so at 64 connections it
@@ -11,6 +12,8 @@ measures capacity, and at 16 the latency of a busy but not queued-up server.
     python bench/api_lookup.py --keep /tmp/benchdb --csv bench/out/orders_1m.csv
 
 With ``--keep DIR`` the database in DIR is reused (imported and scored on first use).
+``--server reference`` serves it as before the lookup lane (sync workers, every request through
+Flask), so the two can be compared on the same machine and database.
 Prints requests/s, latency percentiles, non-2xx responses and socket errors per endpoint.
 """
 
@@ -127,6 +130,52 @@ def _cpu_split(before: dict[str, int], after: dict[str, int], children_before: f
         f"{k} {v / max(requests, 1) * 1000:.3f} ms" for k, v in parts.items())
 
 
+def _download(port: int, token: str, query: str) -> tuple[float, int, int]:
+    """Seconds, rows and bytes of one CSV audience streamed over HTTP."""
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/customers?{query}",
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Accept": "text/csv"})
+    began = time.perf_counter()
+    rows = size = 0
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        while chunk := resp.read(1 << 16):
+            rows += chunk.count(b"\n")
+            size += len(chunk)
+    return time.perf_counter() - began, rows - 1, size
+
+
+def _export(port: int, token: str, seconds: int, work: Path) -> None:
+    """The 100k audience as CSV over gunicorn, then /tier lookups while exports stream."""
+    import threading
+
+    wall, rows, size = _download(port, token, "value_segment=high")
+    print(f"export value_segment=high over HTTP: {rows} customers, {size / 1e6:.1f} MB, "
+          f"{wall:.2f} s")
+    script = work / "tier.lua"
+    if not script.exists():
+        return
+    stop = threading.Event()
+    done: list[float] = []
+
+    def exporting() -> None:
+        while not stop.is_set():
+            done.append(_download(port, token, "tier=dormant")[0])
+
+    streams = [threading.Thread(target=exporting) for _ in range(2)]
+    for t in streams:
+        t.start()
+    time.sleep(1)
+    r = _wrk(port, script, seconds, 64, 2)
+    stop.set()
+    for t in streams:
+        t.join()
+    _report("tier, 64 connections, while 2 clients stream tier=dormant exports", r)
+    print(f"  exports finished meanwhile: {len(done)}, "
+          f"{sum(done) / max(len(done), 1):.1f} s each")
+
+
 def _report(label: str, r: dict) -> None:
     print(f"{label}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, "
           f"p99 {r['p99_ms']:.2f} ms, {r['requests']} requests, non-2xx {r['non_2xx']}, "
@@ -145,10 +194,14 @@ def main() -> None:
     ap.add_argument("--connections", type=lambda t: [int(x) for x in t.split(",")],
                     default=[64, 16], help="comma-separated; each is one closed-loop run")
     ap.add_argument("--seconds", type=int, default=30)
-    ap.add_argument("--endpoints", default="tier,profile")
-    ap.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn",
-                    help="gunicorn: `crm-service serve` as shipped; granian: the same app under "
-                         "granian's Rust HTTP server (an experiment: `pip install granian`)")
+    ap.add_argument("--endpoints", default="tier,profile,export",
+                    help="tier, profile (wrk), export (a CSV audience over HTTP, and /tier "
+                         "under wrk while exports stream)")
+    ap.add_argument("--server", choices=("gunicorn", "reference", "granian"), default="gunicorn",
+                    help="gunicorn: `crm-service serve` as shipped; reference: how it served "
+                         "before the lookup lane (gunicorn sync workers, every request through "
+                         "Flask: CRM_LOOKUP_LANE=off); granian: the same app under granian's "
+                         "Rust HTTP server (an experiment: `pip install granian`)")
     ap.add_argument("--cpu-split", action="store_true",
                     help="also print CPU time per request in gunicorn, PostgreSQL and wrk")
     a = ap.parse_args()
@@ -179,7 +232,12 @@ def main() -> None:
         conn.commit()
     (work / "ids.txt").write_text("\n".join(ids) + "\n")
     port = _free_port()
-    if a.server == "granian":
+    if a.server == "reference":
+        env["CRM_LOOKUP_LANE"] = "off"
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
+                   str(a.workers), "--timeout", "120", "--no-control-socket", "--worker-class",
+                   "api.server.ProblemSyncWorker", "api.wsgi:app"]
+    elif a.server == "granian":
         command = [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi",
                    "--host", "127.0.0.1", "--port", str(port), "--workers", str(a.workers),
                    "--blocking-threads", str(a.threads), "--no-ws", "api.wsgi:app"]
@@ -197,6 +255,9 @@ def main() -> None:
     try:
         _wait_ready(port)
         for name in a.endpoints.split(","):
+            if name == "export":
+                _export(port, token, a.seconds, work)
+                continue
             suffix = {"tier": "/tier", "profile": ""}[name]
             script = work / f"{name}.lua"
             script.write_text(LUA % {"ids": work / "ids.txt", "token": token,

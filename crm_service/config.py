@@ -66,6 +66,7 @@ class Settings:
     console_secure_cookies: str = "auto"
     console_idle_minutes: int = 30
     console_session_hours: int = 12
+    lookup_lane: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -121,6 +122,13 @@ def _secure_cookies(env: Mapping[str, str]) -> str:
     if raw not in {"auto", "always", "never"}:
         raise ConfigError(f"CRM_CONSOLE_SECURE_COOKIES={raw!r}: one of auto, always, never")
     return raw
+
+
+def _lookup_lane(env: Mapping[str, str]) -> bool:
+    raw = (env.get("CRM_LOOKUP_LANE") or "on").strip().lower()
+    if raw not in {"on", "off"}:
+        raise ConfigError(f"CRM_LOOKUP_LANE={raw!r}: on or off")
+    return raw == "on"
 
 
 def _currency(env: Mapping[str, str]) -> str:
@@ -238,6 +246,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_concurrency=_number(env, "CRM_WEBHOOK_CONCURRENCY", 8, 1, 64),
         phone_country_code=_country_code(env),
         console_secure_cookies=_secure_cookies(env),
+        lookup_lane=_lookup_lane(env),
         console_idle_minutes=_number(env, "CRM_CONSOLE_IDLE_MINUTES", 30, 1, 24 * 60),
         console_session_hours=_number(env, "CRM_CONSOLE_SESSION_HOURS", 12, 1, 24 * 7),
         webhook_retry_base_seconds=_number(env, "CRM_WEBHOOK_RETRY_BASE_SECONDS", 30.0, 0.01,

@@ -31,13 +31,13 @@ def resolve_dsn(settings: Settings) -> str:
     return start_embedded(settings.data_dir)
 
 
-def _configure(statement_timeout_ms: int):
+def _configure(statement_timeout_ms: int, lock_timeout_ms: int = 0):
     def configure(conn: psycopg.Connection) -> None:
         # Sessions run in UTC; the reporting zone is applied explicitly where it matters.
         conn.execute(
             "SELECT set_config('timezone', 'UTC', false), "
-            "set_config('statement_timeout', %s, false)",
-            (str(statement_timeout_ms),),
+            "set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+            (str(statement_timeout_ms), str(lock_timeout_ms)),
         )
         conn.commit()
 
@@ -65,7 +65,9 @@ def _check_if_idle(conn: psycopg.Connection) -> None:
 
 
 def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
-                autocommit: bool = False, wait: bool = True) -> ConnectionPool:
+                autocommit: bool = False, wait: bool = True, max_size: int | None = None,
+                timeout: float | None = None, statement_timeout_ms: int | None = None,
+                lock_timeout_ms: int = 0) -> ConnectionPool:
     """Open a connection pool and (with ``wait``) wait until one connection works.
 
     The API passes ``wait=False``: it starts while the database is down, answers 503 until it
@@ -75,6 +77,10 @@ def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
     one round trip instead of three (BEGIN, the query, COMMIT). Code that needs several
     statements in one snapshot uses ``conn.transaction()`` on them.
 
+    ``max_size``, ``timeout`` (to get a connection) and ``statement_timeout_ms`` override the
+    settings; ``lock_timeout_ms`` (0: none) bounds waits for locks. The API's lookup lane uses
+    them to fail fast rather than hold up its event loop.
+
     Raises
     ------
     DatabaseUnavailableError
@@ -82,22 +88,23 @@ def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
     """
     pool = ConnectionPool(
         dsn,
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
-        timeout=settings.pool_timeout_seconds,
+        min_size=min(settings.pool_min_size, max_size or settings.pool_max_size),
+        max_size=max_size or settings.pool_max_size,
+        timeout=timeout if timeout is not None else settings.pool_timeout_seconds,
         # Give up a failing reconnection after 2 s (attempts at 0, 1 and 2 s): the next request
         # then starts a fresh one at once, so service resumes within about a second of the
         # database coming back instead of after psycopg_pool's growing backoff (up to minutes).
         reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         check=_check_if_idle,
-        configure=_configure(settings.statement_timeout_ms),
+        configure=_configure(statement_timeout_ms or settings.statement_timeout_ms,
+                             lock_timeout_ms),
         kwargs={"autocommit": True} if autocommit else None,
         name=name,
         open=False,
     )
     try:
         pool.open(wait=wait and settings.pool_min_size > 0,
-                  timeout=settings.pool_timeout_seconds)
+                  timeout=timeout if timeout is not None else settings.pool_timeout_seconds)
     except Exception as exc:
         pool.close()
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc

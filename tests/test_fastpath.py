@@ -158,7 +158,7 @@ def test_lane_request_log_line_has_the_route_template_not_the_id(scored, cdnow_l
                        headers={"Authorization": f"Bearer {token}", "X-Request-Id": "abc-123"})
     assert r.status_code == 200 and r.headers["X-Request-Id"] == "abc-123"
     (line,) = [x for x in caplog.records if x.getMessage() == "request"]
-    assert line.route == "/v1/customers/<customer_id>/tier" and line.status == 200
+    assert line.route == "/v1/customers/<customer_id:customer_id>/tier" and line.status == 200
     assert line.request_id == "abc-123" and line.method == "GET" and line.duration_ms >= 0
     assert line.key_id and token not in caplog.text and cid not in caplog.text
 
@@ -202,7 +202,8 @@ def test_prefetch_looks_up_only_requests_with_a_verified_key(scored, cdnow_loade
     assert json.loads(batch[0][CARD])["customer_id"] == a
     assert json.loads(batch[1][CARD])["customer_id"] == b
     assert batch[2][CARD] is MISSING
-    assert all(CARD not in e for e in batch[3:])
+    assert all(CARD not in e for e in batch[3:5])
+    assert json.loads(batch[5][CARD])["scores"]["tier"]  # the profile, in its own statement
     # The prefetched card is what the lane answers with.
     assert json.loads(batch[1][CARD]) == client.get(
         f"/v1/customers/{b}/tier", headers={"Authorization": f"Bearer {token}"}).json

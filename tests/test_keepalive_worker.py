@@ -14,6 +14,7 @@ import time
 from datetime import date
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from crm_service.scoring import run_scoring
@@ -28,9 +29,11 @@ def served(cdnow_loaded, settings, dsn, tmp_path, make_token):
         (run.run_id,)).fetchall()]
     cdnow_loaded.commit()
     token = make_token("admin")
-    # Request logs off: nobody reads the server's output pipe until it stops, and a thousand
-    # request lines would fill it. The rate limit is raised for the load below.
-    with serving(dsn, tmp_path, CRM_LOG_LEVEL="WARNING", CRM_RATE_LIMIT_PER_SECOND="100000",
+    # One worker: a stalled event loop cannot hide behind another. Request logs off: nobody
+    # reads the server's output pipe until it stops, and a thousand request lines would fill
+    # it. The rate limit is raised for the load below.
+    with serving(dsn, tmp_path, CRM_WORKERS="1", CRM_LOG_LEVEL="WARNING",
+                 CRM_RATE_LIMIT_PER_SECOND="100000",
                  CRM_RATE_LIMIT_BURST="100000") as (base, proc):
         parts = urlsplit(base)
         yield parts.hostname, parts.port, token, customers, proc
@@ -139,21 +142,86 @@ def test_concurrent_lookups_are_batched_and_each_gets_its_own_answer(served, cli
     assert not errors and not wrong
 
 
-def test_a_slow_client_does_not_stall_the_others(served):
+def probe(host: str, port: int, token: str, customers: list[str], n: int = 10) -> float:
+    """Seconds for ``n`` lookups and a /healthz on a new connection (each must succeed)."""
+    began = time.monotonic()
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    for cid in customers[1:1 + n]:
+        assert get(conn, f"/v1/customers/{cid}/tier", token)[0] == 200
+    conn.request("GET", "/healthz")
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    conn.close()
+    return time.monotonic() - began
+
+
+def test_slow_clients_do_not_stall_the_others(served):
+    """Clients that stop mid-head, pipeline half a request, or never read their answers: the
+    event loop (and /healthz, answered in a thread) keep serving everyone else."""
     host, port, token, customers, _ = served
-    with socket.create_connection((host, port)) as slow:
-        # Half a request head, then silence.
-        slow.sendall(f"GET /v1/customers/{customers[0]}/tier HTTP/1.1\r\nHost: x\r\n".encode())
-        time.sleep(0.2)
-        conn = http.client.HTTPConnection(host, port, timeout=10)
+    ask = f"GET /v1/customers/{customers[0]}/tier HTTP/1.1\r\nHost: x\r\n"
+    with socket.create_connection((host, port)) as half, \
+            socket.create_connection((host, port)) as pipelined, \
+            socket.socket() as deaf:
+        half.sendall(ask.encode())  # half a head, then silence
+        full = ask + f"Authorization: Bearer {token}\r\n\r\n"
+        pipelined.sendall((full + "GET /v1/cust").encode())  # an answer, then half a head
+        slow_heads = []
+        for _ in range(6):  # more stalled heads than the worker has threads
+            s = socket.create_connection((host, port))
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            slow_heads.append(s)
+        deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        deaf.connect((host, port))
+        deaf.setblocking(False)
+        many = (f"GET /v1/customers/{customers[1]} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n" * 50).encode()
+        until = time.monotonic() + 2
+        while time.monotonic() < until:  # pipelined profile requests, never reading answers
+            try:
+                deaf.send(many)
+            except BlockingIOError:
+                time.sleep(0.05)
+        assert probe(host, port, token, customers) < 2
+        ((status, body),) = read_responses(pipelined, 1)
+        assert status == 200 and json.loads(body)["customer_id"] == customers[0]
+        half.sendall(f"Authorization: Bearer {token}\r\n\r\n".encode())
+        ((status, body),) = read_responses(half, 1)
+        assert status == 200 and json.loads(body)["customer_id"] == customers[0]
+        for s in slow_heads:
+            s.close()
+
+
+def test_a_locked_table_does_not_stall_the_loop(served, dsn):
+    """A lookup waiting on a lock (say a migration's) waits in a thread; the lane's batch gives
+    up fast, so other connections are still answered."""
+    host, port, token, customers, _ = served
+    assert probe(host, port, token, customers) < 2
+    with psycopg.connect(dsn) as locker:
+        locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        waited: dict[str, tuple[int, float]] = {}
+
+        def blocked() -> None:
+            began = time.monotonic()
+            conn = http.client.HTTPConnection(host, port, timeout=20)
+            status = get(conn, f"/v1/customers/{customers[30]}/tier", token)[0]
+            waited["lookup"] = (status, time.monotonic() - began)
+            conn.close()
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.5)
         began = time.monotonic()
-        for cid in customers[1:21]:
-            assert get(conn, f"/v1/customers/{cid}/tier", token)[0] == 200
-        assert time.monotonic() - began < 3  # 20 lookups, while the slow head hangs
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        assert time.monotonic() - began < 1
         conn.close()
-        slow.sendall(f"Authorization: Bearer {token}\r\n\r\n".encode())
-        ((status, body),) = read_responses(slow, 1)
-    assert status == 200 and json.loads(body)["customer_id"] == customers[0]
+        time.sleep(0.5)
+        locker.rollback()  # the lock goes; the waiting lookup is answered
+    t.join(20)
+    assert waited["lookup"][0] == 200 and waited["lookup"][1] >= 0.9
+    assert probe(host, port, token, customers) < 2
 
 
 def test_stops_promptly_with_idle_connections_open(served):

@@ -39,10 +39,11 @@ def wait_until_up(base: str, proc: subprocess.Popen, seconds: float = 60) -> Non
 
 @contextlib.contextmanager
 def serving(dsn: str, data_dir, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`crm-service serve` (2 gunicorn workers) on a free port; stopped on exit."""
+    """`crm-service serve` (2 gunicorn workers unless ``env`` says) on a free port; stopped on
+    exit."""
     port = free_port()
-    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir), CRM_WORKERS="2",
-               CRM_SECRET_KEY=TEST_SECRET_KEY, **env)
+    env = {**os.environ, "DATABASE_URL": dsn, "CRM_DATA_DIR": str(data_dir), "CRM_WORKERS": "2",
+           "CRM_SECRET_KEY": TEST_SECRET_KEY, **env}
     proc = subprocess.Popen([sys.executable, "-m", "crm_service", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
