@@ -16,7 +16,7 @@ Everything else, including every error, goes to the Flask view, which gives the 
 always did (401/403/404/422/429/503 as problem+json, provisional tiers). The lane changes how
 fast a request is answered, not what it says: ``tests/test_fastpath.py`` checks that both lanes
 give equal JSON values, status and headers. The bytes may differ where JSON does not care: key
-order and spacing, non-ASCII text written as UTF-8 rather than ``\\u`` escapes, and a whole
+order and spacing, non-ASCII text written as UTF-8 rather than escaped, and a whole
 number of a float field written ``1`` rather than ``1.0``.
 
 **Batching.** :meth:`LookupLane.prefetch` takes the requests a server received together and looks
