@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from crm_service import profiles
@@ -46,12 +47,14 @@ SUFFIX = "/tier"
 # (Flask's rule strings, as the request log writes them for the views.)
 ROUTES = {"tier": "/v1/customers/<customer_id:customer_id>/tier",
           "profile": "/v1/customers/<customer_id:customer_id>"}
-DOWN_SECONDS = 1.0  # after a failed batch, how long lookups skip batching
+BATCH_WAIT_SECONDS = 1.0  # the longest a server's event loop waits for a batch
+DOWN_SECONDS = (1.0, 30.0)  # after failed batches: skip batching this long, doubling up to
 READ_SCORES, READ_CUSTOMERS = "scores:read", "customers:read"
 
 # environ keys the lane leaves for the Flask app (not settable by clients: their headers
 # arrive as HTTP_*).
 CARD = "crm.card"  # the prefetched answer (bytes), or MISSING
+KEY = "crm.key"  # the verified key the prefetch saw (so the answer needs no second check)
 RATE_CHECKED = "crm.rate_limit_wait"  # the rate limiter was consulted: seconds to wait
 MISSING = b""
 
@@ -92,6 +95,8 @@ class LookupLane:
         self.fallback = fallback
         self.request_log = request_log
         self.down_until = 0.0
+        self.failures = 0
+        self._batches: ThreadPoolExecutor | None = None  # made in the serving process
 
     def inline(self, environ: dict[str, Any]) -> bool:
         """Whether a server may run ``environ`` on its event loop, after :meth:`prefetch`.
@@ -122,10 +127,12 @@ class LookupLane:
 
         Only requests whose key is already verified in this process take part, so an anonymous
         flood cannot make the database work. Each answer found is left in its environ
-        (:data:`MISSING` when PostgreSQL alone cannot give it). It runs on the lane's pool,
-        whose short timeouts make a slow or absent database fail fast; then nothing is left,
-        batching pauses for :data:`DOWN_SECONDS`, and the requests meet the failure themselves
-        (in a server's threads) and answer 503 as usual.
+        (:data:`MISSING` when PostgreSQL alone cannot give it), with the key. The statements run
+        in a helper thread on the lane's pool (short server-side timeouts), and the caller waits
+        at most :data:`BATCH_WAIT_SECONDS`, so a slow, locked or unreachable database costs a
+        server's event loop a bounded wait. On failure nothing is left, batching pauses (1 s,
+        doubling up to 30 s while failures repeat), and the requests meet the failure
+        themselves in the server's threads: 503 as usual.
         """
         if time.monotonic() < self.down_until:
             return
@@ -137,29 +144,55 @@ class LookupLane:
             kind, customer_id = found
             key = self._key(environ, kind, verify=False)
             if key is not None:
+                environ[KEY] = key
                 contact = kind == "profile" and key.allows(READ_CUSTOMERS)
                 groups.setdefault((kind, contact), {}).setdefault(customer_id, []).append(
                     environ)
-        pool = self.services.lane or self.services.reader
+        if not groups:
+            return
+        if self._batches is None:
+            self._batches = ThreadPoolExecutor(2, thread_name_prefix="crm-lane")
+        try:
+            answers = self._batches.submit(self._fetch, groups).result(BATCH_WAIT_SECONDS)
+        except Exception:  # noqa: BLE001 - each request meets the error again on its own
+            self.failures += 1
+            pause = min(DOWN_SECONDS[0] * 2 ** (self.failures - 1), DOWN_SECONDS[1])
+            self.down_until = time.monotonic() + pause
+            log.warning("batched lookup failed or took over %.0f s; lookups go to threads "
+                        "for %.0f s", BATCH_WAIT_SECONDS, pause)
+            return
+        self.failures = 0
         for (kind, contact), wanted in groups.items():
-            try:
-                with pool.connection() as conn:
-                    found_cards = profiles.cards(conn, list(wanted), profile=kind == "profile",
-                                                 contact=contact)
-            except Exception:  # noqa: BLE001 - each request meets the error again on its own
-                log.warning("batched lookup failed; lookups go to threads for %.0f s",
-                            DOWN_SECONDS)
-                self.down_until = time.monotonic() + DOWN_SECONDS
-                return
+            found_cards = answers[kind, contact]
             for customer_id, requests in wanted.items():
                 for environ in requests:
                     environ[CARD] = found_cards.get(customer_id, MISSING)
 
+    def _fetch(self, groups: dict[tuple[str, bool], dict[str, Any]],
+               ) -> dict[tuple[str, bool], dict[str, bytes]]:
+        """In a helper thread: one statement per kind (and contact), one snapshot each."""
+        pool = self.services.lane or self.services.reader
+        with pool.connection() as conn:
+            return {(kind, contact): profiles.cards(conn, list(wanted),
+                                                    profile=kind == "profile", contact=contact)
+                    for (kind, contact), wanted in groups.items()}
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Answer a plain lookup here when the live run has it; else ask Flask."""
+        answered = self.answer(environ, start_response)
+        return self.fallback(environ, start_response) if answered is None else answered
+
+    def answer(self, environ: dict[str, Any],
+               start_response: StartResponse) -> Iterable[bytes] | None:
+        """The lane's answer, or None (nothing started) when Flask must answer.
+
+        Flask answers errors (including 429), provisional tiers and unknown or unscored
+        customers. A server's event loop calls this for prefetched requests and hands a None
+        to a thread, so that Flask's database work never runs on the loop.
+        """
         found = lookup_of(environ)
         if found is None:
-            return self.fallback(environ, start_response)
+            return None
         kind, customer_id = found
         started = time.perf_counter()
         try:
@@ -167,7 +200,7 @@ class LookupLane:
         except Exception:  # noqa: BLE001 - e.g. the database is down: Flask answers 503
             answer = None
         if answer is None:
-            return self.fallback(environ, start_response)
+            return None
         key, card = answer
         request_id = self.request_log(environ, ROUTES[kind], 200, started, key.id)
         start_response("200 OK", [("Content-Type", "application/json"),
@@ -177,12 +210,9 @@ class LookupLane:
 
     def _answer(self, environ: dict[str, Any], kind: str,
                 customer_id: str) -> tuple[Any, bytes] | None:
-        """The key and the answer, or None when Flask must answer.
-
-        Flask answers errors, provisional tiers and unknown or unscored customers.
-        """
-        # A prefetched request has a recently verified key: no database work here.
-        key = self._key(environ, kind, verify=CARD not in environ)
+        """The key and the answer, or None when Flask must answer."""
+        # A prefetched request carries the key the batch verified: no database work here.
+        key = environ.get(KEY) or self._key(environ, kind, verify=True)
         if key is None:
             return None
         limiter = self.services.limiter

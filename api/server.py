@@ -19,6 +19,7 @@ import os
 import queue
 import selectors
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -97,6 +98,19 @@ BODY_DRAIN_SECONDS = 5.0  # reading what the app left of a request body, before 
 MAX_HEAD = 65536  # bytes peeked for a complete request head
 
 
+# A request read off a connection: gunicorn's request, and its response (None until made) and
+# WSGI environ.
+_Parsed = tuple[Any, Any, dict[str, Any]]
+
+
+def _head_ends(data: bytes) -> bool:
+    """Whether ``data`` holds the end of a request head.
+
+    A blank line; with bare LF too, which the parser then judges.
+    """
+    return b"\r\n\r\n" in data or b"\n\n" in data
+
+
 class _Conn:
     """One client connection.
 
@@ -125,7 +139,7 @@ class _Conn:
         """
         buf = self.parser.unreader.buf
         data = buf.getvalue()
-        while b"\r\n\r\n" not in data and len(data) <= MAX_HEAD:
+        while not _head_ends(data) and len(data) <= MAX_HEAD:
             try:
                 chunk = self.sock.recv(MAX_HEAD, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -198,6 +212,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
         self.conns: dict[int, _Conn] = {}
         self.accepting = False
         self.accept_paused = False  # out of file descriptors: until the next sweep
+        self.counting = threading.Lock()  # self.nr, counted by the loop and the threads
         super().init_process()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -207,6 +222,9 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
         lane = getattr(self.wsgi, "wsgi_app", None)  # Flask's middleware slot
         self.inline = getattr(lane, "inline", None)
         self.prefetch = getattr(lane, "prefetch", None)
+        self.answer = getattr(lane, "answer", None)
+        if self.answer is None:
+            self.inline = None
         for listener in self.sockets:
             listener.setblocking(False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, _WAKE)
@@ -321,13 +339,19 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
             if not complete:  # still arriving: wait on the loop, within HEAD_TIMEOUT_SECONDS
                 if not conn.head_by:
                     conn.head_by = time.monotonic() + HEAD_TIMEOUT_SECONDS
+                    conn.deadline = max(conn.deadline, conn.head_by)
                 continue
             conn.head_by = 0.0
-            if b"\r\n\r\n" not in conn.parser.unreader.buf.getvalue():
-                self._to_thread(conn)  # a head over MAX_HEAD: the parser refuses it, or reads on
+            if not _head_ends(conn.parser.unreader.buf.getvalue()):  # over MAX_HEAD bytes
+                self.handle_error(None, conn.sock, conn.addr, http_errors.LimitRequestHeaders(
+                    f"request head over {MAX_HEAD} bytes"))
+                self._close(conn)
                 continue
             try:
                 req = next(conn.parser)
+                if req._expected_100_continue:  # gunicorn answers "100 Continue" blocking
+                    self._to_thread(conn, (req, None, {}))
+                    continue
                 resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
             except (StopIteration, http_errors.NoMoreData, OSError):
                 self._close(conn)
@@ -350,7 +374,11 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                 self._to_thread(conn, (req, resp, environ))
                 continue
             resp.sock = gather = _Gather()
-            keep = self._respond(conn, req, resp, environ)
+            keep = self._respond(conn, req, resp, environ, self.answer)
+            if keep is None:  # the lane declined (e.g. 429): Flask answers, in a thread
+                resp.sock = conn.sock
+                self._to_thread(conn, (req, resp, environ))
+                continue
             out = b"".join(gather.parts)
             try:
                 sent = conn.sock.send(out, socket.MSG_DONTWAIT)
@@ -370,23 +398,21 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                 self._close(conn)
         return more
 
-    def _to_thread(self, conn: _Conn, parsed: tuple[Any, Any, dict[str, Any]] | None = None,
+    def _to_thread(self, conn: _Conn, parsed: _Parsed | None = None,
                    ) -> None:
         self._unwatch(conn)
         self.pool.submit(self._threaded, conn, parsed)
 
-    def _threaded(self, conn: _Conn, parsed: tuple[Any, Any, dict[str, Any]] | None) -> None:
+    def _threaded(self, conn: _Conn, parsed: _Parsed | None) -> None:
         """In a pool thread: read the request if not read yet, answer it, hand it back."""
         keep = False
         try:
             conn.sock.settimeout(READ_TIMEOUT_SECONDS)
-            if parsed is None:
-                req = next(conn.parser)
+            req, resp, environ = parsed if parsed is not None else (next(conn.parser), None, {})
+            if resp is None:
                 resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
                 environ["wsgi.multithread"] = True
-            else:
-                req, resp, environ = parsed
-            keep = self._respond(conn, req, resp, environ)
+            keep = bool(self._respond(conn, req, resp, environ))
         except (StopIteration, http_errors.NoMoreData, OSError):
             keep = False
         except Exception as exc:  # noqa: BLE001 - an unparseable request: problem+json
@@ -428,18 +454,28 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
             else:
                 self._close(conn)
 
-    def _respond(self, conn: _Conn, req: Any, resp: Any, environ: dict[str, Any]) -> bool:
-        """Run the app for one request; True if the connection stays open for another."""
+    def _respond(self, conn: _Conn, req: Any, resp: Any, environ: dict[str, Any],
+                 app: Any = None) -> bool | None:
+        """Run ``app`` (the WSGI app) for one request; True if the connection stays open.
+
+        None when ``app`` (the lane's ``answer``) declined: nothing was started or sent.
+        """
+        declined = False
         try:
             self.cfg.pre_request(self, req)
             started = datetime.now()
-            self.nr += 1
-            if self.nr >= self.max_requests and self.alive:
+            body = (app or self.wsgi)(environ, resp.start_response)
+            if body is None:
+                declined = True
+                return None
+            with self.counting:
+                self.nr += 1
+                last = self.nr >= self.max_requests
+            if last and self.alive:
                 self.log.info("Autorestarting worker after current request.")
                 self.alive = False
             if not self.alive or not self.cfg.keepalive:
                 resp.force_close()
-            body = self.wsgi(environ, resp.start_response)
             try:
                 for chunk in body:
                     resp.write(chunk)
@@ -461,6 +497,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
             return False
         finally:
             try:
-                self.cfg.post_request(self, req, environ, resp)
+                if not declined:  # a declined request is run again in a thread
+                    self.cfg.post_request(self, req, environ, resp)
             except Exception:  # noqa: BLE001
                 self.log.exception("Exception in post_request hook")

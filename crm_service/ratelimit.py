@@ -21,6 +21,7 @@ import mmap
 import os
 import struct
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class RateLimiter:
             os.close(fd)
             raise
         self._fd = fd
+        self._threads = threading.Lock()
 
     def close(self) -> None:
         """Release the mapping."""
@@ -63,6 +65,12 @@ class RateLimiter:
         print_ = int.from_bytes(hashlib.blake2b(key_id.encode(), digest_size=8).digest(),
                                 "little") or 1
         first = print_ % SLOTS
+        # flock excludes other processes only; threads of this one take the lock first.
+        with self._threads:
+            return self._take(print_, first)
+
+    def _take(self, print_: int, first: int) -> float:
+        """The bucket update, under the file lock (other processes)."""
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             now = time.monotonic()
