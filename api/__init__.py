@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     lane = create_pool(dsn, settings, name="crm-lane", autocommit=True, wait=False, max_size=2,
                        timeout=LANE_POOL_TIMEOUT_SECONDS,
                        statement_timeout_ms=LANE_STATEMENT_TIMEOUT_MS,
-                       lock_timeout_ms=LANE_LOCK_TIMEOUT_MS)
+                       lock_timeout_ms=LANE_LOCK_TIMEOUT_MS, check=False)
     for opened in (pool, reader, lane):
         atexit.register(opened.close)
     limiter = None

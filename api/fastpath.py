@@ -29,9 +29,11 @@ up alone.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from crm_service import profiles
@@ -47,7 +49,7 @@ SUFFIX = "/tier"
 # (Flask's rule strings, as the request log writes them for the views.)
 ROUTES = {"tier": "/v1/customers/<customer_id:customer_id>/tier",
           "profile": "/v1/customers/<customer_id:customer_id>"}
-BATCH_WAIT_SECONDS = 1.0  # the longest a server's event loop waits for a batch
+BATCH_WAIT_SECONDS = 2.0  # a batch's connection is cut after this long (see _Watchdog)
 DOWN_SECONDS = (1.0, 30.0)  # after failed batches: skip batching this long, doubling up to
 READ_SCORES, READ_CUSTOMERS = "scores:read", "customers:read"
 
@@ -59,6 +61,53 @@ RATE_CHECKED = "crm.rate_limit_wait"  # the rate limiter was consulted: seconds 
 MISSING = b""
 
 StartResponse = Callable[..., Any]
+
+
+class _Watchdog:
+    """Cuts the lane's database connection when a batch takes longer than ``limit`` seconds.
+
+    Server-side timeouts cannot end a wait on a database that no longer answers at all; this
+    thread shuts the socket down, so the blocked read returns an error at once. It wakes four
+    times per ``limit`` and does nothing else; it starts with the first batch (in the serving
+    process, after gunicorn's fork).
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.since = 0.0
+        self.fd = -1
+        self.thread: threading.Thread | None = None
+
+    def arm(self, fd: int) -> None:
+        """A batch begins on the socket ``fd``."""
+        with self.lock:
+            self.since, self.fd = time.monotonic(), fd
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="crm-lane-watchdog",
+                                               daemon=True)
+                self.thread.start()
+
+    def disarm(self) -> None:
+        """The batch is over (the lock waits out a cut in progress)."""
+        with self.lock:
+            self.since, self.fd = 0.0, -1
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.limit / 4)
+            with self.lock:  # held while cutting: disarm() cannot let the fd be reused
+                if not self.since or time.monotonic() - self.since < self.limit:
+                    continue
+                log.warning("batched lookup took over %.0f s: cutting its connection",
+                            self.limit)
+                self.since = 0.0
+                try:
+                    cut = socket.socket(fileno=os.dup(self.fd))
+                    cut.shutdown(socket.SHUT_RDWR)
+                    cut.close()
+                except OSError:
+                    pass
 
 
 def lookup_of(environ: dict[str, Any]) -> tuple[str, str] | None:
@@ -96,7 +145,7 @@ class LookupLane:
         self.request_log = request_log
         self.down_until = 0.0
         self.failures = 0
-        self._batches: ThreadPoolExecutor | None = None  # made in the serving process
+        self.watchdog = _Watchdog(BATCH_WAIT_SECONDS)
 
     def inline(self, environ: dict[str, Any]) -> bool:
         """Whether a server may run ``environ`` on its event loop, after :meth:`prefetch`.
@@ -128,10 +177,11 @@ class LookupLane:
         Only requests whose key is already verified in this process take part, so an anonymous
         flood cannot make the database work. Each answer found is left in its environ
         (:data:`MISSING` when PostgreSQL alone cannot give it), with the key. The statements run
-        in a helper thread on the lane's pool (short server-side timeouts), and the caller waits
-        at most :data:`BATCH_WAIT_SECONDS`, so a slow, locked or unreachable database costs a
-        server's event loop a bounded wait. On failure nothing is left, batching pauses (1 s,
-        doubling up to 30 s while failures repeat), and the requests meet the failure
+        on the lane's pool: a slow statement or a lock wait ends server-side within 1 s or
+        100 ms, and a database that stops answering altogether (a frozen host, a lost network)
+        has its connection cut after :data:`BATCH_WAIT_SECONDS` by :class:`_Watchdog`; so a
+        server's event loop waits a bounded time. On failure nothing is left, batching pauses
+        (1 s, doubling up to 30 s while failures repeat), and the requests meet the failure
         themselves in the server's threads: 503 as usual.
         """
         if time.monotonic() < self.down_until:
@@ -150,16 +200,21 @@ class LookupLane:
                     environ)
         if not groups:
             return
-        if self._batches is None:
-            self._batches = ThreadPoolExecutor(2, thread_name_prefix="crm-lane")
+        pool = self.services.lane or self.services.reader
         try:
-            answers = self._batches.submit(self._fetch, groups).result(BATCH_WAIT_SECONDS)
+            with pool.connection() as conn:
+                self.watchdog.arm(conn.pgconn.socket)
+                try:
+                    answers = {(kind, contact): profiles.cards(
+                        conn, list(wanted), profile=kind == "profile", contact=contact)
+                        for (kind, contact), wanted in groups.items()}
+                finally:
+                    self.watchdog.disarm()
         except Exception:  # noqa: BLE001 - each request meets the error again on its own
             self.failures += 1
             pause = min(DOWN_SECONDS[0] * 2 ** (self.failures - 1), DOWN_SECONDS[1])
             self.down_until = time.monotonic() + pause
-            log.warning("batched lookup failed or took over %.0f s; lookups go to threads "
-                        "for %.0f s", BATCH_WAIT_SECONDS, pause)
+            log.warning("batched lookup failed; lookups go to threads for %.0f s", pause)
             return
         self.failures = 0
         for (kind, contact), wanted in groups.items():
@@ -167,15 +222,6 @@ class LookupLane:
             for customer_id, requests in wanted.items():
                 for environ in requests:
                     environ[CARD] = found_cards.get(customer_id, MISSING)
-
-    def _fetch(self, groups: dict[tuple[str, bool], dict[str, Any]],
-               ) -> dict[tuple[str, bool], dict[str, bytes]]:
-        """In a helper thread: one statement per kind (and contact), one snapshot each."""
-        pool = self.services.lane or self.services.reader
-        with pool.connection() as conn:
-            return {(kind, contact): profiles.cards(conn, list(wanted),
-                                                    profile=kind == "profile", contact=contact)
-                    for (kind, contact), wanted in groups.items()}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Answer a plain lookup here when the live run has it; else ask Flask."""

@@ -67,7 +67,7 @@ def _check_if_idle(conn: psycopg.Connection) -> None:
 def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
                 autocommit: bool = False, wait: bool = True, max_size: int | None = None,
                 timeout: float | None = None, statement_timeout_ms: int | None = None,
-                lock_timeout_ms: int = 0) -> ConnectionPool:
+                lock_timeout_ms: int = 0, check: bool = True) -> ConnectionPool:
     """Open a connection pool and (with ``wait``) wait until one connection works.
 
     The API passes ``wait=False``: it starts while the database is down, answers 503 until it
@@ -78,8 +78,9 @@ def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
     statements in one snapshot uses ``conn.transaction()`` on them.
 
     ``max_size``, ``timeout`` (to get a connection) and ``statement_timeout_ms`` override the
-    settings; ``lock_timeout_ms`` (0: none) bounds waits for locks. The API's lookup lane uses
-    them to fail fast rather than hold up its event loop.
+    settings; ``lock_timeout_ms`` (0: none) bounds waits for locks; ``check=False`` skips the
+    check of idle connections (whose round trip could wait on a frozen server). The API's
+    lookup lane uses them to fail fast rather than hold up its event loop.
 
     Raises
     ------
@@ -95,7 +96,7 @@ def create_pool(dsn: str, settings: Settings, *, name: str = "crm",
         # then starts a fresh one at once, so service resumes within about a second of the
         # database coming back instead of after psycopg_pool's growing backoff (up to minutes).
         reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
-        check=_check_if_idle,
+        check=_check_if_idle if check else None,
         configure=_configure(statement_timeout_ms or settings.statement_timeout_ms,
                              lock_timeout_ms),
         kwargs={"autocommit": True} if autocommit else None,

@@ -234,3 +234,27 @@ def test_stops_promptly_with_idle_connections_open(served):
     assert proc.returncode is not None and time.monotonic() - began < 8
     for conn in idle:
         conn.close()
+
+
+def test_watchdog_cuts_a_batch_that_waits_too_long():
+    """A database that stops answering (frozen host, lost network) would block the lane's read
+    forever; the watchdog shuts the socket down, and the read returns."""
+    from api.fastpath import _Watchdog
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        watchdog = _Watchdog(0.2)
+        watchdog.arm(ours.fileno())
+        began = time.monotonic()
+        assert ours.recv(10) == b""  # nothing ever comes: the watchdog ends the wait
+        waited = time.monotonic() - began
+        watchdog.disarm()
+        assert 0.15 < waited < 2
+        # Disarmed in time, a socket is left alone.
+        a, b = socket.socketpair()
+        with a, b:
+            watchdog.arm(a.fileno())
+            watchdog.disarm()
+            time.sleep(0.5)
+            b.sendall(b"ok")
+            assert a.recv(10) == b"ok"
