@@ -263,8 +263,10 @@ class LookupLane:
             return None
         limiter = self.services.limiter
         if limiter is not None:
-            wait = limiter.take(key.id)
-            environ[RATE_CHECKED] = wait  # Flask must not take a second token
+            wait = environ.get(RATE_CHECKED)  # asked already (a request declined on a loop)
+            if wait is None:
+                wait = limiter.take(key.id)
+                environ[RATE_CHECKED] = wait  # Flask must not take a second token
             if wait:
                 return None
         card = environ.get(CARD)

@@ -258,3 +258,28 @@ def test_watchdog_cuts_a_batch_that_waits_too_long():
             time.sleep(0.5)
             b.sendall(b"ok")
             assert a.recv(10) == b"ok"
+
+
+def test_rate_limited_lookups_get_429_once_over_keep_alive(cdnow_loaded, settings, dsn, tmp_path,
+                                                          make_token):
+    """A lookup the lane declines on the loop (over the key's limit) is answered by Flask in a
+    thread: one 429 problem per request, nothing lost on the pipelined connection."""
+    run = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    cid = cdnow_loaded.execute("SELECT customer_id FROM customer_scores WHERE run_id = %s"
+                               " LIMIT 1", (run.run_id,)).fetchone()[0]
+    cdnow_loaded.commit()
+    token = make_token("scores:read")
+    with serving(dsn, tmp_path, CRM_WORKERS="1", CRM_RATE_LIMIT_PER_SECOND="0.001",
+                 CRM_RATE_LIMIT_BURST="4") as (base, _):
+        parts = urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port)) as raw:
+            ask = (f"GET /v1/customers/{cid}/tier HTTP/1.1\r\nHost: x\r\n"
+                   f"Authorization: Bearer {token}\r\n\r\n").encode()
+            raw.sendall(ask)  # the first verifies the key (in a thread)
+            assert read_responses(raw, 1)[0][0] == 200
+            raw.sendall(ask * 6)  # pipelined: batched on the loop
+            answers = read_responses(raw, 6)
+    assert [status for status, _ in answers] == [200, 200, 200, 429, 429, 429]
+    assert json.loads(answers[0][1])["customer_id"] == cid
+    problem = json.loads(answers[3][1])
+    assert problem["status"] == 429 and problem["type"].endswith("/rate-limited")
