@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from crm_service import profiles
 
 if TYPE_CHECKING:
@@ -50,7 +52,8 @@ SUFFIX = "/tier"
 ROUTES = {"tier": "/v1/customers/<customer_id:customer_id>/tier",
           "profile": "/v1/customers/<customer_id:customer_id>"}
 BATCH_WAIT_SECONDS = 2.0  # a batch's connection is cut after this long (see _Watchdog)
-DOWN_SECONDS = (1.0, 30.0)  # after failed batches: skip batching this long, doubling up to
+DOWN_SECONDS = (1.0, 5.0)  # after failed batches: skip batching this long, doubling up to
+STALE_SECONDS = 0.05  # a batch failing this fast met a dead connection: try another once
 READ_SCORES, READ_CUSTOMERS = "scores:read", "customers:read"
 
 # environ keys the lane leaves for the Flask app (not settable by clients: their headers
@@ -64,10 +67,10 @@ StartResponse = Callable[..., Any]
 
 
 class _Watchdog:
-    """Cuts the lane's database connection when a batch takes longer than ``limit`` seconds.
+    """Cuts the lane's database connection when a statement takes longer than ``limit`` s.
 
     Server-side timeouts cannot end a wait on a database that no longer answers at all; this
-    thread shuts the socket down, so the blocked read returns an error at once. It wakes four
+    thread shuts the socket down, so the blocked read returns an error at once. It wakes eight
     times per ``limit`` and does nothing else; it starts with the first batch (in the serving
     process, after gunicorn's fork).
     """
@@ -76,38 +79,45 @@ class _Watchdog:
         self.limit = limit
         self.lock = threading.Lock()
         self.since = 0.0
-        self.fd = -1
+        self.sock: socket.socket | None = None  # our own duplicate of the connection's socket
+        self.cut = False
         self.thread: threading.Thread | None = None
 
     def arm(self, fd: int) -> None:
-        """A batch begins on the socket ``fd``."""
+        """A statement begins on the socket ``fd``.
+
+        The socket is duplicated: a later reuse of the number by another socket cannot be cut.
+        """
+        sock = socket.socket(fileno=os.dup(fd))
         with self.lock:
-            self.since, self.fd = time.monotonic(), fd
+            self.since, self.sock, self.cut = time.monotonic(), sock, False
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="crm-lane-watchdog",
                                                daemon=True)
                 self.thread.start()
 
-    def disarm(self) -> None:
-        """The batch is over (the lock waits out a cut in progress)."""
+    def disarm(self) -> bool:
+        """The statement is over; True if it was cut (then its connection must be closed)."""
         with self.lock:
-            self.since, self.fd = 0.0, -1
+            sock, cut = self.sock, self.cut
+            self.since, self.sock, self.cut = 0.0, None, False
+        if sock is not None:
+            sock.close()
+        return cut
 
     def _run(self) -> None:
         while True:
-            time.sleep(self.limit / 4)
-            with self.lock:  # held while cutting: disarm() cannot let the fd be reused
-                if not self.since or time.monotonic() - self.since < self.limit:
+            time.sleep(self.limit / 8)
+            with self.lock:
+                if self.sock is None or time.monotonic() - self.since < self.limit:
                     continue
-                log.warning("batched lookup took over %.0f s: cutting its connection",
-                            self.limit)
-                self.since = 0.0
+                self.since, self.cut = float("inf"), True
                 try:
-                    cut = socket.socket(fileno=os.dup(self.fd))
-                    cut.shutdown(socket.SHUT_RDWR)
-                    cut.close()
+                    self.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            log.warning("a batched lookup took over %.0f s: its connection was cut",
+                        self.limit)
 
 
 def lookup_of(environ: dict[str, Any]) -> tuple[str, str] | None:
@@ -181,7 +191,7 @@ class LookupLane:
         100 ms, and a database that stops answering altogether (a frozen host, a lost network)
         has its connection cut after :data:`BATCH_WAIT_SECONDS` by :class:`_Watchdog`; so a
         server's event loop waits a bounded time. On failure nothing is left, batching pauses
-        (1 s, doubling up to 30 s while failures repeat), and the requests meet the failure
+        (1 s, doubling up to 5 s while failures repeat), and the requests meet the failure
         themselves in the server's threads: 503 as usual.
         """
         if time.monotonic() < self.down_until:
@@ -200,16 +210,8 @@ class LookupLane:
                     environ)
         if not groups:
             return
-        pool = self.services.lane or self.services.reader
         try:
-            with pool.connection() as conn:
-                self.watchdog.arm(conn.pgconn.socket)
-                try:
-                    answers = {(kind, contact): profiles.cards(
-                        conn, list(wanted), profile=kind == "profile", contact=contact)
-                        for (kind, contact), wanted in groups.items()}
-                finally:
-                    self.watchdog.disarm()
+            answers = self._fetch(groups)
         except Exception:  # noqa: BLE001 - each request meets the error again on its own
             self.failures += 1
             pause = min(DOWN_SECONDS[0] * 2 ** (self.failures - 1), DOWN_SECONDS[1])
@@ -222,6 +224,33 @@ class LookupLane:
             for customer_id, requests in wanted.items():
                 for environ in requests:
                     environ[CARD] = found_cards.get(customer_id, MISSING)
+
+    def _fetch(self, groups: dict[tuple[str, bool], dict[str, list[dict[str, Any]]]],
+               ) -> dict[tuple[str, bool], dict[str, bytes]]:
+        """One statement per group, each watched.
+
+        A connection that breaks at once (left over from before a database restart) is retried
+        once on another.
+        """
+        pool = self.services.lane or self.services.reader
+        for attempt in (1, 2):
+            began = time.monotonic()
+            try:
+                with pool.connection() as conn:
+                    answers = {}
+                    for (kind, contact), wanted in groups.items():
+                        self.watchdog.arm(conn.pgconn.socket)
+                        try:
+                            answers[kind, contact] = profiles.cards(
+                                conn, list(wanted), profile=kind == "profile", contact=contact)
+                        finally:
+                            if self.watchdog.disarm():
+                                conn.close()  # cut: the pool must not hand it out again
+                    return answers
+            except psycopg.OperationalError:
+                if attempt == 2 or time.monotonic() - began > STALE_SECONDS:
+                    raise
+        raise AssertionError("unreachable")
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Answer a plain lookup here when the live run has it; else ask Flask."""

@@ -462,12 +462,16 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
         """
         declined = False
         try:
-            self.cfg.pre_request(self, req)
             started = datetime.now()
-            body = (app or self.wsgi)(environ, resp.start_response)
-            if body is None:
-                declined = True
-                return None
+            if app is None:
+                self.cfg.pre_request(self, req)
+                body = self.wsgi(environ, resp.start_response)
+            else:  # the lane: the hook runs only for a request it answers (not one it declines)
+                body = app(environ, resp.start_response)
+                if body is None:
+                    declined = True
+                    return None
+                self.cfg.pre_request(self, req)
             with self.counting:
                 self.nr += 1
                 last = self.nr >= self.max_requests

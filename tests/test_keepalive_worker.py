@@ -248,13 +248,13 @@ def test_watchdog_cuts_a_batch_that_waits_too_long():
         began = time.monotonic()
         assert ours.recv(10) == b""  # nothing ever comes: the watchdog ends the wait
         waited = time.monotonic() - began
-        watchdog.disarm()
+        assert watchdog.disarm() is True  # cut: the caller closes the connection
         assert 0.15 < waited < 2
         # Disarmed in time, a socket is left alone.
         a, b = socket.socketpair()
         with a, b:
             watchdog.arm(a.fileno())
-            watchdog.disarm()
+            assert watchdog.disarm() is False
             time.sleep(0.5)
             b.sendall(b"ok")
             assert a.recv(10) == b"ok"
