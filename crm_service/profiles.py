@@ -100,13 +100,12 @@ _ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
 _PROFILE_CARDS = """
 SELECT c.id, (SELECT row_to_json(card) FROM (
            SELECT c.id AS customer_id, cu.created_at, cu.updated_at,
-                  CASE WHEN %(pii)s THEN json_build_object(
-                      'email', cu.email, 'phone', cu.phone, 'name', cu.name) END AS contact,
+                  CASE WHEN %(pii)s THEN (SELECT row_to_json(ct) FROM (
+                      SELECT cu.email, cu.phone, cu.name) ct) END AS contact,
                   CASE WHEN %(pii)s THEN (
-                      SELECT coalesce(json_agg(json_build_object(
-                                 'channel', i.channel, 'external_id', i.external_id)
-                             ORDER BY i.channel, i.external_id), '[]')
-                      FROM customer_identities i WHERE i.customer_id = c.id) END AS identities,
+                      SELECT coalesce(json_agg(idn ORDER BY idn.channel, idn.external_id), '[]')
+                      FROM (SELECT i.channel, i.external_id FROM customer_identities i
+                            WHERE i.customer_id = c.id) idn) END AS identities,
                   (SELECT coalesce(json_agg(ch ORDER BY ch.channel), '[]') FROM (
                        SELECT o.channel,
                               count(*) FILTER (WHERE o.status = 'paid') AS paid_orders,
