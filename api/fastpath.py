@@ -20,10 +20,11 @@ order and spacing, non-ASCII text written as UTF-8 rather than escaped, and a wh
 number of a float field written ``1`` rather than ``1.0``.
 
 **Batching.** :meth:`LookupLane.prefetch` takes the requests a server received together and looks
-all their customers up in one statement, leaving each answer in its request's environ. The
-keep-alive worker (:class:`api.server.ProblemKeepAliveWorker`) calls it for each batch of
-requests that arrived at once; other servers simply never call it, and each request is looked
-up alone.
+all their customers up in one statement per kind, leaving each answer in its request's environ.
+The keep-alive worker (:class:`api.server.ProblemKeepAliveWorker`) calls it on its event loop for
+the requests :meth:`LookupLane.inline` accepts, answers those with an answer in hand through
+:meth:`LookupLane.answer`, and gives the rest to its threads, where the whole app runs. Other
+servers never call it: each request is then looked up alone.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ log = logging.getLogger("crm.request")
 
 PREFIX = "/v1/customers/"
 SUFFIX = "/tier"
-# The route templates the request log shows (never the customer id).
-# (Flask's rule strings, as the request log writes them for the views.)
+# The route templates the request log shows (never the customer id): Flask's rule strings, as
+# the log writes them for the views.
 ROUTES = {"tier": "/v1/customers/<customer_id:customer_id>/tier",
           "profile": "/v1/customers/<customer_id:customer_id>"}
 BATCH_WAIT_SECONDS = 2.0  # a batch's connection is cut after this long (see _Watchdog)

@@ -98,8 +98,8 @@ BODY_DRAIN_SECONDS = 5.0  # reading what the app left of a request body, before 
 MAX_HEAD = 65536  # bytes peeked for a complete request head
 
 
-# A request read off a connection: gunicorn's request, and its response (None until made) and
-# WSGI environ.
+# A request read off a connection: gunicorn's request, its response (None until made, for a
+# request expecting "100 Continue") and its WSGI environ.
 _Parsed = tuple[Any, Any, dict[str, Any]]
 
 
@@ -398,25 +398,27 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                 self._close(conn)
         return more
 
-    def _to_thread(self, conn: _Conn, parsed: _Parsed | None = None,
-                   ) -> None:
+    def _to_thread(self, conn: _Conn, parsed: _Parsed) -> None:
         self._unwatch(conn)
         self.pool.submit(self._threaded, conn, parsed)
 
-    def _threaded(self, conn: _Conn, parsed: _Parsed | None) -> None:
-        """In a pool thread: read the request if not read yet, answer it, hand it back."""
+    def _threaded(self, conn: _Conn, parsed: _Parsed) -> None:
+        """In a pool thread: answer the request, then hand the connection back to the loop.
+
+        A response not made yet is made here: that sends "100 Continue" when asked.
+        """
         keep = False
+        req, resp, environ = parsed
         try:
             conn.sock.settimeout(READ_TIMEOUT_SECONDS)
-            req, resp, environ = parsed if parsed is not None else (next(conn.parser), None, {})
             if resp is None:
                 resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
                 environ["wsgi.multithread"] = True
             keep = bool(self._respond(conn, req, resp, environ))
-        except (StopIteration, http_errors.NoMoreData, OSError):
+        except (http_errors.NoMoreData, OSError):
             keep = False
-        except Exception as exc:  # noqa: BLE001 - an unparseable request: problem+json
-            self.handle_error(None, conn.sock, conn.addr, exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed header: problem+json
+            self.handle_error(req, conn.sock, conn.addr, exc)
             keep = False
         finally:
             self._hand_back(conn, keep)
