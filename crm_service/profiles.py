@@ -61,7 +61,8 @@ WHERE r.id = (SELECT active_run_id FROM scoring_state)
 # PostgreSQL, for many customers in one round trip (see cards()). Only customers whose live-run
 # row is current and complete: scored with a tier, finite numbers (PostgreSQL would write NaN as
 # a string), no order changed since the run started or dated after its as_of (those get a
-# provisional answer from lookup()).
+# provisional answer from lookup()). Lists are array_to_json(array_agg(...)): compact, where
+# json_agg would put line breaks between elements.
 _CARD_FROM = """
 FROM unnest(%(ids)s::text[]) AS c(id)
 JOIN scoring_runs r ON r.id = (SELECT active_run_id FROM scoring_state)
@@ -78,7 +79,7 @@ WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
 """
 
 _CARD_TRANSITIONS = """
-(SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM (
+(SELECT coalesce(array_to_json(array_agg(h ORDER BY h.run_id DESC)), '[]') FROM (
      SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
      JOIN scoring_runs sr ON sr.id = t.run_id
      WHERE t.customer_id = c.id AND t.run_id <= r.id
@@ -103,10 +104,11 @@ SELECT c.id, (SELECT row_to_json(card) FROM (
                   CASE WHEN %(pii)s THEN (SELECT row_to_json(ct) FROM (
                       SELECT cu.email, cu.phone, cu.name) ct) END AS contact,
                   CASE WHEN %(pii)s THEN (
-                      SELECT coalesce(json_agg(idn ORDER BY idn.channel, idn.external_id), '[]')
+                      SELECT coalesce(array_to_json(array_agg(
+                          idn ORDER BY idn.channel, idn.external_id)), '[]')
                       FROM (SELECT i.channel, i.external_id FROM customer_identities i
                             WHERE i.customer_id = c.id) idn) END AS identities,
-                  (SELECT coalesce(json_agg(ch ORDER BY ch.channel), '[]') FROM (
+                  (SELECT coalesce(array_to_json(array_agg(ch ORDER BY ch.channel)), '[]') FROM (
                        SELECT o.channel,
                               count(*) FILTER (WHERE o.status = 'paid') AS paid_orders,
                               count(*) FILTER (WHERE o.status = 'refunded') AS refunded_orders,
