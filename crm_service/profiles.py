@@ -37,61 +37,74 @@ if TYPE_CHECKING:
 MAX_SEARCH_RESULTS = 20
 HISTORY = 5  # tier transitions shown
 
-# The live run, the customer's row in it, their latest tier changes, and whether any of their
-# orders changed after the run started or fall after its as_of (then the row is stale).
-_LOOKUP = """
-SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, s.customer_id IS NOT NULL,
-       {cols},
-       (SELECT coalesce(json_agg(h ORDER BY h.run_id DESC), '[]') FROM (
-            SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
-            JOIN scoring_runs sr ON sr.id = t.run_id
-            WHERE t.customer_id = %(c)s AND t.run_id <= r.id
-            ORDER BY t.run_id DESC LIMIT %(n)s) h),
-       EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = %(c)s
+# Pieces of both kinds of lookup below, for the customer ``{c}`` in the live run ``r``. Lists are
+# array_to_json(array_agg(...)): compact, where json_agg would put line breaks between elements.
+# Stale: an order of the customer changed after the run started, or falls after its as_of.
+_STALE = """EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = {c}
                AND (o.updated_at > r.started_at
                     OR (o.status = 'paid'
-                        AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))
-       {extra}
+                        AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))"""
+_TRANSITIONS = """(SELECT coalesce(array_to_json(array_agg(h ORDER BY h.run_id DESC)), '[]') FROM (
+            SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
+            JOIN scoring_runs sr ON sr.id = t.run_id
+            WHERE t.customer_id = {c} AND t.run_id <= r.id
+            ORDER BY t.run_id DESC LIMIT %(n)s) h)"""
+_IDENTITIES = """(SELECT coalesce(array_to_json(array_agg(
+            idn ORDER BY idn.channel, idn.external_id)), '[]') FROM (
+            SELECT i.channel, i.external_id FROM customer_identities i
+            WHERE i.customer_id = {c}) idn)"""
+_CHANNELS = """(SELECT coalesce(array_to_json(array_agg(ch ORDER BY ch.channel)), '[]') FROM (
+            SELECT o.channel,
+                   count(*) FILTER (WHERE o.status = 'paid')      AS paid_orders,
+                   count(*) FILTER (WHERE o.status = 'refunded')  AS refunded_orders,
+                   count(*) FILTER (WHERE o.status = 'cancelled') AS cancelled_orders,
+                   coalesce(sum(o.amount) FILTER (WHERE o.status = 'paid'), 0)::float8
+                       AS net_spend,
+                   min(o.ordered_at) FILTER (WHERE o.status = 'paid') AS first_order_at,
+                   max(o.ordered_at) FILTER (WHERE o.status = 'paid') AS last_order_at
+            FROM orders o WHERE o.customer_id = {c} GROUP BY o.channel) ch)"""
+
+# One customer: the live run, their row in it, their latest tier changes, and whether the row
+# is stale.
+_LOOKUP = """
+SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, s.customer_id IS NOT NULL,
+       {{cols}}, {transitions}, {stale} {{extra}}
 FROM scoring_runs r
 LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s
 WHERE r.id = (SELECT active_run_id FROM scoring_state)
-"""
+""".format(transitions=_TRANSITIONS.format(c="%(c)s"), stale=_STALE.format(c="%(c)s"))
+
+# With the profile: the customer row, identities and the order summary per channel.
+_PROFILE_EXTRA = """,
+       (SELECT json_build_object('email', c.email, 'phone', c.phone, 'name', c.name,
+                                 'created_at', c.created_at, 'updated_at', c.updated_at)
+        FROM customers c WHERE c.customer_id = %(c)s),
+       {identities}, {channels}
+""".format(identities=_IDENTITIES.format(c="%(c)s"), channels=_CHANNELS.format(c="%(c)s"))
 
 # The answers of GET /v1/customers/{id}/tier and GET /v1/customers/{id}, built as JSON text by
 # PostgreSQL, for many customers in one round trip (see cards()). Only customers whose live-run
 # row is current and complete: scored with a tier, finite numbers (PostgreSQL would write NaN as
-# a string), no order changed since the run started or dated after its as_of (those get a
-# provisional answer from lookup()). Lists are array_to_json(array_agg(...)): compact, where
-# json_agg would put line breaks between elements.
+# a string), and not stale (those get a provisional answer from lookup()).
 _CARD_FROM = """
 FROM unnest(%(ids)s::text[]) AS c(id)
 JOIN scoring_runs r ON r.id = (SELECT active_run_id FROM scoring_state)
 JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = c.id
-{join}
+{{join}}
 WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
   AND (s.clv_12m IS NULL OR s.clv_12m < 'Infinity')
   AND (s.churn_probability IS NULL OR s.churn_probability < 'Infinity')
   AND (s.expected_spend IS NULL OR s.expected_spend < 'Infinity')
-  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id
-                  AND (o.updated_at > r.started_at
-                       OR (o.status = 'paid'
-                           AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))
-"""
+  AND NOT {stale}
+""".format(stale=_STALE.format(c="c.id"))
 
-_CARD_TRANSITIONS = """
-(SELECT coalesce(array_to_json(array_agg(h ORDER BY h.run_id DESC)), '[]') FROM (
-     SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
-     JOIN scoring_runs sr ON sr.id = t.run_id
-     WHERE t.customer_id = c.id AND t.run_id <= r.id
-     ORDER BY t.run_id DESC LIMIT %(n)s) h) AS recent_transitions"""
-
-_TIER_CARDS = f"""
+_TIER_CARDS = """
 SELECT c.id, (SELECT row_to_json(card) FROM (
            SELECT c.id AS customer_id, r.id AS run_id, r.as_of, false AS provisional,
                   NULL::date AS provisional_as_of, s.tier, s.tier_since, s.value_segment,
                   s.rfm_segment, s.recommended_action, s.churn_risk, s.churn_probability,
-                  s.clv_12m, s.p_alive, {_CARD_TRANSITIONS}) card)::text
-""" + _CARD_FROM.format(join="")
+                  s.clv_12m, s.p_alive, {transitions} AS recent_transitions) card)::text
+""".format(transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(join="")
 
 # Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
 _ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
@@ -103,51 +116,17 @@ SELECT c.id, (SELECT row_to_json(card) FROM (
            SELECT c.id AS customer_id, cu.created_at, cu.updated_at,
                   CASE WHEN %(pii)s THEN (SELECT row_to_json(ct) FROM (
                       SELECT cu.email, cu.phone, cu.name) ct) END AS contact,
-                  CASE WHEN %(pii)s THEN (
-                      SELECT coalesce(array_to_json(array_agg(
-                          idn ORDER BY idn.channel, idn.external_id)), '[]')
-                      FROM (SELECT i.channel, i.external_id FROM customer_identities i
-                            WHERE i.customer_id = c.id) idn) END AS identities,
-                  (SELECT coalesce(array_to_json(array_agg(ch ORDER BY ch.channel)), '[]') FROM (
-                       SELECT o.channel,
-                              count(*) FILTER (WHERE o.status = 'paid') AS paid_orders,
-                              count(*) FILTER (WHERE o.status = 'refunded') AS refunded_orders,
-                              count(*) FILTER (WHERE o.status = 'cancelled') AS cancelled_orders,
-                              coalesce(sum(o.amount) FILTER (WHERE o.status = 'paid'), 0)::float8
-                                  AS net_spend,
-                              min(o.ordered_at) FILTER (WHERE o.status = 'paid')
-                                  AS first_order_at,
-                              max(o.ordered_at) FILTER (WHERE o.status = 'paid') AS last_order_at
-                       FROM orders o WHERE o.customer_id = c.id GROUP BY o.channel) ch)
-                      AS orders_by_channel,
+                  CASE WHEN %(pii)s THEN {identities} END AS identities,
+                  {channels} AS orders_by_channel,
                   r.id AS run_id, r.as_of, {scored_at} AS scored_at, r.churn_horizon_days,
                   false AS provisional, s.tier, s.tier_since, s.value_segment, s.rfm_segment,
                   s.recommended_action,
-                  (SELECT row_to_json(sc) FROM (SELECT {scores}) sc) AS scores,
-                  {transitions}) card)::text
-""".format(scored_at=_ISO_UTC.format(t="r.finished_at"), transitions=_CARD_TRANSITIONS,
-           scores="{scores}") + _CARD_FROM.format(
+                  (SELECT row_to_json(sc) FROM (SELECT {{scores}}) sc) AS scores,
+                  {transitions} AS recent_transitions) card)::text
+""".format(identities=_IDENTITIES.format(c="c.id"), channels=_CHANNELS.format(c="c.id"),
+           scored_at=_ISO_UTC.format(t="r.finished_at"),
+           transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(
     join="JOIN customers cu ON cu.customer_id = c.id")
-
-# With the profile: the customer row, identities and the order summary per channel.
-_PROFILE_EXTRA = """,
-       (SELECT json_build_object('email', c.email, 'phone', c.phone, 'name', c.name,
-                                 'created_at', c.created_at, 'updated_at', c.updated_at)
-        FROM customers c WHERE c.customer_id = %(c)s),
-       (SELECT coalesce(json_agg(json_build_object('channel', i.channel,
-                                                   'external_id', i.external_id)
-                                 ORDER BY i.channel, i.external_id), '[]')
-        FROM customer_identities i WHERE i.customer_id = %(c)s),
-       (SELECT coalesce(json_agg(ch ORDER BY ch.channel), '[]') FROM (
-            SELECT o.channel,
-                   count(*) FILTER (WHERE o.status = 'paid')      AS paid_orders,
-                   count(*) FILTER (WHERE o.status = 'refunded')  AS refunded_orders,
-                   count(*) FILTER (WHERE o.status = 'cancelled') AS cancelled_orders,
-                   coalesce(sum(o.amount) FILTER (WHERE o.status = 'paid'), 0) AS net_spend,
-                   min(o.ordered_at) FILTER (WHERE o.status = 'paid') AS first_order_at,
-                   max(o.ordered_at) FILTER (WHERE o.status = 'paid') AS last_order_at
-            FROM orders o WHERE o.customer_id = %(c)s GROUP BY o.channel) ch)
-"""
 
 # Without a live run the profile still answers (scores null).
 _PROFILE_ONLY = "SELECT NULL, NULL, NULL, NULL, false, {nulls}, '[]'::json, false {extra}"
