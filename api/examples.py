@@ -28,7 +28,8 @@ RUN = {
     "run_id": 12, "status": "succeeded", "progress": "published", "as_of": "1998-06-30",
     "time_unit": "days", "timezone": "UTC", "churn_horizon_days": 90,
     "created_at": "2026-11-22T02:00:00+00:00", "started_at": "2026-11-22T02:00:01+00:00",
-    "finished_at": "2026-11-22T02:00:07+00:00", "error": None,
+    "finished_at": "2026-11-22T02:00:07+00:00", "error": None, "previous_run_id": 11,
+    "scores_retired_at": None,
     "counts": {"customers": 2357, "repeat_buyers": 1114,
                "tiers": {"new": 0, "active": 615, "dormant": 1630, "high_value": 112},
                "churn_risk": {"low": 402, "medium": 215, "high": 1740}},
@@ -36,7 +37,7 @@ RUN = {
 }
 
 QUEUED_RUN = {**RUN, "status": "queued", "progress": None, "started_at": None,
-              "finished_at": None, "counts": None, "models": None}
+              "finished_at": None, "counts": None, "models": None, "previous_run_id": None}
 
 PREDICTIONS = {
     "run_id": 12, "model": "bgnbd", "time_unit": "days",

@@ -10,8 +10,8 @@ from flask_smorest import Blueprint
 
 from api.auth import require
 from api.services import services
-from crm_service import score_store
 from crm_service.policy import validate_policy
+from crm_service.scoring import policies
 from models.segments import TierPolicy
 
 blp = Blueprint("policy", __name__, url_prefix="/v1", description="Tier policy")
@@ -33,7 +33,7 @@ class Policy(MethodView):
     def get(self):
         """The policy in force (the next scoring run uses it); ``version`` is stored per run."""
         with services().pool.connection() as conn:
-            version, policy = score_store.current_tier_policy(conn)
+            version, policy = policies.current_tier_policy(conn)
             conn.commit()
         return _policy(version, policy)
 
@@ -54,5 +54,5 @@ class Policy(MethodView):
         """
         policy = validate_policy(request.get_json(), "request body")  # 400 if malformed
         with services().pool.connection() as conn:
-            version = score_store.set_tier_policy(conn, policy, f"api key {g.api_key.id}")
+            version = policies.set_tier_policy(conn, policy, f"api key {g.api_key.id}")
         return _policy(version, policy)

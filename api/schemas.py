@@ -140,6 +140,13 @@ class RunSchema(Schema):
     created_at = fields.String()
     finished_at = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
+    previous_run_id = fields.Integer(allow_none=True, metadata={
+        "description": "the run that was live when this one was published (tier changes and "
+                       "events are computed against it)"})
+    scores_retired_at = fields.String(allow_none=True, metadata={
+        "description": "when retention dropped this run's score rows (CRM_KEEP_RUNS, "
+                       "CRM_KEEP_RUN_DAYS); its record, models and plots stay. null: scores "
+                       "kept"})
     counts = fields.Dict(allow_none=True)
     models = fields.Dict(allow_none=True, metadata={
         "description": "bgnbd: params r, alpha, a, b, standard_errors, log_likelihood, holdout;"

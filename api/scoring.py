@@ -21,10 +21,11 @@ from api.schemas import (
     ScoringRunRequestSchema,
 )
 from api.services import services
-from crm_service import audience, score_store
+from crm_service import audience
 from crm_service.errors import NotFoundError, ValidationError
 from crm_service.plots import PLOTS, run_plot
 from crm_service.predictions import predict
+from crm_service.scoring import reads, runs
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
 
@@ -48,7 +49,7 @@ class ActiveModels(MethodView):
         model's validation against the BTYD baseline, and the tier policy version in force.
         """
         with services().reader.connection() as conn:
-            run = score_store.active_run(conn)
+            run = runs.active_run(conn)
         if run is None:
             raise NotFoundError("no scoring run has been published yet")
         return _jsonable(run)
@@ -77,11 +78,11 @@ class ScoringRuns(MethodView):
         if as_of > today:
             raise ValidationError(f"as_of {as_of} is in the future (today is {today})")
         with svc.pool.connection() as conn:
-            run_id = score_store.create_run(
+            run_id = runs.create_run(
                 conn, as_of, svc.settings.timezone, status="queued",
                 churn_horizon_days=body.get("churn_horizon_days")
                 or svc.settings.churn_horizon_days)
-            run = score_store.run_record(conn, run_id)
+            run = runs.run_record(conn, run_id)
         assert run is not None
         return _jsonable(run), 202, {"Location": url_for("scoring.ScoringRun", run_id=run_id)}
 
@@ -97,7 +98,7 @@ class ScoringRun(MethodView):
     def get(self, run_id: int):
         """Status, counts, models and, for a failed run, the reason."""
         with services().reader.connection() as conn:
-            run = score_store.run_record(conn, run_id)
+            run = runs.run_record(conn, run_id)
         if run is None:
             raise NotFoundError(f"no scoring run {run_id}")
         return _jsonable(run)
@@ -161,7 +162,7 @@ class CustomerScores(MethodView):
         """
         check_customer_id(customer_id)
         with services().reader.connection() as conn:
-            found = score_store.customer_scores(conn, customer_id)
+            found = reads.customer_scores(conn, customer_id)
         if found is None:
             raise NotFoundError("no scoring run has been published yet")
         if found["scores"] is None:
@@ -192,7 +193,7 @@ class Segments(MethodView):
         (``none``: not scored there) and now; null after the first run.
         """
         with services().reader.connection() as conn:
-            run = score_store.active_run(conn)
+            run = runs.active_run(conn)
         if run is None:
             raise NotFoundError("no scoring run has been published yet")
         counts = run["counts"] or {}

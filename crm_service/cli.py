@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -18,10 +19,11 @@ from typing import Any
 
 import click
 
-from crm_service import __version__, api_keys, bulk_import, schema, score_store
+from crm_service import __version__, api_keys, bulk_import, schema
 from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON, Settings, load_settings
 from crm_service.db import DatabaseError, connect, redact, resolve_dsn
 from crm_service.errors import ConfigError, CrmError, ValidationError
+from crm_service.scoring import policies, runs
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -226,7 +228,7 @@ def tier_policy() -> None:
 def tier_policy_show(ctx: Context) -> None:
     """Print the policy in force as JSON (a valid file for `tier-policy set`)."""
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
-        version, policy = score_store.current_tier_policy(conn)
+        version, policy = policies.current_tier_policy(conn)
         conn.commit()
     click.echo(json.dumps({"version": version, **policy}, indent=2, sort_keys=True))
 
@@ -245,7 +247,7 @@ def tier_policy_set(ctx: Context, file: Path) -> None:
         raise ValidationError(f"{file}: not a JSON file: {exc}") from None
     policy = validate_policy(data, str(file))
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
-        version = score_store.set_tier_policy(conn, policy, f"cli {file.name}")
+        version = policies.set_tier_policy(conn, policy, f"cli {file.name}")
     click.echo(f"tier policy version {version} stored; the next scoring run uses it")
 
 
@@ -343,12 +345,11 @@ def _today(settings: Settings) -> date:
 @handles_errors
 def score(ctx: Context, as_of: datetime | None, horizon: int | None, as_json: bool) -> None:
     """Run one full scoring run and publish it atomically."""
-    from crm_service import score_store
     from crm_service.scoring import run_scoring
 
     day = as_of.date() if as_of else _today(ctx.settings)
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
-        for dead in score_store.fail_dead_runs(conn):
+        for dead in runs.fail_dead_runs(conn):
             click.echo(f"run {dead} was left running by a process that died: marked failed",
                        err=True)
         result = run_scoring(conn, ctx.settings, as_of=day, churn_horizon_days=horizon)
@@ -387,6 +388,40 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
         click.echo(line)
         click.echo("churn risk: " + ", ".join(f"{k} {risk.get(k, 0):,}"
                                               for k in ("low", "medium", "high")))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@pass_ctx
+@handles_errors
+def maintenance(ctx: Context, as_json: bool) -> None:
+    """Apply retention now: retire old runs' score rows (CRM_KEEP_RUNS, CRM_KEEP_RUN_DAYS).
+
+    The worker does this after every published run; this command is for an operator who
+    lowered the limits or a run whose retention pass failed. Prints what it dropped.
+    """
+    from crm_service.scoring import retention
+
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        report = retention.apply_retention(conn, ctx.settings)
+    if as_json:
+        click.echo(json.dumps({"retention": dataclasses.asdict(report)}, sort_keys=True))
+        return
+    s = ctx.settings
+    rule = f"keep the newest {s.keep_runs} runs, none older than {s.keep_run_days} days"
+    if report.retired:
+        click.echo(f"retired the score rows of runs {_ids(report.retired)} ({rule}); their "
+                   "records, models and plots stay")
+    else:
+        click.echo(f"nothing to retire ({rule})")
+    if report.orphans_dropped:
+        click.echo("dropped score tables left by unpublished runs "
+                   f"{_ids(report.orphans_dropped)}")
+    click.echo(f"runs with scores: {_ids(report.kept) or 'none'}")
+
+
+def _ids(ids: list[int]) -> str:
+    return ", ".join(str(i) for i in ids)
 
 
 @main.group("export")
@@ -547,7 +582,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     with connect(dsn, s) as conn:
         summary = load_cdnow_sample(conn, s)
         load_demo_profiles(conn, s)
-        live = score_store.active_run(conn)
+        live = runs.active_run(conn)
         conn.commit()
         # A later run (queued through the API, say) stays live: re-scoring as of the demo date
         # would roll it back and fire every transition in reverse.

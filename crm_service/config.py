@@ -54,6 +54,9 @@ class Settings:
     churn_risk_medium: float = 0.5
     churn_risk_high: float = 0.8
     churn_model: str = "auto"
+    keep_runs: int = 7
+    keep_run_days: int = 35
+    run_statement_timeout_ms: int = 6 * 3_600_000
     secret_key: str | None = field(default=None, repr=False)
     webhook_allow_hosts: frozenset[str] = frozenset()
     webhook_timeout_seconds: float = 10.0
@@ -240,6 +243,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         churn_risk_medium=risk_medium,
         churn_risk_high=risk_high,
         churn_model=_choice(env, "CRM_CHURN_MODEL", "auto", ("auto", "ml", "baseline")),
+        keep_runs=_number(env, "CRM_KEEP_RUNS", 7, 1, 1000),
+        keep_run_days=_number(env, "CRM_KEEP_RUN_DAYS", 35, 1, 3650),
+        run_statement_timeout_ms=_number(env, "CRM_RUN_STATEMENT_TIMEOUT_MS", 6 * 3_600_000,
+                                         1000, 7 * 86_400_000),
         secret_key=(env.get("CRM_SECRET_KEY") or "").strip() or None,
         webhook_allow_hosts=_hosts(env),
         webhook_timeout_seconds=_number(env, "CRM_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 60.0),

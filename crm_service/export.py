@@ -7,8 +7,8 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from crm_service import score_store
 from crm_service.errors import NotFoundError
+from crm_service.scoring import reads, runs
 from models.purchase import purchase_model
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def export_scores(conn: psycopg.Connection, out: IO[str], *, horizon_days: int =
     """
     if horizon_days < 0:
         raise ValueError("horizon_days must be >= 0")
-    run = score_store.active_run(conn)
+    run = runs.active_run(conn)
     if run is None:
         raise NotFoundError("no scoring run has been published yet; run `crm-service score`")
     selected = run["models"]["selected"]
@@ -51,7 +51,7 @@ def export_scores(conn: psycopg.Connection, out: IO[str], *, horizon_days: int =
                              r[8] or "", r[12] or ""))
         batch.clear()
 
-    for row in score_store.iter_run_scores(conn, run["run_id"], _BATCH):
+    for row in reads.iter_run_scores(conn, run["run_id"], _BATCH):
         batch.append(row)
         n += 1
         if len(batch) >= _BATCH:

@@ -56,16 +56,16 @@ def run_plot(conn: psycopg.Connection, run_id: int, name: str,
 
     ``conn`` should be in autocommit mode, or the caller commits.
     """
-    from crm_service import score_store
+    from crm_service.scoring import reads
 
-    svg = score_store.stored_plot(conn, run_id, name, lang)
+    svg = reads.stored_plot(conn, run_id, name, lang)
     if svg is not None:
         return svg
-    data = score_store.run_diagnostics(conn, run_id)
+    data = reads.run_diagnostics(conn, run_id)
     if data is None:
         return None
     svg = render(name, data, lang)
-    score_store.store_plot(conn, run_id, name, lang, svg)
+    reads.store_plot(conn, run_id, name, lang, svg)
     return svg
 
 

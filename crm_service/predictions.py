@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crm_service import score_store
 from crm_service.errors import NotFoundError, ValidationError
+from crm_service.scoring import runs
 from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model
@@ -24,7 +24,7 @@ def predict(conn: psycopg.Connection, cases: list[dict[str, Any]],
     """Predict for hypothetical customers given frequency, recency, T (days) and spend."""
     if not cases or len(cases) > MAX_CASES:
         raise ValidationError(f"send 1 to {MAX_CASES} cases")
-    run = score_store.active_run(conn)
+    run = runs.active_run(conn)
     if run is None:
         raise NotFoundError("no scoring run has been published yet; run `crm-service score`")
     models = run["models"]

@@ -18,8 +18,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from crm_service import score_store
 from crm_service.config import Settings
+from crm_service.scoring import runs
 
 if TYPE_CHECKING:
     import psycopg
@@ -69,7 +69,7 @@ def tick(conn: psycopg.Connection, settings: Settings, now: datetime | None = No
                      settings.score_schedule, settings.timezone)
             return None
         as_of = slot.astimezone(settings.zone).date() - timedelta(days=1)
-        run_id = score_store.create_run(conn, as_of, settings.timezone, status="queued",
+        run_id = runs.create_run(conn, as_of, settings.timezone, status="queued",
                                         churn_horizon_days=settings.churn_horizon_days)
         conn.execute("INSERT INTO schedule_slots (slot, run_id, note) VALUES (%s, %s, %s)",
                      (slot, run_id, "queued"))

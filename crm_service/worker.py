@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from crm_service import schedule, score_store
+from crm_service import schedule
 from crm_service.config import Settings
 from crm_service.db import DatabaseError
 from crm_service.errors import CrmError, DatabaseUnavailableError
-from crm_service.scoring import run_scoring
+from crm_service.scoring import run_scoring, runs
 
 if TYPE_CHECKING:
     import psycopg
@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 
 def process_one(conn: psycopg.Connection, settings: Settings) -> int | None:
     """Run the oldest queued scoring run, if any; return its id."""
-    claimed = score_store.claim_queued_run(conn)
+    claimed = runs.claim_queued_run(conn)
     if claimed is None:
         return None
     run_id, as_of, attempt = claimed
     try:
         run_scoring(conn, settings, as_of=as_of, run_id=run_id, attempt=attempt)
-    except score_store.RunTakenOverError:
+    except runs.RunTakenOverError:
         log.warning("scoring run %s was taken over by another worker; dropped", run_id)
     except CrmError as exc:  # recorded on the run by run_scoring; keep serving
         log.warning("scoring run %s failed: %s", run_id, exc.detail)
@@ -69,7 +69,7 @@ def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
         try:
             if conn is None or conn.closed:
                 conn = connect()
-            for run_id in score_store.fail_dead_runs(conn):
+            for run_id in runs.fail_dead_runs(conn):
                 log.warning("scoring run %s was left running by a process that died; marked "
                             "failed (the previous run stays live)", run_id)
             schedule.tick(conn, settings)

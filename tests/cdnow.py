@@ -34,3 +34,47 @@ def cdnow_rfm() -> dict[str, np.ndarray]:
         "T": (CALIBRATION_END - first).dt.days.to_numpy(dtype=float),
         "monetary_value": repeat_mean.reindex(first.index).fillna(0.0).to_numpy(),
     }
+
+
+def cdnow_summary(as_of: str = "1997-09-30", holdout_share: float = 0.25):
+    """The run summary of DESIGN.md §2 as of ``as_of``, built with pandas (no database).
+
+    The same definitions as the SQL of ``crm_service.scoring.summary``: occasions are calendar
+    days, the calibration end is ``as_of`` minus ``holdout_share`` of the span.
+    """
+    from crm_service.scoring.inputs import RFM, Summary
+
+    tx = pd.read_csv(cdnow_sample_path(), sep=r"\s+", header=None,
+                     names=["master", "cid", "date", "qty", "amount"])
+    tx["date"] = pd.to_datetime(tx["date"].astype(str), format="%Y%m%d")
+    end = pd.Timestamp(as_of)
+    occ = tx[tx["date"] <= end].groupby(["cid", "date"], as_index=False)["amount"].sum()
+    occ = occ.sort_values(["cid", "date"])
+    g = occ.groupby("cid")
+    occ["k"] = g.cumcount()
+    first, last, n = g["date"].min(), g["date"].max(), g.size()
+    span = (end - first.min()).days
+    cal_end = end - pd.Timedelta(days=max(int(span * holdout_share), 1))
+    cal = occ[occ["date"] <= cal_end].groupby("cid")
+    in_cal = first <= cal_end
+    cal_n = cal.size().reindex(first.index).fillna(0).to_numpy()
+    cal_last = cal["date"].max().reindex(first.index)
+    big_t = (end - first).dt.days.to_numpy(dtype=float)
+    daily = occ.assign(repeat=occ["k"] > 0, first=occ["k"] == 0).groupby("date")[
+        ["repeat", "first"]].sum()
+    mask = in_cal.to_numpy()
+    return Summary(
+        frequency=(n - 1).to_numpy(dtype=float),
+        recency=(last - first).dt.days.to_numpy(dtype=float), T=big_t,
+        as_of=end.date(),
+        monetary_value=occ[occ["k"] > 0].groupby("cid")["amount"].mean().round(2)
+        .reindex(first.index).fillna(0.0).to_numpy(),
+        historic_spend=g["amount"].sum().to_numpy(),
+        calibration_end=cal_end.date(), in_calibration=mask,
+        calibration=RFM((cal_n[mask] - 1).astype(float),
+                        (cal_last[mask] - first[mask]).dt.days.to_numpy(dtype=float),
+                        big_t[mask] - (end - cal_end).days),
+        days=[d.date() for d in daily.index],
+        repeats=daily["repeat"].to_numpy(dtype=float),
+        firsts=daily["first"].to_numpy(dtype=float),
+    )

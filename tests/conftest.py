@@ -58,11 +58,21 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
     """A connection to an emptied database."""
     with psycopg.connect(dsn) as c:
         c.execute("UPDATE scoring_state SET active_run_id = NULL")
+        drop_score_partitions(c)
         c.execute(f"TRUNCATE {TABLES}")
         c.execute("DELETE FROM scoring_runs")  # referenced by scoring_state: no TRUNCATE
         c.execute("DELETE FROM tier_policies")  # referenced by scoring_runs
         c.commit()
         yield c
+
+
+def drop_score_partitions(c: psycopg.Connection) -> None:
+    """Drop every run's score table (attached or not): runs do not outlive a test."""
+    names = [r[0] for r in c.execute(
+        "SELECT relname FROM pg_class WHERE relkind = 'r'"
+        " AND relname ~ '^customer_scores_r[0-9]+$'").fetchall()]
+    if names:
+        c.execute("DROP TABLE " + ", ".join(f'"{n}"' for n in names))
 
 
 @pytest.fixture(scope="session")

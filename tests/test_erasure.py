@@ -7,10 +7,10 @@ from datetime import date
 import psycopg
 import pytest
 
-from crm_service import erasure, score_store, webhooks
+from crm_service import erasure, webhooks
 from crm_service.bulk_import import import_orders
 from crm_service.ingestion import SUPPRESSED
-from crm_service.scoring import run_scoring
+from crm_service.scoring import publishing, run_scoring
 from tests.conftest import q, write
 
 CANARY = "canary-7f3a9e"
@@ -138,14 +138,14 @@ def test_erasure_leaves_no_trace_and_suppresses_later_ingestion(
 def test_a_run_publishing_after_an_erasure_leaves_the_customer_out(
         client, cdnow_loaded, settings, admin, dsn, monkeypatch):
     plant(client, admin)
-    publish = score_store.publish_run
+    publish = publishing.publish
 
     def erase_first(conn, *args, **kwargs):
         with psycopg.connect(dsn) as other:
             erasure.erase(other, settings, CANARY)
         return publish(conn, *args, **kwargs)
 
-    monkeypatch.setattr(score_store, "publish_run", erase_first)
+    monkeypatch.setattr(publishing, "publish", erase_first)
     run = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
     assert q(cdnow_loaded, "SELECT count(*) FROM customer_scores WHERE run_id = %s"
              " AND customer_id = %s", run.run_id, CANARY)[0][0] == 0

@@ -5,7 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STORAGE = {"db", "churn_features", "embedded", "schema", "order_store", "customer_store",
-           "api_keys", "locks", "score_store", "idempotency"}
+           "api_keys", "locks", "idempotency", "session", "summary", "runs", "publishing",
+           "policies", "reads", "retention"}
 
 
 def runtime_imports(path: Path) -> set[str]:

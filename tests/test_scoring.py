@@ -18,9 +18,13 @@ from tests.conftest import TEST_SECRET_KEY, count, q
 
 def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
     """Calibration summary computed in PostgreSQL equals the pandas one (same definition)."""
-    from crm_service.score_store import load_summary
+    from crm_service.scoring import summary
 
-    s = load_summary(cdnow_loaded, date(1997, 9, 30), settings.timezone)
+    with cdnow_loaded.transaction():
+        first = summary.first_purchase_day(cdnow_loaded, date(1997, 9, 30), settings.timezone)
+        s = summary.load_summary(cdnow_loaded, date(1997, 9, 30), settings.timezone,
+                                 first_day=first)
+        cdnow_loaded.execute("DROP TABLE run_summary")
     ref = cdnow_rfm()
     assert s.size == 2357
     np.testing.assert_array_equal(s.frequency, ref["frequency"])
@@ -215,16 +219,16 @@ def test_a_failing_queued_run_is_recorded_and_the_worker_goes_on(cdnow_loaded, s
 def test_two_workers_never_take_the_same_run(conn, settings, dsn):
     import psycopg
 
-    from crm_service import score_store
+    from crm_service.scoring import runs
 
-    run_id = score_store.create_run(conn, date(2024, 1, 1), "UTC", status="queued")
+    run_id = runs.create_run(conn, date(2024, 1, 1), "UTC", status="queued")
     with psycopg.connect(dsn) as a, psycopg.connect(dsn) as b:
         # Worker A holds the row (mid-claim); worker B skips it rather than waiting or taking it.
         a.execute("SELECT 1 FROM scoring_runs WHERE id = %s FOR UPDATE", (run_id,))
-        assert score_store.claim_queued_run(b) is None
+        assert runs.claim_queued_run(b) is None
         a.rollback()
-        assert score_store.claim_queued_run(b) == (run_id, date(2024, 1, 1), 2)
-        assert score_store.claim_queued_run(a) is None
+        assert runs.claim_queued_run(b) == (run_id, date(2024, 1, 1), 2)
+        assert runs.claim_queued_run(a) is None
 
 
 def test_scoring_run_request_validation(client, make_token):
@@ -246,9 +250,9 @@ def test_worker_command_runs_queued_runs_and_stops_on_sigterm(cdnow_loaded, sett
     import sys
     import time
 
-    from crm_service import score_store
+    from crm_service.scoring import runs
 
-    run_id = score_store.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
+    run_id = runs.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
     env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path),
                CRM_SECRET_KEY=TEST_SECRET_KEY)
     proc = subprocess.Popen([sys.executable, "-m", "crm_service", "worker", "--poll-seconds",
@@ -306,7 +310,7 @@ def test_plot_errors(cdnow_loaded, settings, client, make_token):
 
 
 def test_tracking_data_is_consistent(cdnow_loaded, settings):
-    from crm_service.score_store import run_diagnostics
+    from crm_service.scoring.reads import run_diagnostics
 
     result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
     d = run_diagnostics(cdnow_loaded, result.run_id)
@@ -324,24 +328,24 @@ def test_a_run_whose_process_died_is_marked_failed(cdnow_loaded, settings, dsn):
     """The session running a run owns it; when that session dies the run is marked failed."""
     import psycopg
 
-    from crm_service import score_store
+    from crm_service.scoring import runs
 
     live = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30)).run_id
     other = psycopg.connect(dsn)
-    dying = score_store.create_run(other, date(1998, 6, 30), "UTC")  # running, owned by `other`
-    queued = score_store.create_run(other, date(1998, 6, 30), "UTC", status="queued")
-    assert score_store.fail_dead_runs(cdnow_loaded) == []  # its owner is alive: left alone
-    assert score_store.claim_queued_run(cdnow_loaded)[0] == queued  # running runs are not taken
-    score_store.release_run(cdnow_loaded, queued)
+    dying = runs.create_run(other, date(1998, 6, 30), "UTC")  # running, owned by `other`
+    queued = runs.create_run(other, date(1998, 6, 30), "UTC", status="queued")
+    assert runs.fail_dead_runs(cdnow_loaded) == []  # its owner is alive: left alone
+    assert runs.claim_queued_run(cdnow_loaded)[0] == queued  # running runs are not taken
+    runs.release_run(cdnow_loaded, queued)
     other.close()  # as a kill -9 would: the session ends, and its lock with it
-    assert score_store.fail_dead_runs(cdnow_loaded) == [dying, queued]
+    assert runs.fail_dead_runs(cdnow_loaded) == [dying, queued]
     status, error = cdnow_loaded.execute("SELECT status, error FROM scoring_runs WHERE id = %s",
                                          (dying,)).fetchone()
     assert status == "failed" and "stopped before it finished" in error
-    assert score_store.active_run(cdnow_loaded)["run_id"] == live  # the previous run stays live
+    assert runs.active_run(cdnow_loaded)["run_id"] == live  # the previous run stays live
     cdnow_loaded.commit()
     # An attempt that is no longer the run's owner cannot publish.
-    with pytest.raises(score_store.RunTakenOverError):
+    with pytest.raises(runs.RunTakenOverError):
         run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30), run_id=dying, attempt=1)
 
 

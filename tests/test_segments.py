@@ -8,9 +8,8 @@ from datetime import date
 import numpy as np
 import pytest
 
-from crm_service import score_store
 from crm_service.export import export_scores
-from crm_service.scoring import run_scoring
+from crm_service.scoring import policies, run_scoring
 from models import segments
 from models.segments import PolicyError, TierPolicy
 
@@ -120,7 +119,7 @@ def test_runs_assign_tiers_segments_and_actions(cdnow_loaded, settings):
 
 
 def test_a_new_policy_version_applies_to_the_next_run(cdnow_loaded, settings):
-    version = score_store.set_tier_policy(cdnow_loaded, {**TierPolicy().as_dict(),
+    version = policies.set_tier_policy(cdnow_loaded, {**TierPolicy().as_dict(),
                                                          "dormant_days": 90}, "test")
     assert version == 2
     result = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))

@@ -16,6 +16,9 @@ Large bases train on a fixed hash sample of customers (about 200k rows in all).
 
 Too little history (under 2H) or too few churners or non-churners in a window: the baseline
 scores, and the run says why.
+
+No I/O here: the engine loads the raw aggregates of every cut-off :func:`cutoffs` names into
+:class:`~crm_service.scoring.inputs.ChurnInputs` before the pipeline starts.
 """
 
 from __future__ import annotations
@@ -24,21 +27,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from crm_service import churn_features
+from crm_service.scoring.inputs import RAW_CHURN as RAW
+from crm_service.scoring.inputs import ChurnInputs
 from models import churn as churn_model
 from models._fitting import ConvergenceError
 from models.beta_geo import BetaGeoModel
+from models.pareto_nbd import ParetoNBDModel
 from models.rfm import compress_with_index
 
-if TYPE_CHECKING:
-    import psycopg
-
-    from crm_service.scoring import PurchaseModelT
+PurchaseModelT = BetaGeoModel | ParetoNBDModel
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,35 @@ class ChurnResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def wanted(policy: str, span_days: int, horizon: int) -> bool:
+    """Whether a run trains a churn model at all (and so needs :class:`ChurnInputs`)."""
+    return policy != "baseline" and span_days >= 2 * horizon
+
+
+def sample_share(customers: int) -> float:
+    """Share of customers the training windows keep (about MAX_TRAINING_ROWS rows in all)."""
+    return min(1.0, churn_model.MAX_TRAINING_ROWS / len(WINDOW_OFFSETS) / max(customers, 1))
+
+
+def _training_cutoffs(end: date, horizon: int, first_day: date) -> list[date]:
+    """Cut-offs of the training windows whose labels end by ``end``: ``end − H − k``."""
+    out = []
+    for k in WINDOW_OFFSETS:
+        cutoff = end - timedelta(days=horizon + round(k * horizon))
+        if (cutoff - first_day).days >= MIN_WINDOW_HISTORY:
+            out.append(cutoff)
+    return out
+
+
+def cutoffs(as_of: date, horizon: int, span_days: int) -> list[date]:
+    """Every cut-off whose (sampled) window :func:`score_churn` reads, oldest first."""
+    first_day = as_of - timedelta(days=span_days)
+    val_cut = as_of - timedelta(days=horizon)
+    wanted_days = {val_cut, *_training_cutoffs(val_cut, horizon, first_day),
+                   *_training_cutoffs(as_of, horizon, first_day)}
+    return sorted(wanted_days)
+
+
 def btyd_outputs(model: PurchaseModelT, x: NDArray[np.float64], t_x: NDArray[np.float64],
                  big_t: NDArray[np.float64], horizon: int) -> NDArray[np.float64]:
     """P(alive), E[purchases in H] and P(no purchase in H), one column each.
@@ -74,7 +105,7 @@ def btyd_outputs(model: PurchaseModelT, x: NDArray[np.float64], t_x: NDArray[np.
 
 def feature_matrix(raw: NDArray[np.float32], btyd: NDArray[np.float64]) -> NDArray[np.float32]:
     """The model's features (order of ``models.churn.FEATURES``) from raw SQL aggregates."""
-    col = {name: raw[:, j] for j, name in enumerate(churn_features.RAW)}
+    col = {name: raw[:, j] for j, name in enumerate(RAW)}
     x, t_x, big_t = col["frequency"], col["recency"], col["T"]
     since_last = big_t - t_x
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -96,10 +127,10 @@ def feature_matrix(raw: NDArray[np.float32], btyd: NDArray[np.float64]) -> NDArr
 class _Windows:
     """Training and validation windows of one run, each computed once (they overlap)."""
 
-    def __init__(self, conn: psycopg.Connection, horizon: int, first_day: date,
-                 fallback: PurchaseModelT, sampled: bool) -> None:
-        self.conn, self.horizon, self.first_day = conn, horizon, first_day
-        self.fallback, self.sampled = fallback, sampled
+    def __init__(self, raw: dict[date, NDArray[np.float32]], horizon: int, first_day: date,
+                 fallback: PurchaseModelT) -> None:
+        self.raw, self.horizon, self.first_day = raw, horizon, first_day
+        self.fallback = fallback
         self._cache: dict[date, tuple[NDArray[np.float32], NDArray[np.bool_], str] | None] = {}
 
     def at(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str] | None:
@@ -114,8 +145,8 @@ class _Windows:
         return self._cache[cutoff]
 
     def _load(self, cutoff: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], str] | None:
-        raw = churn_features.load_raw(self.conn, cutoff, self.horizon, sampled=self.sampled)
-        j = churn_features.RAW.index
+        raw = self.raw[cutoff]
+        j = RAW.index
         x, t_x, big_t = (raw[:, j(c)].astype(np.float64) for c in ("frequency", "recency", "T"))
         for cls, initial in ((type(self.fallback), self.fallback.params_), (BetaGeoModel, None)):
             try:
@@ -132,10 +163,7 @@ class _Windows:
     def stacked(self, end: date) -> tuple[NDArray[np.float32], NDArray[np.bool_], list[str]]:
         """Training windows whose labels end by ``end``: cut-offs ``end − H − k``, stacked."""
         xs, ys, cuts = [], [], []
-        for k in WINDOW_OFFSETS:
-            cutoff = end - timedelta(days=self.horizon + round(k * self.horizon))
-            if (cutoff - self.first_day).days < MIN_WINDOW_HISTORY:
-                continue
+        for cutoff in _training_cutoffs(end, self.horizon, self.first_day):
             window = self.at(cutoff)
             if window is None:
                 continue
@@ -159,7 +187,7 @@ def _class_problem(churned: NDArray[np.bool_], label: str) -> str | None:
     return None
 
 
-def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
+def score_churn(inputs: ChurnInputs | None, *, as_of: date, horizon: int,
                 span_days: int, model_name: str, model: PurchaseModelT,
                 baseline: NDArray[np.float64], policy: str = "auto",
                 seed: int = 0) -> ChurnResult:
@@ -168,7 +196,8 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     ``baseline`` is P(no purchase in H) of the run's selected purchase model at ``as_of``, in
     summary order. ``policy`` (``CRM_CHURN_MODEL``): ``auto`` uses whichever validates better,
     ``ml`` the trained model whenever there is data to train it, ``baseline`` never trains.
-    Reads the session's ``run_occasions``, ``run_refunds`` and ``run_summary``.
+    ``inputs`` are the raw aggregates at :func:`cutoffs` (None when :func:`wanted` is
+    false).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -190,12 +219,11 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
     if span_days < 2 * horizon:
         return use_baseline(f"{span_days} days of history; training and validating a churn "
                             f"model over {horizon} days needs {2 * horizon}")
+    if inputs is None:
+        raise ValueError("churn inputs were not loaded for a run that trains a churn model")
     val_cut = as_of - timedelta(days=horizon)
-    n = int(baseline.size)
-    share = min(1.0, churn_model.MAX_TRAINING_ROWS / len(WINDOW_OFFSETS) / max(n, 1))
-    if share < 1.0:
-        churn_features.make_sample(conn, share)
-    windows = _Windows(conn, horizon, as_of - timedelta(days=span_days), model, share < 1.0)
+    share = inputs.share
+    windows = _Windows(inputs.windows, horizon, as_of - timedelta(days=span_days), model)
     x_fit, y_fit, fit_cuts = windows.stacked(val_cut)
     validation = windows.at(val_cut)
     if validation is None:
@@ -225,11 +253,11 @@ def score_churn(conn: psycopg.Connection, *, as_of: date, horizon: int,
 
     x_train, y_train, train_cuts = windows.stacked(as_of)
     final = churn_model.fit(x_train, y_train, seed)
-    raw_now = churn_features.load_raw(conn, as_of, horizon, summary_order=True)
-    j = churn_features.RAW.index
+    raw_now = inputs.now
+    j = RAW.index
     x, t_x, big_t = (raw_now[:, j(c)].astype(np.float64) for c in ("frequency", "recency", "T"))
     features_now = feature_matrix(raw_now, btyd_outputs(model, x, t_x, big_t, horizon))
-    del raw_now, x, t_x, big_t, x_fit, y_fit, x_train  # peak memory: only what predict needs
+    del x, t_x, big_t, x_fit, y_fit, x_train  # peak memory: only what predict needs
     probability = churn_model.predict(final, features_now)
     if not np.all(np.isfinite(probability)):
         return use_baseline("the churn model produced non-finite probabilities for "

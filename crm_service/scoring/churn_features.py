@@ -1,9 +1,10 @@
 """SQL for churn features: per customer, as of a cut-off, computed in PostgreSQL.
 
-They read the session's ``run_occasions`` and ``run_refunds``, built in the transaction of the
-run's summary (``score_store.collect_occasions``: one row per customer and day with paid
-orders, their amount, channel and the gap since the customer's previous occasion; refunded
-orders per customer and day).
+They read the run session's ``run_occasions`` and ``run_refunds``, built in the snapshot of the
+run's summary (:func:`crm_service.scoring.summary.collect_occasions`: one row per customer and
+day with paid orders, their amount, channel and the gap since the customer's previous
+occasion; refunded orders per customer and day). Only
+:class:`crm_service.scoring.session.LocalRunSession` calls them.
 Each cut-off's features are one GROUP BY over that table, read into numpy as packed float4
 columns (no customer ids enter Python). Definitions follow DESIGN.md §2: paid orders of one
 local day are one occasion.
@@ -19,12 +20,8 @@ import psycopg
 from numpy.typing import NDArray
 from psycopg import sql
 
-# Raw per-customer aggregates as of cut-off {c}; derived features are computed in numpy.
-# `future` counts occasions in (c, c + H]: the label when the window is in the past.
-RAW = ("frequency", "recency", "T", "std_interval", "last_interval", "max_interval",
-       "occasions_30", "occasions_90", "occasions_180", "spend_30", "spend_90", "spend_180",
-       "spend_prev_90", "historic_spend", "channels", "first_channel_share", "refund_share",
-       "occasions_365", "spend_365", "active_months", "first_spend", "future")
+from crm_service.scoring.inputs import RAW_CHURN as RAW
+
 _FEATURES = """
 CREATE TEMP TABLE run_features AS
 WITH f AS (

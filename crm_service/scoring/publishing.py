@@ -1,0 +1,180 @@
+"""Publishing a run (SQL): its own partition of ``customer_scores``, attached atomically.
+
+A run's score rows go to a table of their own, ``customer_scores_r<run id>``, written before
+publishing (by whichever engine scored the run) with a ``CHECK (run_id = <id>)`` and the
+partition's primary key, so attaching it needs no scan. Publishing is one transaction: it
+attaches the partition, writes tier history and lifecycle events against the live run's
+partition, records the run and switches the ``scoring_state`` pointer. Readers switch at
+commit and never see a mix of runs; retention later drops whole partitions
+(:mod:`crm_service.scoring.retention`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date
+
+import numpy as np
+import psycopg
+from numpy.typing import NDArray
+from psycopg import sql
+
+from crm_service.scoring.inputs import ScoredRun
+from crm_service.scoring.runs import RunTakenOverError
+from crm_service.scoring.summary import RUN_WORK_MEM, partition_name
+
+
+def create_partition(conn: psycopg.Connection, run_id: int) -> sql.Identifier:
+    """Create the run's (still detached) score table, replacing a failed attempt's leftover.
+
+    Call in the transaction that fills it: with ``wal_level=minimal`` a table created and
+    filled in one transaction is written without WAL.
+    """
+    part = sql.Identifier(partition_name(run_id))
+    attached = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid ="
+                            " to_regclass(%s))", (partition_name(run_id),)).fetchone()
+    if attached and attached[0]:
+        raise RuntimeError(f"run {run_id} already has a published partition")
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(part))
+    conn.execute(sql.SQL("CREATE TABLE {part} (LIKE customer_scores INCLUDING DEFAULTS"
+                         " INCLUDING CONSTRAINTS, CHECK (run_id = {run}))").format(
+        part=part, run=sql.Literal(int(run_id))))
+    return part
+
+
+def finish_partition(conn: psycopg.Connection, run_id: int) -> None:
+    """Index and analyse a filled partition (before it is attached: no lock on readers)."""
+    part = sql.Identifier(partition_name(run_id))
+    conn.execute(f"SET LOCAL maintenance_work_mem = '{RUN_WORK_MEM}'")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (customer_id, run_id)").format(part))
+    conn.execute(sql.SQL("ANALYZE {}").format(part))
+
+
+def drop_unpublished_partition(conn: psycopg.Connection, run_id: int) -> None:
+    """Drop a run's score table if it exists and was never attached (a failed attempt)."""
+    name = partition_name(run_id)
+    conn.execute(sql.SQL(
+        "DO $$ BEGIN IF to_regclass({name}) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+        " pg_inherits WHERE inhrelid = to_regclass({name})) THEN EXECUTE {drop}; END IF;"
+        " END $$").format(name=sql.Literal(name), drop=sql.Literal(
+            f"DROP TABLE {sql.Identifier(name).as_string(conn)}")))
+
+
+def binary_copy(columns: dict[str, NDArray[np.float64]],
+                chunk: int = 100_000) -> Iterator[bytes]:
+    """PostgreSQL binary COPY data for (i int4, one float8 per column), built with numpy.
+
+    Every field has a fixed width, so a tuple is one record of a structured array: no
+    Python per row.
+    """
+    names = list(columns)
+    fields: list[tuple[str, str]] = [("n", ">i2"), ("li", ">i4"), ("i", ">i4")]
+    for k in range(len(names)):
+        fields += [(f"l{k}", ">i4"), (f"v{k}", ">f8")]
+    dtype = np.dtype(fields)
+    n = len(next(iter(columns.values()))) if names else 0
+    yield b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        rec = np.empty(hi - lo, dtype=dtype)
+        rec["n"], rec["li"], rec["i"] = 1 + len(names), 4, np.arange(lo, hi)
+        for k, name in enumerate(names):
+            rec[f"l{k}"], rec[f"v{k}"] = 8, columns[name][lo:hi]
+        yield rec.tobytes()
+    yield (-1).to_bytes(2, "big", signed=True)
+
+
+# Tier history and lifecycle events against the live run, from one join of the two runs'
+# partitions that keeps only the customers with something to say. A customer not scored in the
+# live run counts as "no tier" (tier.changed from null). Event ids follow customer id order.
+_TRANSITIONS_AND_EVENTS = """
+WITH d AS MATERIALIZED (
+    SELECT n.customer_id, n.tier, n.value_segment, n.rfm_segment, n.recommended_action,
+           n.churn_risk, n.churn_probability, n.clv_12m,
+           p.tier AS from_tier, p.churn_risk AS previous_churn_risk
+    FROM {new} n LEFT JOIN {live} p USING (customer_id)
+    WHERE n.tier IS DISTINCT FROM p.tier OR n.churn_risk IS DISTINCT FROM p.churn_risk
+),
+history AS (
+    INSERT INTO tier_transitions (customer_id, run_id, from_tier, to_tier)
+    SELECT customer_id, %(run_id)s, from_tier, tier FROM d WHERE tier IS DISTINCT FROM from_tier
+)
+INSERT INTO events (type, customer_id, run_id, data)
+SELECT e.type, d.customer_id, %(run_id)s,
+       jsonb_build_object('customer_id', d.customer_id, 'run_id', %(run_id)s::bigint,
+                          'as_of', %(as_of)s::date, 'from_tier', d.from_tier, 'to_tier', d.tier,
+                          'value_segment', d.value_segment, 'rfm_segment', d.rfm_segment,
+                          'recommended_action', d.recommended_action,
+                          'previous_churn_risk', d.previous_churn_risk,
+                          'churn_risk', d.churn_risk, 'churn_probability', d.churn_probability,
+                          'clv_12m', d.clv_12m, 'customer_ref', {ref})
+FROM d
+CROSS JOIN LATERAL (VALUES
+    ('tier.changed', d.tier IS DISTINCT FROM d.from_tier),
+    ('vip.entered', d.tier = 'high_value' AND d.from_tier IS DISTINCT FROM 'high_value'),
+    ('vip.lost', d.from_tier = 'high_value' AND d.tier IS DISTINCT FROM 'high_value'),
+    ('dormant.entered', d.tier = 'dormant' AND d.from_tier IS DISTINCT FROM 'dormant'),
+    ('churn_risk.raised', array_position(ARRAY['low', 'medium', 'high'], d.churn_risk)
+                          > array_position(ARRAY['low', 'medium', 'high'],
+                                           d.previous_churn_risk))
+) AS e (type, hit)
+WHERE e.hit
+ORDER BY d.customer_id
+"""
+
+
+def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
+            scored: ScoredRun, *, ref_params: dict[str, bytes] | None = None) -> int | None:
+    """Attach the run's written partition and make it the live run, in one transaction.
+
+    Customers erased since the run started are removed from the partition first. Only the
+    attempt that owns the run may publish: the run row is locked first. ``ref_params``
+    (:func:`crm_service.erasure.ref_sql_params`) let events carry each ``customer_ref``.
+    Returns the run that was live before (None for the first run).
+
+    Raises
+    ------
+    RunTakenOverError
+        If another worker has claimed the run since this attempt started.
+    """
+    part = sql.Identifier(partition_name(run_id))
+    counts = scored.counts
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM scoring_runs WHERE id = %s AND attempt = %s"
+                    " AND status = 'running' FOR UPDATE", (run_id, attempt))
+        if cur.fetchone() is None:
+            raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
+        # Publishing runs one at a time from here on, so event ids are committed in order.
+        cur.execute("SELECT active_run_id FROM scoring_state FOR UPDATE")
+        live = cur.fetchone()
+        previous_run = live[0] if live else None
+        # Erasures wait for this lock; those since the run started must not come back.
+        cur.execute("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
+                    " WHERE r.id = %s AND e.erased_at >= r.started_at)", (run_id,))
+        if cur.fetchone()[0]:  # type: ignore[index]
+            cur.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM customers c"
+                                " WHERE c.customer_id = s.customer_id)").format(part))
+        cur.execute(f"SET LOCAL work_mem = '{RUN_WORK_MEM}'")
+        cur.execute(sql.SQL("ALTER TABLE customer_scores ATTACH PARTITION {} FOR VALUES IN ({})")
+                    .format(part, sql.Literal(int(run_id))))
+        if previous_run is not None:
+            from crm_service.erasure import ref_sql
+
+            ref = ref_sql("d.customer_id") if ref_params else "NULL::bytea"
+            query = sql.SQL(_TRANSITIONS_AND_EVENTS.replace("{ref}", f"encode({ref}, 'hex')"))
+            cur.execute(query.format(new=part,
+                                     live=sql.Identifier(partition_name(previous_run))),
+                        {"run_id": run_id, "as_of": as_of, **(ref_params or {})})
+            counts["events"] = cur.rowcount
+        if scored.churn_artifact is not None:
+            cur.execute("INSERT INTO churn_models (run_id, artifact, meta) VALUES (%s, %s, %s)",
+                        (run_id, scored.churn_artifact[0], json.dumps(scored.churn_artifact[1])))
+        cur.execute(
+            "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
+            " models = %s, diagnostics = %s, progress = 'published', tier_policy_version = %s,"
+            " previous_run_id = %s WHERE id = %s",
+            (json.dumps(counts), json.dumps(scored.models), json.dumps(scored.diagnostics),
+             scored.policy_version, previous_run, run_id))
+        cur.execute("UPDATE scoring_state SET active_run_id = %s", (run_id,))
+    return previous_run

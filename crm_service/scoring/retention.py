@@ -1,0 +1,143 @@
+"""Retention of scoring runs' score rows (SQL): whole partitions dropped, run records kept.
+
+A published run keeps its score rows while it is among the newest ``CRM_KEEP_RUNS`` published
+runs *and* finished less than ``CRM_KEEP_RUN_DAYS`` ago: a nightly schedule keeps a week of
+runs, a weekly one five weeks. Two runs are never dropped: the live run, and the run the live
+run's tier changes and events were computed against (its ``previous_run_id``). A retired run
+keeps its record, counts, models, diagnostics and plots, and says since when its scores are
+gone (``scores_retired_at``); tier history stays.
+
+Dropping is ``DETACH PARTITION ... CONCURRENTLY`` (readers of the live run are never blocked;
+it waits for readers of the old run to finish) and then ``DROP TABLE``: no ``DELETE``, no
+vacuum debt. A detach interrupted half-way is finished on the next pass, and score tables left
+behind by runs that died before publishing are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from crm_service.config import Settings
+from crm_service.scoring.summary import partition_name
+
+log = logging.getLogger(__name__)
+
+_PARTITION = re.compile(r"^customer_scores_r(\d+)$")
+
+
+@dataclass
+class RetentionReport:
+    """What one pass of retention did (``crm-service maintenance`` prints it)."""
+
+    retired: list[int] = field(default_factory=list)
+    orphans_dropped: list[int] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+
+
+def runs_to_retire(conn: psycopg.Connection, keep_runs: int, keep_days: int,
+                   now: datetime | None = None) -> tuple[list[int], list[int]]:
+    """(runs whose scores go, runs whose scores stay) among the published runs with scores."""
+    rows = conn.execute(
+        "WITH published AS ("
+        "  SELECT id, finished_at, row_number() OVER (ORDER BY finished_at DESC, id DESC) AS k"
+        "  FROM scoring_runs WHERE status = 'succeeded'),"
+        " protected AS ("
+        "  SELECT r.id FROM scoring_state s JOIN scoring_runs r ON r.id = s.active_run_id"
+        "  UNION SELECT r.previous_run_id FROM scoring_state s"
+        "  JOIN scoring_runs r ON r.id = s.active_run_id WHERE r.previous_run_id IS NOT NULL)"
+        " SELECT p.id, (p.k > %(keep)s OR p.finished_at < coalesce(%(now)s, now()) - %(days)s)"
+        "   AND p.id NOT IN (SELECT id FROM protected)"
+        " FROM published p JOIN scoring_runs r ON r.id = p.id"
+        " WHERE r.scores_retired_at IS NULL ORDER BY p.id",
+        {"keep": keep_runs, "days": timedelta(days=keep_days), "now": now}).fetchall()
+    return [int(r[0]) for r in rows if r[1]], [int(r[0]) for r in rows if not r[1]]
+
+
+def apply_retention(conn: psycopg.Connection, settings: Settings,
+                    now: datetime | None = None) -> RetentionReport:
+    """Retire the score rows of runs past retention; drop leftovers of unpublished runs.
+
+    ``conn`` must be idle: detaching concurrently runs outside a transaction.
+    """
+    report = RetentionReport()
+    _finish_pending_detaches(conn)
+    retire, report.kept = runs_to_retire(conn, settings.keep_runs, settings.keep_run_days, now)
+    conn.commit()
+    for run_id in retire:
+        _retire(conn, run_id)
+        report.retired.append(run_id)
+        log.info("scoring run %s: score rows retired (retention)", run_id)
+    report.orphans_dropped = _drop_orphans(conn)
+    conn.commit()
+    return report
+
+
+def _autocommit(conn: psycopg.Connection, statement: sql.Composed) -> None:
+    conn.commit()
+    conn.autocommit = True
+    try:
+        conn.execute(statement)
+    finally:
+        conn.autocommit = False
+
+
+def _attached(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits"
+                       " WHERE inhrelid = to_regclass(%s))", (name,)).fetchone()
+    return bool(row and row[0])  # the caller ends the transaction
+
+
+def _retire(conn: psycopg.Connection, run_id: int) -> None:
+    name = partition_name(run_id)
+    part = sql.Identifier(name)
+    attached = _attached(conn, name)
+    conn.commit()
+    if attached:
+        _autocommit(conn, sql.SQL("ALTER TABLE customer_scores DETACH PARTITION {}"
+                                  " CONCURRENTLY").format(part))
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(part))
+        conn.execute("UPDATE scoring_runs SET scores_retired_at = now() WHERE id = %s",
+                     (run_id,))
+
+
+def _finish_pending_detaches(conn: psycopg.Connection) -> None:
+    """Finalize detaches that were interrupted (their partition is half-detached)."""
+    pending = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'customer_scores'::regclass AND i.inhdetachpending").fetchall()]
+    conn.commit()
+    for name in pending:
+        _autocommit(conn, sql.SQL("ALTER TABLE customer_scores DETACH PARTITION {}"
+                                  " FINALIZE").format(sql.Identifier(name)))
+
+
+def _drop_orphans(conn: psycopg.Connection) -> list[int]:
+    """Drop detached score tables whose run is not running (it failed or died unpublished)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        " AND c.relname ~ '^customer_scores_r[0-9]+$' AND NOT c.relispartition").fetchall()
+    conn.commit()
+    candidates = {int(m.group(1)): r[0] for r in rows if (m := _PARTITION.match(r[0]))}
+    dropped = []
+    for run_id, name in sorted(candidates.items()):
+        with conn.transaction():
+            status = conn.execute("SELECT status FROM scoring_runs WHERE id = %s FOR UPDATE",
+                                  (run_id,)).fetchone()
+            if status is not None and status[0] in ("running", "queued"):
+                continue  # a run still writing its partition
+            if _attached(conn, name):
+                continue  # published meanwhile
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            if status is not None and status[0] == "succeeded":
+                conn.execute("UPDATE scoring_runs SET scores_retired_at = coalesce("
+                             "scores_retired_at, now()) WHERE id = %s", (run_id,))
+        dropped.append(run_id)
+    return dropped

@@ -1,0 +1,194 @@
+"""``run_scoring``: one scoring run from start to published, and what happens when it fails.
+
+A run is recorded before any work starts; if anything fails (too little data, a fit that does
+not converge, the database going away), the run is marked failed with the reason, its
+unpublished partition is dropped and the previously published run stays live.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from crm_service.config import Settings
+from crm_service.db import DatabaseError, TransactionStatus
+from crm_service.errors import CrmError
+from crm_service.scoring import publishing, retention, runs
+from crm_service.scoring.backtest import InsufficientHistoryError
+from crm_service.scoring.inputs import RunConfig
+from crm_service.scoring.pipeline import score_base
+from crm_service.scoring.session import LocalRunSession
+from models._fitting import ConvergenceError
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+
+class ScoringFailedError(CrmError):
+    """A scoring run failed; the previous run stays live."""
+
+    title = "Scoring run failed"
+
+
+@dataclass
+class RunResult:
+    """What ``crm-service score --json`` prints."""
+
+    run_id: int
+    as_of: date
+    counts: dict[str, Any]
+    models: dict[str, Any]
+    seconds: float
+    churn_horizon_days: int = 90
+    retired_runs: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "time_unit": "days",
+                "churn_horizon_days": self.churn_horizon_days, "counts": self.counts,
+                "models": self.models, "seconds": round(self.seconds, 3),
+                "retired_runs": self.retired_runs}
+
+
+def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
+                run_id: int | None = None, attempt: int = 1,
+                churn_horizon_days: int | None = None) -> RunResult:
+    """Score every customer as of ``as_of``, publish the run atomically, apply retention.
+
+    ``run_id`` and ``attempt`` identify a run already claimed by a worker (its churn horizon
+    is the one recorded with it); without them a new run is recorded with
+    ``churn_horizon_days`` (default: the configured one).
+
+    Raises
+    ------
+    InsufficientHistoryError, ScoringFailedError
+        After recording the run as failed; the previous run stays live.
+    RunTakenOverError
+        If another worker took the run over meanwhile (nothing is published by this attempt).
+    """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("run_scoring commits its own transactions; pass an idle connection")
+    started = time.perf_counter()
+    run_id, config = _start(conn, settings, as_of, run_id, churn_horizon_days)
+    try:
+        with LocalRunSession(conn, settings.timezone,
+                             settings.run_statement_timeout_ms) as session:
+            runs.set_progress(conn, run_id, attempt, "summarising orders")
+            inputs = session.load(as_of, config)
+            runs.set_progress(conn, run_id, attempt, "fitting models and scoring customers")
+            scored = score_base(inputs, config)
+            runs.set_progress(conn, run_id, attempt, "writing scores")
+            lap = time.perf_counter()
+            session.write_scores(run_id, as_of, scored)
+            stages = {**session.stage_seconds, **scored.stage_seconds,
+                      "write_scores": round(time.perf_counter() - lap, 3)}
+            scored.counts["stage_seconds"] = stages
+            lap = time.perf_counter()
+            publishing.publish(conn, run_id, attempt, as_of, scored,
+                               ref_params=_ref_params(settings))
+            stages["publish"] = round(time.perf_counter() - lap, 3)
+    except runs.RunTakenOverError:
+        conn.rollback()
+        raise
+    except InsufficientHistoryError as exc:
+        _record_failure(conn, run_id, attempt, exc.detail)
+        raise
+    except (ConvergenceError, ValueError) as exc:
+        _record_failure(conn, run_id, attempt, f"model fit failed: {exc}")
+        raise ScoringFailedError(f"run {run_id} failed: model fit failed: {exc}; the previous "
+                                 "run stays live") from exc
+    except BaseException as exc:
+        _record_failure(conn, run_id, attempt, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        _release(conn, run_id)
+    seconds = time.perf_counter() - started
+    log.info("scoring run %s published: %s customers in %.1f s", run_id,
+             scored.counts["customers"], seconds)
+    _render_plots(conn, run_id)
+    retired = _apply_retention(conn, settings)
+    return RunResult(run_id, as_of, scored.counts, scored.models, seconds,
+                     config.churn_horizon_days, retired)
+
+
+def _start(conn: psycopg.Connection, settings: Settings, as_of: date, run_id: int | None,
+           churn_horizon_days: int | None) -> tuple[int, RunConfig]:
+    """Record a new run (or read a claimed one) and the configuration it runs with."""
+    if run_id is None:
+        horizon = churn_horizon_days or settings.churn_horizon_days
+        run_id = runs.create_run(conn, as_of, settings.timezone, churn_horizon_days=horizon)
+    else:
+        record = runs.run_record(conn, run_id)
+        conn.commit()
+        horizon = int(record["churn_horizon_days"]) if record else settings.churn_horizon_days
+    return run_id, RunConfig(churn_horizon_days=horizon, churn_model=settings.churn_model,
+                             churn_risk_medium=settings.churn_risk_medium,
+                             churn_risk_high=settings.churn_risk_high)
+
+
+def _render_plots(conn: psycopg.Connection, run_id: int) -> None:
+    """Render and store the new run's plots, so no reader waits for matplotlib.
+
+    Best effort: the run is already live, and a plot that is missing here is rendered on its
+    first request instead.
+    """
+    from crm_service.plots import LANGUAGES, PLOTS, run_plot
+
+    try:
+        for name in PLOTS:
+            for lang in LANGUAGES:
+                run_plot(conn, run_id, name, lang)
+        conn.commit()
+    except Exception:
+        conn.rollback()
+        log.warning("scoring run %s: plots not rendered now; they will be on first request",
+                    run_id, exc_info=True)
+
+
+def _apply_retention(conn: psycopg.Connection, settings: Settings) -> list[int]:
+    """Retire the score rows of runs past retention; best effort (the run is already live)."""
+    try:
+        return retention.apply_retention(conn, settings).retired
+    except Exception:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+        log.warning("retention after the run failed; `crm-service maintenance` retries it",
+                    exc_info=True)
+        return []
+
+
+def _ref_params(settings: Settings) -> dict[str, bytes]:
+    """Keys for each event's ``customer_ref`` (ConfigError without a server key)."""
+    from crm_service.erasure import ref_sql_params
+
+    return ref_sql_params(settings)
+
+
+def _release(conn: psycopg.Connection, run_id: int) -> None:
+    try:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            conn.rollback()
+        runs.release_run(conn, run_id)
+    except DatabaseError:  # the session is gone, and its lock with it
+        log.debug("could not release run %s (connection lost)", run_id)
+
+
+def _record_failure(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> None:
+    """Mark the run failed and drop its unpublished partition, or log why that was impossible.
+
+    If the database itself is gone the original error goes on; the run's ownership lock went
+    with the session, so the next worker (or ``crm-service score``) marks it failed, and
+    retention drops what it left.
+    """
+    try:
+        conn.rollback()
+        if runs.fail_run(conn, run_id, attempt, reason):
+            publishing.drop_unpublished_partition(conn, run_id)
+            conn.commit()
+    except DatabaseError:
+        log.exception("could not record the failure of scoring run %s", run_id)

@@ -1,0 +1,138 @@
+"""Scoring-run records: the queue, ownership, progress and the run's end (SQL).
+
+The queue is the ``scoring_runs`` table itself. A running run's session holds the advisory lock
+(:data:`RUN_OWNER_LOCK`, run id), taken in the transaction that marks it running. PostgreSQL
+releases it when that session ends, however it ends (kill -9, crash, lost connection), so
+"running, lock free" means the process died.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import psycopg
+
+RUN_OWNER_LOCK = 0x43524D  # the two-int advisory lock space; other locks use one bigint
+DIED = ("the process running it stopped before it finished (killed, crashed or lost the "
+        "database); nothing of it was published and the previous run stays live")
+
+
+def _own(conn: psycopg.Connection, run_id: int) -> None:
+    conn.execute("SELECT pg_advisory_lock(%s::int, %s::int)", (RUN_OWNER_LOCK, run_id))
+
+
+def release_run(conn: psycopg.Connection, run_id: int) -> None:
+    """Give up this session's ownership of ``run_id`` (after it finished, either way)."""
+    if not conn.closed:
+        conn.execute("SELECT pg_advisory_unlock(%s::int, %s::int)", (RUN_OWNER_LOCK, run_id))
+        conn.commit()
+
+
+def fail_dead_runs(conn: psycopg.Connection) -> list[int]:
+    """Mark failed every run still ``running`` whose owning session is gone; return their ids.
+
+    Workers call this when they start and between runs, and ``crm-service score`` before it
+    starts, so a killed run is marked failed on the next start instead of looking alive.
+    """
+    with conn.transaction():
+        running = [int(r[0]) for r in conn.execute(
+            "SELECT id FROM scoring_runs WHERE status = 'running' ORDER BY id"
+            " FOR UPDATE SKIP LOCKED").fetchall()]
+        dead = [run_id for run_id in running if conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s::int, %s::int)",
+            (RUN_OWNER_LOCK, run_id)).fetchone()[0]]  # type: ignore[index]
+        if dead:
+            conn.execute("UPDATE scoring_runs SET status = 'failed', error = %s,"
+                         " finished_at = now(), progress = NULL WHERE id = ANY(%s)", (DIED, dead))
+    return dead
+
+
+def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
+               status: str = "running", churn_horizon_days: int = 90) -> int:
+    """Record a new run (running and owned by this session, or queued); committed at once."""
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO scoring_runs (status, as_of, timezone, started_at, heartbeat_at,"
+            " churn_horizon_days) VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END,"
+            " now(), %s) RETURNING id",
+            (status, as_of, timezone, status, churn_horizon_days)).fetchone()
+        assert row is not None
+        if status == "running":
+            _own(conn, int(row[0]))
+    return int(row[0])
+
+
+class RunTakenOverError(RuntimeError):
+    """The run is no longer this attempt's (marked failed or finished by someone else)."""
+
+
+def claim_queued_run(conn: psycopg.Connection) -> tuple[int, date, int] | None:
+    """Take the oldest queued run for this worker (SKIP LOCKED: workers never share a run).
+
+    The run is owned by this session from the claim on (see :data:`RUN_OWNER_LOCK`); if the
+    process dies, :func:`fail_dead_runs` marks it failed.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE scoring_runs SET status = 'running', started_at = now(), heartbeat_at = now(),"
+            " progress = 'starting', attempt = attempt + 1 WHERE id = (SELECT id FROM scoring_runs"
+            " WHERE status = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)"
+            " RETURNING id, as_of, attempt").fetchone()
+        if row:
+            _own(conn, int(row[0]))
+    return (int(row[0]), row[1], int(row[2])) if row else None
+
+
+def set_progress(conn: psycopg.Connection, run_id: int, attempt: int, stage: str) -> None:
+    """Record the stage a run has reached (readable while it runs); also its heartbeat.
+
+    Raises
+    ------
+    RunTakenOverError
+        If another worker has claimed the run since this attempt started.
+    """
+    with conn.transaction():
+        cur = conn.execute(
+            "UPDATE scoring_runs SET progress = %s, heartbeat_at = now()"
+            " WHERE id = %s AND attempt = %s AND status = 'running'", (stage, run_id, attempt))
+        if cur.rowcount == 0:
+            raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
+
+
+def fail_run(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -> bool:
+    """Mark this attempt's run failed with its reason; the live run is untouched.
+
+    Does nothing, and returns False, if the run is no longer this attempt's (taken over, or
+    already finished).
+    """
+    with conn.transaction():
+        cur = conn.execute("UPDATE scoring_runs SET status = 'failed', error = %s,"
+                           " finished_at = now() WHERE id = %s AND attempt = %s"
+                           " AND status = 'running'", (reason, run_id, attempt))
+    return cur.rowcount == 1
+
+
+_RECORD = ("id AS run_id, status, progress, as_of, time_unit, timezone, churn_horizon_days,"
+           " created_at, started_at, finished_at, error, counts, models, previous_run_id,"
+           " scores_retired_at")
+
+
+def _record(cur: psycopg.Cursor) -> dict[str, Any] | None:
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return {d.name: v for d, v in zip(cur.description or (), row, strict=True)}
+
+
+def run_record(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
+    """One run's record by id (``scores_retired_at`` set once retention dropped its scores)."""
+    return _record(conn.execute(f"SELECT {_RECORD} FROM scoring_runs WHERE id = %s",
+                                (run_id,)))
+
+
+def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
+    """The live run's record, or None before the first successful run."""
+    return _record(conn.execute(
+        f"SELECT {_RECORD} FROM scoring_runs"
+        " WHERE id = (SELECT active_run_id FROM scoring_state)"))
