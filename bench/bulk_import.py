@@ -4,10 +4,12 @@ Runs ``crm-service import orders`` as a child process against a fresh embedded P
 measures wall time and the importing process's peak RSS; then, in the same run and on a fresh
 database, a reference: the pandas script a data engineer would write (read_csv in chunks,
 vectorised checks, COPY into a plain table), which does *no* upsert, no per-row error report and
-no dedup. Prints a Markdown row for BENCHMARKS.md.
+no dedup. Both the customer-grouped and the time-ordered file (the same orders) are measured,
+``--runs`` times each. Prints Markdown rows for BENCHMARKS.md.
 
-    python bench/bulk_import.py                  # generates bench/out/orders_1m.csv if missing
-    python bench/bulk_import.py --customers 100000
+    python bench/bulk_import.py              # generates bench/out/orders_1m{,_time}.csv if missing
+    python bench/bulk_import.py --customers 100000 --runs 3
+    python bench/bulk_import.py --order time --csv bench/out/orders_1m_time.csv
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,17 +30,23 @@ from bench.generate_orders import generate  # noqa: E402
 
 
 def run_import(dsn: str, csv_path: Path, data_dir: Path) -> tuple[float, float, dict]:
+    """Run the CLI import as a child; return wall seconds, that child's peak RSS MB, its JSON."""
     env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir))
     cmd = [sys.executable, "-m", "crm_service", "import", "orders", str(csv_path), "--json",
            "--report", str(data_dir / "rejects.csv")]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over all children,
+    # the reference script included).
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak < before:  # ru_maxrss of children is the max over all children so far
-        peak = before
-    return wall, peak / 1024, json.loads(out.stdout)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out)
+    return wall, usage.ru_maxrss / 1024, json.loads(out)
 
 
 REFERENCE = r'''
@@ -75,33 +82,56 @@ def run_reference(dsn: str, csv_path: Path) -> tuple[float, float]:
     return float(wall), float(rss)
 
 
+def default_csv(customers: int, order: str) -> Path:
+    """Where the generated file for ``customers`` and ``order`` lives under bench/out/."""
+    size = "1m" if customers == 1_000_000 else str(customers)
+    return Path(f"bench/out/orders_{size}{'_time' if order == 'time' else ''}.csv")
+
+
+def measure(csv_path: Path, order: str, again: bool) -> tuple[int, list[str]]:
+    """Import ``csv_path`` into a fresh database (and again if asked), then the reference."""
+    dsn, data_dir = fresh_database()
+    wall, rss, counts = run_import(dsn, csv_path, data_dir)
+    rows = counts["rows"]
+    out = [f"| crm-service import orders, {order}-ordered, empty database | {wall:.1f} | "
+           f"{rows / wall:,.0f} | {rss:.0f} |"]
+    if again:
+        second, _, counts2 = run_import(dsn, csv_path, data_dir)
+        assert counts2["inserted"] == 0 and counts2["duplicates"] == counts["inserted"], counts2
+        out.append(f"| same file again, {order}-ordered (all duplicates) | {second:.1f} | "
+                   f"{rows / second:,.0f} | - |")
+    ref_dsn, _ = fresh_database()
+    ref_wall, ref_rss = run_reference(ref_dsn, csv_path)
+    out.append(f"| reference pandas+COPY, no upsert, {order}-ordered | {ref_wall:.1f} | "
+               f"{rows / ref_wall:,.0f} | {ref_rss:.0f} |")
+    out.append(f"| ratio crm-service / reference ({order}-ordered) | {wall / ref_wall:.2f} | | |")
+    print(json.dumps({"file": str(csv_path), **counts}), flush=True)
+    return rows, out
+
+
 def main() -> None:
     """Entry point."""
     p = argparse.ArgumentParser(description="bulk import benchmark")
     p.add_argument("--customers", type=int, default=1_000_000)
-    p.add_argument("--csv", default=None)
+    p.add_argument("--order", choices=("customer", "time", "both"), default="both")
+    p.add_argument("--csv", default=None, help="the file to import (with one --order only)")
+    p.add_argument("--runs", type=int, default=1)
     a = p.parse_args()
-    csv_path = Path(a.csv or f"bench/out/orders_{a.customers}.csv")
-    if not csv_path.exists():
-        generate(a.customers, str(csv_path), 0.001, 42, 100_000)
-    size_mb = csv_path.stat().st_size / 1e6
-    dsn, data_dir = fresh_database()
-    wall, rss, counts = run_import(dsn, csv_path, data_dir)
-    again, _, counts2 = run_import(dsn, csv_path, data_dir)
-    ref_dsn, _ = fresh_database()
-    ref_wall, ref_rss = run_reference(ref_dsn, csv_path)
-    rows = counts["rows"]
+    orders = ("customer", "time") if a.order == "both" else (a.order,)
+    if a.csv and len(orders) > 1:
+        p.error("--csv needs --order customer or --order time")
     print(f"machine: {machine()}")
-    print(f"file: {csv_path} ({size_mb:.0f} MB, {rows} rows)")
-    print(json.dumps(counts))
-    print("| what | wall s | rows/s | peak RSS MB |")
-    print("|---|---|---|---|")
-    print(f"| crm-service import orders (fresh db) | {wall:.1f} | {rows / wall:,.0f} | {rss:.0f} |")
-    print(f"| same file again (all duplicates) | {again:.1f} | {rows / again:,.0f} | - |")
-    print(f"| reference pandas+COPY, no upsert | {ref_wall:.1f} | {rows / ref_wall:,.0f} "
-          f"| {ref_rss:.0f} |")
-    print(f"ratio crm-service / reference wall time: {wall / ref_wall:.2f}")
-    assert counts2["inserted"] == 0 and counts2["duplicates"] == counts["inserted"], counts2
+    table = ["| what | wall s | rows/s | peak RSS MB |", "|---|---|---|---|"]
+    for order in orders:
+        csv_path = Path(a.csv) if a.csv else default_csv(a.customers, order)
+        if not csv_path.exists():
+            generate(a.customers, str(csv_path), 0.001, 42, 100_000, order)
+        size_mb = csv_path.stat().st_size / 1e6
+        for run in range(a.runs):
+            rows, lines = measure(csv_path, order, again=run == 0)
+            table += [line.replace(" |", f" (run {run + 1}) |", 1) for line in lines]
+        print(f"file: {csv_path} ({size_mb:.0f} MB, {rows} rows, {order}-ordered)")
+    print("\n".join(table))
     _ = io  # keep import for the reference's clarity
 
 

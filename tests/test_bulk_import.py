@@ -198,3 +198,84 @@ def test_multiline_record_is_reported_at_its_first_line(tmp_path, conn, cli_env)
     assert out["rejected"] == 2
     lines = [x.split(",")[0] for x in (tmp_path / "o.csv.rejects.csv").read_text().splitlines()]
     assert lines[1:] == ["2", "4"]
+
+
+def _orders_of(conn):
+    return conn.execute("SELECT channel, order_id, customer_id, ordered_at, amount, currency,"
+                        " status FROM orders ORDER BY 1, 2").fetchall()
+
+
+def _history(customers: int, *, refunds: bool) -> list[tuple[str, str]]:
+    """(ordered_at, CSV line) for a few orders per customer over a year, some refunded later."""
+    records = []
+    for c in range(customers):
+        for k in range(1 + c % 4):
+            day = f"2024-{(c * 7 + k * 97) % 12 + 1:02d}-{(c + k * 11) % 28 + 1:02d}"
+            channel = ("tmall", "jd", "web")[(c + k) % 3]
+            records.append((day, f"O{c}-{k},C{c},{day},{c % 50}.{k}0,{channel},paid\n"))
+            if refunds and (c + k) % 5 == 0:  # the same order again, refunded at year end
+                records.append(("2024-12-31",
+                                f"O{c}-{k},C{c},{day},{c % 50}.{k}0,{channel},refunded\n"))
+    return records
+
+
+@pytest.mark.parametrize("refunds", [False, True])
+def test_time_ordered_file_imports_like_the_customer_grouped_one(tmp_path, conn, cli_env,
+                                                                  refunds):
+    """A marketplace export is ordered by time: each customer's orders spread over the file,
+    across parse chunks. It must land exactly as the same orders grouped by customer do."""
+    from crm_service import bulk_import
+    from crm_service.config import load_settings
+
+    records = _history(300, refunds=refunds)
+    grouped = write(tmp_path / "grouped.csv", HEADER + "".join(line for _, line in records))
+    by_time = write(tmp_path / "time.csv", HEADER + "".join(
+        line for _, line in sorted(records, key=lambda r: r[0])))  # stable: refund after paid
+    settings = load_settings(cli_env)
+    results = []
+    for f in (grouped, by_time):
+        conn.execute("TRUNCATE orders, customers CASCADE")
+        conn.commit()
+        s = bulk_import.import_orders(conn, settings, f, chunk_rows=40)
+        conn.commit()
+        results.append((s.rows, s.inserted + s.updated + s.duplicates, _orders_of(conn),
+                        count(conn, "SELECT count(*) FROM customers")))
+        if not refunds:  # without repeats the counts cannot depend on where chunks end
+            assert (s.inserted, s.updated, s.duplicates) == (len(records), 0, 0)
+        # The other file holds the same orders: importing it on top changes nothing.
+        other = by_time if f is grouped else grouped
+        again = bulk_import.import_orders(conn, settings, other, chunk_rows=40)
+        conn.commit()
+        assert (again.inserted, again.updated) == (0, 0)
+        assert _orders_of(conn) == results[-1][2]
+    assert results[0] == results[1]
+    assert results[0][3] == 300
+    refunded = sum(1 for row in results[0][2] if row[6] == "refunded")
+    assert refunded == (sum(1 for _, line in records if line.endswith("refunded\n"))
+                        if refunds else 0)
+
+
+def test_time_ordered_file_into_a_live_base(tmp_path, conn, cli_env):
+    """An incremental, time-ordered import on top of existing orders and customers."""
+    from crm_service import bulk_import
+    from crm_service.config import load_settings
+
+    records = sorted(_history(200, refunds=False), key=lambda r: r[0])
+    half = len(records) // 2
+    first = write(tmp_path / "first.csv", HEADER + "".join(line for _, line in records[:half]))
+    rest = write(tmp_path / "rest.csv", HEADER + "".join(line for _, line in records[half:]))
+    whole = write(tmp_path / "whole.csv", HEADER + "".join(line for _, line in records))
+    settings = load_settings(cli_env)
+    bulk_import.import_orders(conn, settings, first, chunk_rows=30)
+    conn.commit()
+    s = bulk_import.import_orders(conn, settings, rest, chunk_rows=30)
+    conn.commit()
+    assert (s.inserted, s.updated, s.duplicates) == (len(records) - half, 0, 0)
+    assert count(conn, "SELECT count(*) FROM customers") == 200
+    incremental = _orders_of(conn)
+    conn.execute("TRUNCATE orders, customers CASCADE")
+    conn.commit()
+    bulk_import.import_orders(conn, settings, whole, chunk_rows=30)
+    conn.commit()
+    assert _orders_of(conn) == incremental
+    assert count(conn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'") == 2
