@@ -32,6 +32,10 @@ TUNING = {
     "checkpoint_timeout": "15min",
     "work_mem": "32MB",
     "maintenance_work_mem": "256MB",
+    # No replicas or WAL archive on an embedded server: a table created and filled in one
+    # transaction (a scoring run's partition, a bulk load's staging) then skips the WAL.
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
 }
 
 

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STORAGE = {"db", "churn_features", "embedded", "schema", "order_store", "customer_store",
+STORAGE = {"db", "embedded", "schema", "order_store", "customer_store",
            "api_keys", "locks", "idempotency", "session", "summary", "runs", "publishing",
            "policies", "reads", "retention"}
 

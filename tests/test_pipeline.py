@@ -108,3 +108,111 @@ def test_churn_inputs_that_cannot_train_fall_back_to_the_baseline():
     assert info["used"] == "btyd_baseline" and "customers (need" in info["reason"]
     p = scored.computed["churn_probability"]
     assert np.all((p >= 0) & (p <= 1))
+
+
+# --- occasions -> summary and churn aggregates, against the definitions (pandas) -----------
+
+def _random_occasions(seed=3, customers=400):
+    import pandas as pd
+
+    from crm_service.scoring.occasions import EPOCH, Occasions
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(customers):
+        first = int(rng.integers(0, 500))
+        k = 1 + rng.poisson(2.0)
+        days_ = np.unique(first + np.concatenate([[0], rng.integers(1, 400, size=k - 1)]))
+        for d in days_:
+            rows.append((i, int(d), int(rng.integers(100, 50_000)), int(rng.integers(1, 3)),
+                         int(rng.integers(0, 3))))
+    occ = pd.DataFrame(rows, columns=["i", "day", "cents", "orders", "channel"])
+    occ = occ[occ["day"] <= 800]
+    refunds = occ.sample(frac=0.1, random_state=seed)[["i", "day"]].assign(n=1)
+    shuffled = occ.sample(frac=1.0, random_state=seed)  # the reader's order is not fixed
+    arrays = Occasions(
+        customer=shuffled["i"].to_numpy(np.int32), day=shuffled["day"].to_numpy(np.int32),
+        cents=shuffled["cents"].to_numpy(np.int64),
+        paid_orders=shuffled["orders"].to_numpy(np.int32),
+        channel=shuffled["channel"].to_numpy(np.int32),
+        bucket=(shuffled["i"].to_numpy(np.int32) * 7919) % 65536, customers=customers,
+        refund_customer=refunds["i"].to_numpy(np.int32),
+        refund_day=refunds["day"].to_numpy(np.int32),
+        refund_orders=refunds["n"].to_numpy(np.int32))
+    return occ, refunds, arrays, EPOCH + timedelta(days=800)
+
+
+def _expected_raw(occ, refunds, cut, horizon):
+    """RAW_CHURN straight from the definitions, one customer at a time."""
+    out = {}
+    for i, g in occ.groupby("i"):
+        g = g.sort_values("day")
+        p = g[g["day"] <= cut]
+        if p.empty:
+            continue
+        gaps = p["day"].diff().dropna()
+        r = refunds[(refunds["i"] == i) & (refunds["day"] <= cut)]["n"].sum()
+        def spend(lo, hi=cut, p=p):
+            return p[(p["day"] > lo) & (p["day"] <= hi)]["cents"].sum() / 100
+
+        def count(lo, p=p):
+            return float((p["day"] > lo).sum())
+
+        dates = [date(2000, 1, 1) + timedelta(days=int(d)) for d in p["day"]]
+        out[i] = {
+            "frequency": len(p) - 1, "recency": p["day"].iloc[-1] - p["day"].iloc[0],
+            "T": cut - p["day"].iloc[0],
+            "std_interval": gaps.std(ddof=1) if len(gaps) >= 2 else np.nan,
+            "last_interval": gaps.iloc[-1] if len(gaps) else np.nan,
+            "max_interval": gaps.max() if len(gaps) else np.nan,
+            "occasions_30": count(cut - 30), "occasions_90": count(cut - 90),
+            "occasions_180": count(cut - 180), "occasions_365": count(cut - 365),
+            "spend_30": spend(cut - 30), "spend_90": spend(cut - 90),
+            "spend_180": spend(cut - 180), "spend_365": spend(cut - 365),
+            "spend_prev_90": spend(cut - 180, cut - 90),
+            "historic_spend": p["cents"].sum() / 100,
+            "channels": p["channel"].nunique(),
+            "first_channel_share": (p["channel"] == g["channel"].iloc[0]).mean(),
+            "refund_share": r / (p["orders"].sum() + r),
+            "active_months": len({(t.year, t.month) for t in dates}),
+            "first_spend": p["cents"].iloc[0] / 100,
+            "future": float(((g["day"] > cut) & (g["day"] <= cut + horizon)).sum()),
+        }
+    return out
+
+
+def test_churn_aggregates_follow_their_definitions():
+    from crm_service.scoring.occasions import churn_raw, day_number
+
+    occ, refunds, arrays, as_of = _random_occasions()
+    for cutoff in (as_of - timedelta(days=90), as_of - timedelta(days=300), as_of):
+        cut = day_number(cutoff)
+        expected = _expected_raw(occ, refunds, cut, 90)
+        got = churn_raw(arrays, cutoff, 90)
+        assert got.shape == (len(expected), len(RAW_CHURN))
+        want = np.array([[expected[i][c] for c in RAW_CHURN] for i in sorted(expected)],
+                        dtype=np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-5, equal_nan=True)
+    kept = churn_raw(arrays, as_of, 90, keep=np.arange(arrays.customers) % 2 == 0)
+    assert kept.shape[0] == (arrays.customers + 1) // 2
+
+
+def test_summary_follows_its_definition():
+    from crm_service.scoring.occasions import day_number, summarize
+
+    occ, _, arrays, as_of = _random_occasions(seed=5)
+    s = summarize(arrays, as_of)
+    g = occ.sort_values(["i", "day"]).groupby("i")
+    first, last, n = g["day"].min(), g["day"].max(), g.size()
+    np.testing.assert_array_equal(s.frequency, n - 1)
+    np.testing.assert_array_equal(s.recency, last - first)
+    np.testing.assert_array_equal(s.T, day_number(as_of) - first)
+    repeat = occ.sort_values(["i", "day"]).groupby("i").apply(
+        lambda x: x["cents"].iloc[1:].mean() if len(x) > 1 else 0.0, include_groups=False)
+    np.testing.assert_allclose(s.monetary_value, np.floor(repeat.to_numpy() + 0.5) / 100)
+    cal = day_number(s.calibration_end)
+    in_cal = first <= cal
+    np.testing.assert_array_equal(s.in_calibration, in_cal)
+    cal_n = occ[occ["day"] <= cal].groupby("i").size()
+    np.testing.assert_array_equal(s.calibration.frequency, cal_n - 1)
+    assert s.repeats.sum() == (n - 1).sum() and s.firsts.sum() == arrays.customers

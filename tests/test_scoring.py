@@ -18,13 +18,12 @@ from tests.conftest import TEST_SECRET_KEY, count, q
 
 def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
     """Calibration summary computed in PostgreSQL equals the pandas one (same definition)."""
-    from crm_service.scoring import summary
+    from crm_service.scoring import occasions, summary
 
     with cdnow_loaded.transaction():
-        first = summary.first_purchase_day(cdnow_loaded, date(1997, 9, 30), settings.timezone)
-        s = summary.load_summary(cdnow_loaded, date(1997, 9, 30), settings.timezone,
-                                 first_day=first)
-        cdnow_loaded.execute("DROP TABLE run_summary")
+        n = summary.collect_occasions(cdnow_loaded, date(1997, 9, 30), settings.timezone)
+        s = occasions.summarize(summary.read_occasions(cdnow_loaded, n), date(1997, 9, 30))
+        cdnow_loaded.execute("DROP TABLE run_occasions, run_customers")
     ref = cdnow_rfm()
     assert s.size == 2357
     np.testing.assert_array_equal(s.frequency, ref["frequency"])

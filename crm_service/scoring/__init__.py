@@ -1,10 +1,10 @@
 """Scoring runs: inputs, the pure scoring pipeline, per-run score partitions, retention.
 
-Layout (DESIGN.md §3): ``inputs`` (the types between the seams), ``pipeline``, ``backtest``,
-``churn`` and ``segmenting`` (pure numpy, no I/O); ``session`` (the local engine: inputs from
-PostgreSQL, scores into the run's partition); ``summary``, ``churn_features``, ``runs``,
-``publishing``, ``policies``, ``reads`` and ``retention`` (the SQL, one idea each); ``run``
-(the orchestration). May import ``crm_service`` platform modules and ``models``, never ``api``.
+Layout (DESIGN.md §3): ``inputs`` (the types between the seams); ``occasions``, ``pipeline``,
+``backtest``, ``churn`` and ``segmenting`` (pure numpy, no I/O); ``session`` (the local engine:
+inputs from PostgreSQL, scores into the run's partition); ``summary``, ``runs``,
+``publishing``, ``policies``, ``reads`` and ``retention`` (the SQL, one idea each); ``run`` (the
+orchestration). May import ``crm_service`` platform modules and ``models``, never ``api``.
 """
 
 from __future__ import annotations

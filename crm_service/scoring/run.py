@@ -84,7 +84,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
             scored = score_base(inputs, config)
             runs.set_progress(conn, run_id, attempt, "writing scores")
             lap = time.perf_counter()
-            session.write_scores(run_id, as_of, scored)
+            session.write_scores(run_id, as_of, inputs.summary, scored)
             stages = {**session.stage_seconds, **scored.stage_seconds,
                       "write_scores": round(time.perf_counter() - lap, 3)}
             scored.counts["stage_seconds"] = stages

@@ -1,9 +1,9 @@
 """The local engine: a run's inputs from PostgreSQL, its scores into the run's partition.
 
 :class:`LocalRunSession` is the one owner of a run's session state: the temporary tables
-``run_occasions``, ``run_refunds`` (and their ``_sample`` subsets), ``run_summary``,
-``run_features`` and ``run_computed`` exist only between :meth:`~LocalRunSession.load` and
-:meth:`~LocalRunSession.close`, and no other module names them. ``load`` reads everything the
+``run_occasions``, ``run_customers`` and ``run_computed`` exist only between
+:meth:`~LocalRunSession.load` and :meth:`~LocalRunSession.close`, and no other module creates
+or drops them. ``load`` reads everything the
 pure pipeline needs in one snapshot; ``write_scores`` joins the scored arrays back to the
 customer ids and writes the run's partition (DESIGN.md §3: "where the summary comes from" and
 "where scores go" are decided here; another engine implements the same two methods).
@@ -18,26 +18,28 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from crm_service.scoring import churn, churn_features, policies, publishing, summary
+from crm_service.scoring import churn, occasions, policies, publishing, summary
 from crm_service.scoring.inputs import (
     COMPUTED,
-    ChurnInputs,
     RunConfig,
     RunInputs,
     ScoredRun,
+    Summary,
 )
 from crm_service.scoring.reads import SCORE_COLUMNS
 from models.segments import TierPolicy
 
-TEMP_TABLES = ("run_summary", "run_occasions", "run_refunds", "run_occasions_sample",
-               "run_refunds_sample", "run_features", "run_computed")
+TEMP_TABLES = ("run_occasions", "run_customers", "run_computed")
 
-# Score rows from the summary (ids, history) and the scored arrays, joined by row index.
+# Score rows: the customer ids from run_customers, everything else from the arrays (the
+# summary's and the pipeline's), joined by row index. Dates follow from as_of, T and recency.
+_SUMMARY_COLUMNS = ("frequency", "recency", "T", "monetary_value", "historic_spend")
 _INSERT_SCORES = """
 INSERT INTO {part} (run_id, {columns})
-SELECT {run_id}, s.customer_id, s.frequency, s.recency, s.t, s.monetary_value,
-       s.historic_spend, s.first_purchase, s.last_purchase,
-       CASE WHEN s.frequency > 0 THEN s.recency::float8 / s.frequency END,
+SELECT {run_id}, s.customer_id, c.frequency::int, c.recency::int, c.t::int,
+       round(c.monetary_value::numeric, 2), round(c.historic_spend::numeric, 2),
+       %(as_of)s::date - c.t::int, %(as_of)s::date - c.t::int + c.recency::int,
+       CASE WHEN c.frequency > 0 THEN c.recency / c.frequency END,
        c.p_alive, c.expected_purchases_30, c.expected_purchases_90, c.expected_purchases_365,
        CASE WHEN c.next_order_days <> 'NaN' THEN %(as_of)s::date + c.next_order_days::int END,
        c.expected_spend, c.clv_12m, c.churn_probability,
@@ -47,8 +49,7 @@ SELECT {run_id}, s.customer_id, s.frequency, s.recency, s.t, s.monetary_value,
        c.rfm_recency::smallint, c.rfm_frequency::smallint, c.rfm_monetary::smallint,
        (%(rfm)s::text[])[c.rfm_code::int + 1], (%(actions)s::text[])[c.action_code::int + 1],
        %(as_of)s::date - c.tier_since_days::int
-FROM run_summary s JOIN run_computed c USING (i)
-WHERE s.customer_id IS NOT NULL
+FROM run_customers s JOIN run_computed c USING (i)
 ORDER BY s.i
 """
 
@@ -111,47 +112,38 @@ class LocalRunSession:
             for table in TEMP_TABLES:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(
                     sql.Identifier(table)))
-            first_day = summary.first_purchase_day(conn, as_of, tz)
-            span = (as_of - first_day).days if first_day else 0
-            train_churn = churn.wanted(config.churn_model, span, horizon)
-            if train_churn:
-                summary.collect_occasions(conn, as_of, tz)
-                started = self._lap("churn_occasions", started)
-            base = summary.load_summary(conn, as_of, tz, first_day=first_day,
-                                        from_occasions=train_churn)
+            customers = summary.collect_occasions(conn, as_of, tz)
+            started = self._lap("occasions", started)
+            occ = summary.read_occasions(conn, customers)
+            base = occasions.summarize(occ, as_of)
             started = self._lap("summary", started)
-            churn_inputs = self._churn_inputs(as_of, horizon, base.span_days, base.size) \
-                if train_churn else None
-            started = self._lap("churn_features", started)
+            churn_inputs = None
+            if churn.wanted(config.churn_model, base.span_days, horizon):
+                summary.read_refunds(conn, occ, as_of, tz)
+                churn_inputs = occasions.churn_inputs(occ, as_of, horizon, base.span_days)
+                started = self._lap("churn_features", started)
+            del occ
             previous = summary.previous_tiers(conn, base.size, as_of)
             version, policy = policies.current_tier_policy(conn)
             self._lap("previous_tiers", started)
         return RunInputs(summary=base, previous=previous, policy_version=version,
                          policy=TierPolicy.from_dict(policy), churn=churn_inputs)
 
-    def _churn_inputs(self, as_of: date, horizon: int, span_days: int,
-                      customers: int) -> ChurnInputs:
-        share = churn.sample_share(customers)
-        if share < 1.0:
-            churn_features.make_sample(self.conn, share)
-        windows = {cutoff: churn_features.load_raw(self.conn, cutoff, horizon,
-                                                   sampled=share < 1.0)
-                   for cutoff in churn.cutoffs(as_of, horizon, span_days)}
-        now = churn_features.load_raw(self.conn, as_of, horizon, summary_order=True)
-        return ChurnInputs(windows=windows, now=now, share=share)
-
-    def write_scores(self, run_id: int, as_of: date, scored: ScoredRun) -> None:
+    def write_scores(self, run_id: int, as_of: date, base: Summary,
+                     scored: ScoredRun) -> None:
         """Write the scored run to its own (detached) partition, indexed and analysed."""
         conn = self.conn
         medium, high = scored.risk_bands
+        arrays = {**{name.lower(): getattr(base, name) for name in _SUMMARY_COLUMNS},
+                  **{name: scored.computed[name] for name in COMPUTED}}
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(f"SET LOCAL work_mem = '{summary.RUN_WORK_MEM}'")
             part = publishing.create_partition(conn, run_id)
             cur.execute("CREATE TEMP TABLE run_computed (i int4, "
-                        + ", ".join(f"{c} float8" for c in COMPUTED) + ") ON COMMIT DROP")
-            with cur.copy(f"COPY run_computed (i, {', '.join(COMPUTED)}) FROM STDIN"
+                        + ", ".join(f"{c} float8" for c in arrays) + ") ON COMMIT DROP")
+            with cur.copy(f"COPY run_computed (i, {', '.join(arrays)}) FROM STDIN"
                           " (FORMAT binary)") as copy:
-                for chunk in publishing.binary_copy({c: scored.computed[c] for c in COMPUTED}):
+                for chunk in publishing.binary_copy(arrays):
                     copy.write(chunk)
             cur.execute("ANALYZE run_computed")
             params: dict[str, Any] = {"as_of": as_of, "medium": medium, "high": high,
