@@ -45,7 +45,8 @@ Terms = Callable[..., tuple]
 
 def fit_weighted(terms: Terms, data: tuple[NDArray[np.float64], ...],
                  weights: NDArray[np.float64], start: NDArray[np.float64], *,
-                 penalizer: float, name: str) -> tuple[FitResult, float]:
+                 penalizer: float, name: str,
+                 standard_errors: bool = True) -> tuple[FitResult, float]:
     """Penalised, weighted maximum likelihood over rows of ``data`` (e.g. a histogram).
 
     The penalty is lifetimes' convention: ``penalizer * n * sum(params**2)`` added to the total
@@ -65,7 +66,8 @@ def fit_weighted(terms: Terms, data: tuple[NDArray[np.float64], ...],
     # One BLAS thread: idle BLAS threads spin after each small product and take cores from
     # the likelihood's own block threads.
     with threadpool_limits(1, user_api="blas"):
-        result = maximise(objective, start, name=name, scale=n)
+        result = maximise(objective, start, name=name, scale=n,
+                          standard_errors=standard_errors)
     return result, float(weights @ terms(result.params, *data)[0])
 
 
@@ -105,10 +107,13 @@ class MLEModel:
 
 
 def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
-             max_iter: int = 500, scale: float = 1.0) -> FitResult:
+             max_iter: int = 500, scale: float = 1.0,
+             standard_errors: bool = True) -> FitResult:
     """Minimise ``objective`` over log-parameters; return natural parameters and their SEs.
 
-    ``scale`` is the number of observations behind the objective. When the line search stops
+    ``scale`` is the number of observations behind the objective; ``standard_errors=False``
+    skips the Hessian (k + 1 gradient evaluations) and leaves NaN SEs, for fits whose only
+    use is their predictions (a backtest). When the line search stops
     because the objective is flat to rounding (a start at, or a step onto, the optimum), the
     point is accepted if the gradient per observation is below 1e-6: a stationary point (it
     moves the log-parameters by ~1e-6, far inside their standard errors).
@@ -145,7 +150,8 @@ def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
         )
     params = np.exp(log_params)
     return FitResult(params=params, log_likelihood=-float(res.fun),
-                     standard_errors=_standard_errors(objective, log_params),
+                     standard_errors=_standard_errors(objective, log_params)
+                     if standard_errors else np.full(log_params.size, np.nan),
                      iterations=int(res.nit))
 
 
@@ -188,10 +194,11 @@ class PurchaseMLEModel(MLEModel):
 
     def fit(self, frequency: ArrayLike | RFMHistogram, recency: ArrayLike | None = None,
             T: ArrayLike | None = None, *,  # noqa: N803
-            initial: dict[str, float] | None = None) -> Self:
+            initial: dict[str, float] | None = None, standard_errors: bool = True) -> Self:
         """Fit by maximum likelihood on per-customer arrays or an :class:`RFMHistogram`.
 
-        ``initial`` starts the optimiser from given parameters (e.g. a fit on similar data).
+        ``initial`` starts the optimiser from given parameters (e.g. a fit on similar data);
+        ``standard_errors=False`` skips them (NaN), when only the predictions are used.
         """
         hist = frequency if isinstance(frequency, RFMHistogram) else compress(
             frequency, recency, T)  # type: ignore[arg-type]
@@ -199,6 +206,6 @@ class PurchaseMLEModel(MLEModel):
                        else self._default_start(hist))
         result, ll = fit_weighted(type(self)._likelihood, (hist.frequency, hist.recency, hist.T),
                                   hist.weights, start, penalizer=self.penalizer,
-                                  name=self.label)
+                                  name=self.label, standard_errors=standard_errors)
         self._set_fit(result, ll, hist.n_customers)
         return self

@@ -391,3 +391,18 @@ def test_pareto_no_purchase_integral_against_adaptive_quadrature(params, row):
     alive = m.probability_alive(x, t_x, big_t)
     expected = 1 - alive * (1 - quiet)
     assert m.probability_no_purchases(t, x, t_x, big_t) == pytest.approx(expected, rel=1e-8)
+
+
+def test_a_fit_without_standard_errors_has_the_same_parameters():
+    """The backtest skips the Hessian: same optimum, SEs NaN, and nothing else differs."""
+    from models.beta_geo import BetaGeoModel as _BG
+    from models.pareto_nbd import ParetoNBDModel as _PN
+    from tests.cdnow import cdnow_rfm as _rfm
+
+    d = _rfm()
+    for cls in (_BG, _PN):
+        full = cls().fit(d["frequency"], d["recency"], d["T"])
+        quick = cls().fit(d["frequency"], d["recency"], d["T"], standard_errors=False)
+        assert quick.params_ == full.params_
+        assert all(np.isnan(v) for v in quick.standard_errors_.values())
+        assert all(np.isfinite(v) for v in full.standard_errors_.values())

@@ -193,8 +193,11 @@ def test_churn_aggregates_follow_their_definitions():
         want = np.array([[expected[i][c] for c in RAW_CHURN] for i in sorted(expected)],
                         dtype=np.float32)
         np.testing.assert_allclose(got, want, rtol=1e-5, equal_nan=True)
-    kept = churn_raw(arrays, as_of, 90, keep=np.arange(arrays.customers) % 2 == 0)
+    even = np.arange(arrays.customers) % 2 == 0
+    kept = churn_raw(arrays, as_of, 90, keep=even)
     assert kept.shape[0] == (arrays.customers + 1) // 2
+    # The sample's own arrays give the same rows as the mask over the whole base.
+    np.testing.assert_array_equal(churn_raw(arrays.subset(even), as_of, 90), kept)
 
 
 def test_summary_follows_its_definition():

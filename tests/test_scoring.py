@@ -21,8 +21,9 @@ def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
     from crm_service.scoring import occasions, summary
 
     with cdnow_loaded.transaction():
-        n = summary.collect_occasions(cdnow_loaded, date(1997, 9, 30), settings.timezone)
-        s = occasions.summarize(summary.read_occasions(cdnow_loaded, n), date(1997, 9, 30))
+        n, rows = summary.collect_occasions(cdnow_loaded, date(1997, 9, 30), settings.timezone)
+        s = occasions.summarize(summary.read_occasions(cdnow_loaded, n, rows),
+                                date(1997, 9, 30))
         cdnow_loaded.execute("DROP TABLE run_occasions, run_customers")
     ref = cdnow_rfm()
     assert s.size == 2357

@@ -49,11 +49,13 @@ def check_history(summary: RFM) -> None:
 
 
 def fit_purchase_models(hist: RFMHistogram,
-                         start: dict[str, PurchaseModelT] | None = None
+                         start: dict[str, PurchaseModelT] | None = None, *,
+                         standard_errors: bool = True
                          ) -> tuple[dict[str, PurchaseModelT], dict[str, str]]:
     """Fit every purchase model; return the fits and, by name, the ones that did not converge.
 
-    ``start`` (fits on similar data) warm-starts the optimiser. One model failing (e.g.
+    ``start`` (fits on similar data) warm-starts the optimiser; ``standard_errors=False``
+    skips them where only predictions are used. One model failing (e.g.
     Pareto/NBD running along its no-dropout ridge) does not stop the run while another fits.
     """
     fitted: dict[str, PurchaseModelT] = {}
@@ -61,14 +63,14 @@ def fit_purchase_models(hist: RFMHistogram,
     for name, cls in PURCHASE_MODELS.items():
         initial = start[name].params_ if start and name in start else None
         try:
-            fitted[name] = cls().fit(hist, initial=initial)
+            fitted[name] = cls().fit(hist, initial=initial, standard_errors=standard_errors)
         except ConvergenceError as exc:
             if initial is None:
                 failed[name] = str(exc)
                 continue
             # A warm start can send the first line search far out; start cold once more.
             try:
-                fitted[name] = cls().fit(hist)
+                fitted[name] = cls().fit(hist, standard_errors=standard_errors)
             except ConvergenceError as cold:
                 failed[name] = str(cold)
     if not fitted:
@@ -100,7 +102,8 @@ def backtest(summary: Summary
         "predicted_cumulative": {}, "by_frequency": {},
     }
     hist, index = compress_with_index(cal.frequency, cal.recency, cal.T)
-    calibration, _failed = fit_purchase_models(hist)
+    # Only the predictions of the calibration fits are used: no standard errors.
+    calibration, _failed = fit_purchase_models(hist, standard_errors=False)
     for name, model in calibration.items():
         predicted = model.conditional_expected_purchases(holdout_days, hist.frequency,
                                                          hist.recency, hist.T)[index]

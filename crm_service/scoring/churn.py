@@ -150,7 +150,7 @@ class _Windows:
         x, t_x, big_t = (raw[:, j(c)].astype(np.float64) for c in ("frequency", "recency", "T"))
         for cls, initial in ((type(self.fallback), self.fallback.params_), (BetaGeoModel, None)):
             try:
-                btyd = cls().fit(x, t_x, big_t, initial=initial)
+                btyd = cls().fit(x, t_x, big_t, initial=initial, standard_errors=False)
             except (ConvergenceError, ValueError) as exc:  # e.g. Pareto/NBD, young history
                 log.info("churn features as of %s: %s; trying the next model", cutoff, exc)
                 continue

@@ -57,6 +57,18 @@ class Occasions:
             for name in ("customer", "day", "cents", "paid_orders", "channel", "bucket"):
                 setattr(self, name, getattr(self, name)[order])
 
+    def subset(self, keep: NDArray[np.bool_]) -> Occasions:
+        """The occasions of the customers in ``keep`` (a mask over customers), renumbered."""
+        rows = keep[self.customer]
+        new_index = np.cumsum(keep, dtype=np.int64) - 1
+        back = keep[self.refund_customer]
+        return Occasions(
+            customer=new_index[self.customer[rows]].astype(np.int32), day=self.day[rows],
+            cents=self.cents[rows], paid_orders=self.paid_orders[rows],
+            channel=self.channel[rows], bucket=self.bucket[rows], customers=int(keep.sum()),
+            refund_customer=new_index[self.refund_customer[back]].astype(np.int32),
+            refund_day=self.refund_day[back], refund_orders=self.refund_orders[back])
+
     @cached_property
     def starts(self) -> NDArray[np.intp]:
         """Index of each customer's first occasion (every customer has one)."""
@@ -232,6 +244,7 @@ def churn_inputs(occ: Occasions, as_of: date, horizon: int, span_days: int) -> C
     """The raw aggregates of every cut-off the churn stage reads (``churn.cutoffs``)."""
     share = churn.sample_share(occ.customers)
     keep = sample_mask(occ, share)
-    windows = {cutoff: churn_raw(occ, cutoff, horizon, keep=keep)
+    sample = occ if keep is None else occ.subset(keep)  # the windows read only the sample
+    windows = {cutoff: churn_raw(sample, cutoff, horizon)
                for cutoff in churn.cutoffs(as_of, horizon, span_days)}
     return ChurnInputs(windows=windows, now=churn_raw(occ, as_of, horizon), share=share)

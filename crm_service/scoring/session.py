@@ -50,7 +50,6 @@ SELECT {run_id}, s.customer_id, c.frequency::int, c.recency::int, c.t::int,
        (%(rfm)s::text[])[c.rfm_code::int + 1], (%(actions)s::text[])[c.action_code::int + 1],
        %(as_of)s::date - c.tier_since_days::int
 FROM run_customers s JOIN run_computed c USING (i)
-ORDER BY s.i
 """
 
 
@@ -112,9 +111,9 @@ class LocalRunSession:
             for table in TEMP_TABLES:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(
                     sql.Identifier(table)))
-            customers = summary.collect_occasions(conn, as_of, tz)
+            customers, rows = summary.collect_occasions(conn, as_of, tz)
             started = self._lap("occasions", started)
-            occ = summary.read_occasions(conn, customers)
+            occ = summary.read_occasions(conn, customers, rows)
             base = occasions.summarize(occ, as_of)
             started = self._lap("summary", started)
             churn_inputs = None

@@ -7,7 +7,7 @@ orders up to the end of ``as_of`` (local) are seen.
 One aggregation of the orders lands in the run session's temporary ``run_occasions``, whose
 ``i`` numbers the customers in id order (the summary's row order); ``run_customers`` maps ``i``
 back to the id, so arrays computed in numpy come back by index and customer ids never enter
-Python. The occasions leave PostgreSQL once, by binary COPY, and
+Python. The occasions leave PostgreSQL once, packed in binary, and
 :mod:`crm_service.scoring.occasions` computes the summary and the churn aggregates from them.
 The temporary tables' names and lifetime belong to
 :class:`crm_service.scoring.session.LocalRunSession`.
@@ -43,20 +43,24 @@ FROM (
 ) days
 """
 
-_READ_OCCASIONS = """
-COPY (SELECT i, day - {epoch}, (amount * 100)::int8, paid_orders, hashtext(channel),
-             hashtext(customer_id) & 65535
-      FROM run_occasions) TO STDOUT (FORMAT binary)
-"""
+# Occasion columns as packed big-endian binary (no customer ids: `i` stands for them).
+_OCCASION_COLUMNS = (("int4send(i)", ">i4"), ("int4send(day - {epoch})", ">i4"),
+                     ("int8send((amount * 100)::int8)", ">i8"), ("int4send(paid_orders)", ">i4"),
+                     ("int4send(hashtext(channel))", ">i4"),
+                     ("int4send(hashtext(customer_id) & 65535)", ">i4"))
 
 # Refunded orders per customer and day (the churn features' refund share).
-_READ_REFUNDS = """
-COPY (SELECT c.i, (o.ordered_at AT TIME ZONE {tz})::date - {epoch}, count(*)::int
-      FROM orders o JOIN run_customers c USING (customer_id)
-      WHERE o.status = 'refunded'
-        AND o.ordered_at < ({as_of}::date + 1)::timestamp AT TIME ZONE {tz}
-      GROUP BY 1, 2) TO STDOUT (FORMAT binary)
+_REFUNDS = """
+SELECT c.i, (o.ordered_at AT TIME ZONE {tz})::date - {epoch} AS day, count(*)::int AS n
+FROM orders o JOIN run_customers c USING (customer_id)
+WHERE o.status = 'refunded' AND o.ordered_at < ({as_of}::date + 1)::timestamp AT TIME ZONE {tz}
+GROUP BY 1, 2
 """
+_REFUND_COLUMNS = (("int4send(i)", ">i4"), ("int4send(day)", ">i4"), ("int4send(n)", ">i4"))
+
+# Rows leave PostgreSQL as one packed bytea per chunk of customers: a string_agg of fixed-width
+# binary values is four times faster than a binary COPY, which psycopg hands over row by row.
+_PACKED_ROWS_PER_CHUNK = 4_000_000
 
 # Sorts and hashes of a million rows fit in memory with this; the default spills to disk.
 RUN_WORK_MEM = "128MB"
@@ -66,57 +70,50 @@ def _bind(query: str, **values: Any) -> sql.Composed:
     return sql.SQL(query).format(**{k: sql.Literal(v) for k, v in values.items()})
 
 
-def read_binary_copy(cur: psycopg.Cursor, query: sql.Composed,
-                     types: list[str]) -> NDArray[Any]:
-    """Rows of a ``COPY ... TO STDOUT (FORMAT binary)`` of fixed-width, non-null columns.
+def read_packed(cur: psycopg.Cursor, source: sql.Composable,
+                columns: tuple[tuple[str, str], ...], *, customers: int, rows: int,
+                **values: Any) -> NDArray[Any]:
+    """Rows of ``source`` (which has a customer index ``i``) as a structured array.
 
-    ``types`` are the columns' big-endian numpy types (``">i4"``, ``">i8"``, ``">f8"``). Every
-    tuple then has the same width, so the stream is parsed as a structured array, chunk by
-    chunk, with no Python per row.
+    ``columns`` pairs a SQL expression yielding fixed-width binary (``int4send(x)``) with its
+    big-endian numpy type; ``values`` are bound into the expressions and ``source``. The rows
+    come in chunks of customers, about :data:`_PACKED_ROWS_PER_CHUNK` rows each, so no bytea
+    nears PostgreSQL's 1 GB limit.
     """
-    fields: list[tuple[str, str]] = [("n", ">i2")]
-    for k, t in enumerate(types):
-        fields += [(f"l{k}", ">i4"), (f"v{k}", t)]
-    dtype = np.dtype(fields)
-    parts, buffer, header = [], bytearray(), True
-    with cur.copy(query) as copy:
-        for chunk in copy:
-            buffer += chunk
-            if header:
-                if len(buffer) < 19:
-                    continue
-                extension = int.from_bytes(buffer[15:19], "big")
-                del buffer[:19 + extension]
-                header = False
-            whole = len(buffer) // dtype.itemsize * dtype.itemsize
-            if whole:
-                parts.append(np.frombuffer(bytes(buffer[:whole]), dtype=dtype))
-                del buffer[:whole]
-    if buffer not in (bytearray(b"\xff\xff"), bytearray()):
-        raise RuntimeError("unexpected data in a binary COPY of fixed-width columns")
+    dtype = np.dtype([(f"v{k}", t) for k, (_, t) in enumerate(columns)])
+    packed = sql.SQL(" || ").join(
+        sql.SQL(expr).format(**{k: sql.Literal(v) for k, v in values.items()})
+        for expr, _ in columns)
+    step = max(1, -(-customers * _PACKED_ROWS_PER_CHUNK // max(rows, 1)))
+    parts = []
+    for lo in range(0, max(customers, 1), step):
+        row = cur.execute(sql.SQL("SELECT string_agg({packed}, ''::bytea) FROM ({source}) r"
+                                  " WHERE i >= %s AND i < %s").format(
+            packed=packed, source=source), (lo, lo + step)).fetchone()
+        parts.append(np.frombuffer(row[0] if row and row[0] else b"", dtype=dtype))
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 
-def collect_occasions(conn: psycopg.Connection, as_of: date, timezone: str) -> int:
-    """Build ``run_occasions`` and ``run_customers``; return the number of customers."""
+def collect_occasions(conn: psycopg.Connection, as_of: date, timezone: str
+                      ) -> tuple[int, int]:
+    """Build ``run_occasions`` and ``run_customers``; return (customers, occasions)."""
     conn.execute(f"SET LOCAL work_mem = '{RUN_WORK_MEM}'")
-    conn.execute(_bind(_OCCASIONS, tz=timezone, as_of=as_of))
-    conn.execute("CREATE TEMP TABLE run_customers AS"
-                 " SELECT i, customer_id FROM run_occasions WHERE k = 1")
+    rows = conn.execute(_bind(_OCCASIONS, tz=timezone, as_of=as_of)).rowcount
+    customers = conn.execute("CREATE TEMP TABLE run_customers AS"
+                             " SELECT i, customer_id FROM run_occasions WHERE k = 1").rowcount
     conn.execute("ANALYZE run_customers")  # temporary tables are never auto-analysed
-    row = conn.execute("SELECT count(*) FROM run_customers").fetchone()
-    return int(row[0]) if row else 0
+    return max(customers, 0), max(rows, 0)
 
 
-def read_occasions(conn: psycopg.Connection, customers: int) -> Occasions:
+def read_occasions(conn: psycopg.Connection, customers: int, rows: int) -> Occasions:
     """The session's occasions as arrays (without refunds: see :func:`read_refunds`)."""
     with conn.cursor(binary=True) as cur:
-        rows = read_binary_copy(cur, _bind(_READ_OCCASIONS, epoch=EPOCH),
-                                [">i4", ">i4", ">i8", ">i4", ">i4", ">i4"])
+        a = read_packed(cur, sql.SQL("SELECT * FROM run_occasions"), _OCCASION_COLUMNS,
+                        customers=customers, rows=rows, epoch=EPOCH)
     empty = np.empty(0, dtype=np.int32)
-    return Occasions(customer=rows["v0"].astype(np.int32), day=rows["v1"].astype(np.int32),
-                     cents=rows["v2"].astype(np.int64), paid_orders=rows["v3"].astype(np.int32),
-                     channel=rows["v4"].astype(np.int32), bucket=rows["v5"].astype(np.int32),
+    return Occasions(customer=a["v0"].astype(np.int32), day=a["v1"].astype(np.int32),
+                     cents=a["v2"].astype(np.int64), paid_orders=a["v3"].astype(np.int32),
+                     channel=a["v4"].astype(np.int32), bucket=a["v5"].astype(np.int32),
                      customers=customers, refund_customer=empty, refund_day=empty,
                      refund_orders=empty)
 
@@ -124,11 +121,11 @@ def read_occasions(conn: psycopg.Connection, customers: int) -> Occasions:
 def read_refunds(conn: psycopg.Connection, occ: Occasions, as_of: date, timezone: str) -> None:
     """Add the refunded orders per customer and day to ``occ``."""
     with conn.cursor(binary=True) as cur:
-        rows = read_binary_copy(cur, _bind(_READ_REFUNDS, tz=timezone, as_of=as_of,
-                                           epoch=EPOCH), [">i4", ">i4", ">i4"])
-    occ.refund_customer = rows["v0"].astype(np.int32)
-    occ.refund_day = rows["v1"].astype(np.int32)
-    occ.refund_orders = rows["v2"].astype(np.int32)
+        a = read_packed(cur, _bind(_REFUNDS, tz=timezone, as_of=as_of, epoch=EPOCH),
+                        _REFUND_COLUMNS, customers=occ.customers, rows=occ.customer.size)
+    occ.refund_customer = a["v0"].astype(np.int32)
+    occ.refund_day = a["v1"].astype(np.int32)
+    occ.refund_orders = a["v2"].astype(np.int32)
 
 
 def live_partition(conn: psycopg.Connection) -> tuple[int, str] | None:
