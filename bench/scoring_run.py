@@ -39,20 +39,30 @@ def main() -> None:
     dsn, data_dir = fresh_database()
     env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir),
                CRM_CHURN_MODEL=a.churn_model)
-    subprocess.run([sys.executable, "-m", "crm_service", "import", "orders", a.csv, "--json",
-                    "--report", str(data_dir / "rejects.csv")], env=env, check=True,
-                   capture_output=True)
+    t0 = time.perf_counter()
+    imported = subprocess.run([sys.executable, "-m", "crm_service", "import", "orders", a.csv,
+                               "--json", "--report", str(data_dir / "rejects.csv")], env=env,
+                              check=True, capture_output=True, text=True)
+    import_wall = time.perf_counter() - t0
+    import_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE orders")
+        before = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "crm_service", "score", "--as-of", a.as_of,
                           "--json"], env=env, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     run = json.loads(out.stdout)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        after = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     print(f"machine: {machine()}")
+    print(f"import: {import_wall:.1f} s, peak RSS {import_rss:.0f} MB, "
+          f"{json.loads(imported.stdout)}")
+    print(f"database: {before / 2**20:,.0f} MB after the import, {after / 2**20:,.0f} MB after"
+          " the run")
     print(f"| crm-service score, {run['counts']['customers']:,} customers | {wall:.1f} s "
           f"| peak RSS {rss:.0f} MB | selected {run['models']['selected']} |")
     stages = run["counts"].get("stage_seconds", {})

@@ -67,8 +67,10 @@ def cdnow_summary(as_of: str = "1997-09-30", holdout_share: float = 0.25):
         frequency=(n - 1).to_numpy(dtype=float),
         recency=(last - first).dt.days.to_numpy(dtype=float), T=big_t,
         as_of=end.date(),
-        monetary_value=occ[occ["k"] > 0].groupby("cid")["amount"].mean().round(2)
-        .reindex(first.index).fillna(0.0).to_numpy(),
+        # Rounded to the cent half up, as PostgreSQL's round() of the exact mean.
+        monetary_value=np.floor(occ[occ["k"] > 0].assign(c=lambda d: np.round(d["amount"] * 100))
+                                .groupby("cid")["c"].mean().reindex(first.index).fillna(0.0)
+                                .to_numpy() + 0.5) / 100,
         historic_spend=g["amount"].sum().to_numpy(),
         calibration_end=cal_end.date(), in_calibration=mask,
         calibration=RFM((cal_n[mask] - 1).astype(float),
@@ -78,3 +80,29 @@ def cdnow_summary(as_of: str = "1997-09-30", holdout_share: float = 0.25):
         repeats=daily["repeat"].to_numpy(dtype=float),
         firsts=daily["first"].to_numpy(dtype=float),
     )
+
+
+def cdnow_occasions(as_of: str = "1998-06-30"):
+    """The CDNOW orders up to ``as_of`` as the run's occasion arrays (one channel, no refunds).
+
+    Customers are numbered in id order (``cdnow-0001`` ... as the demo loads them); the
+    sample bucket is a fixed function of the number.
+    """
+    from crm_service.scoring.occasions import EPOCH, Occasions
+
+    tx = pd.read_csv(cdnow_sample_path(), sep=r"\s+", header=None,
+                     names=["master", "cid", "date", "qty", "amount"])
+    tx["date"] = pd.to_datetime(tx["date"].astype(str), format="%Y%m%d")
+    tx = tx[tx["date"] <= pd.Timestamp(as_of)]
+    occ = tx.groupby(["cid", "date"], as_index=False).agg(
+        amount=("amount", "sum"), orders=("amount", "size"))
+    index = {cid: i for i, cid in enumerate(sorted(occ["cid"].unique()))}
+    customer = occ["cid"].map(index).to_numpy(np.int32)
+    empty = np.empty(0, dtype=np.int32)
+    return Occasions(
+        customer=customer,
+        day=(occ["date"] - pd.Timestamp(EPOCH)).dt.days.to_numpy(np.int32),
+        cents=np.round(occ["amount"].to_numpy() * 100).astype(np.int64),
+        paid_orders=occ["orders"].to_numpy(np.int32), channel=np.zeros(len(occ), np.int32),
+        bucket=(customer * 40503) % 65536, customers=len(index),
+        refund_customer=empty, refund_day=empty, refund_orders=empty)

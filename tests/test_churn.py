@@ -93,17 +93,6 @@ def test_artifact_with_untrusted_types_is_refused():
         churn_model.loads(data, meta)
 
 
-def test_short_history_uses_the_baseline_and_says_why(cdnow_loaded, settings):
-    result = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30),
-                         churn_horizon_days=180)
-    churn = result.models["churn"]
-    assert churn["used"] == "btyd_baseline"
-    assert "needs 360" in churn["reason"]
-    rows = _scores(cdnow_loaded, result.run_id)
-    assert all(0 <= p <= 1 for p, _ in rows)
-    assert count(cdnow_loaded, "SELECT count(*) FROM churn_models") == 0
-
-
 def test_risk_thresholds_are_configurable(cdnow_loaded, settings):
     custom = dataclasses.replace(settings, churn_risk_medium=0.3, churn_risk_high=0.6)
     result = run_scoring(cdnow_loaded, custom, as_of=date(1997, 9, 30), churn_horizon_days=30)
@@ -172,19 +161,6 @@ def test_training_sample_is_stratified_and_bounded():
     assert rows.size == 100 and y[rows].sum() == 25
     assert np.array_equal(rows, churn_model.sample_rows(y, limit=100))  # deterministic
     assert churn_model.sample_rows(y, limit=5000).size == 1000
-
-
-@pytest.mark.parametrize("policy", ["ml", "baseline"])
-def test_churn_model_policy(cdnow_loaded, settings, policy):
-    forced = dataclasses.replace(settings, churn_model=policy)
-    result = run_scoring(cdnow_loaded, forced, as_of=date(1998, 6, 30))
-    churn = result.models["churn"]
-    assert churn["policy"] == policy
-    assert churn["used"] == ("ml" if policy == "ml" else "btyd_baseline")
-    if policy == "ml":
-        assert "validation" in churn and churn["training_rows"] > 2357
-    else:
-        assert "validation" not in churn and "CRM_CHURN_MODEL=baseline" in churn["reason"]
 
 
 def test_churn_policy_setting_is_validated():

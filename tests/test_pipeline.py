@@ -219,3 +219,87 @@ def test_summary_follows_its_definition():
     cal_n = occ[occ["day"] <= cal].groupby("i").size()
     np.testing.assert_array_equal(s.calibration.frequency, cal_n - 1)
     assert s.repeats.sum() == (n - 1).sum() and s.firsts.sum() == arrays.customers
+
+
+# --- the whole run on the CDNOW occasions, no database ------------------------------------
+
+def _cdnow_run(as_of, config):
+    from crm_service.scoring import occasions
+    from tests.cdnow import cdnow_occasions
+
+    occ = cdnow_occasions(as_of.isoformat())
+    s = occasions.summarize(occ, as_of)
+    inputs = RunInputs(summary=s, previous=PreviousTiers.none(s.size), policy_version=1,
+                       policy=TierPolicy())
+    if churn.wanted(config.churn_model, s.span_days, config.churn_horizon_days):
+        inputs.churn = occasions.churn_inputs(occ, as_of, config.churn_horizon_days,
+                                              s.span_days)
+    return score_base(inputs, config), s
+
+
+def test_occasion_arrays_give_the_summary_of_the_definition():
+    from crm_service.scoring import occasions
+    from tests.cdnow import cdnow_occasions
+
+    got = occasions.summarize(cdnow_occasions("1997-09-30"), date(1997, 9, 30))
+    want = cdnow_summary("1997-09-30")
+    for name in ("frequency", "recency", "T", "monetary_value", "historic_spend",
+                 "in_calibration", "repeats", "firsts"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=1e-9)
+    assert got.days == want.days and got.calibration_end == want.calibration_end
+    np.testing.assert_array_equal(got.calibration.recency, want.calibration.recency)
+
+
+@pytest.mark.parametrize("policy", ["ml", "baseline"])
+def test_churn_model_policy(policy):
+    scored, _ = _cdnow_run(date(1998, 6, 30), RunConfig(churn_model=policy))
+    info = scored.models["churn"]
+    assert info["policy"] == policy
+    assert info["used"] == ("ml" if policy == "ml" else "btyd_baseline")
+    if policy == "ml":
+        assert "validation" in info and info["training_rows"] > 2357
+        assert scored.churn_artifact is not None
+    else:
+        assert "validation" not in info and "CRM_CHURN_MODEL=baseline" in info["reason"]
+        assert scored.churn_artifact is None
+
+
+def test_short_history_uses_the_baseline_and_says_why():
+    scored, _ = _cdnow_run(date(1997, 9, 30), RunConfig(churn_horizon_days=180))
+    info = scored.models["churn"]
+    assert info["used"] == "btyd_baseline" and "needs 360" in info["reason"]
+    p = scored.computed["churn_probability"]
+    assert np.all((p >= 0) & (p <= 1)) and scored.churn_artifact is None
+
+
+def test_tracking_data_is_consistent():
+    scored, _ = _cdnow_run(date(1998, 6, 30), RunConfig(churn_model="baseline"))
+    d = scored.diagnostics
+    actual = d["actual_cumulative"]
+    assert actual == sorted(actual)  # cumulative
+    # All repeat occasions up to as_of: occasions minus customers.
+    assert actual[-1] == scored.counts["occasions"] - scored.counts["customers"]
+    for series in d["predicted_cumulative"].values():
+        assert series == sorted(series) and len(series) == len(actual)
+        # Fitted on 3/4 of the history, the model tracks the total within 15%.
+        assert series[-1] == pytest.approx(actual[-1], rel=0.15)
+
+
+def test_the_previous_runs_fits_only_warm_start_this_one():
+    """Started from the live run's parameters, the fits land on the same optimum."""
+    cold = score_base(_inputs("1998-06-30"), RunConfig(churn_model="baseline"))
+    warm_inputs = _inputs("1998-06-30")
+    warm_inputs.previous_models = cold.models
+    warm = score_base(warm_inputs, RunConfig(churn_model="baseline"))
+    for name in ("bgnbd", "pareto_nbd"):
+        for key in ("params",):
+            for k, v in cold.models[name][key].items():
+                assert warm.models[name][key][k] == pytest.approx(v, rel=1e-4)
+        for k, v in cold.models[name]["holdout"]["calibration_params"].items():
+            assert warm.models[name]["holdout"]["calibration_params"][k] == pytest.approx(
+                v, rel=1e-4)
+    np.testing.assert_allclose(warm.computed["clv_12m"], cold.computed["clv_12m"], rtol=1e-3)
+    # A record of another shape is ignored, not an error.
+    odd = _inputs("1998-06-30")
+    odd.previous_models = {"bgnbd": {"params": {"r": "x"}}, "pareto_nbd": "?"}
+    assert score_base(odd, RunConfig(churn_model="baseline")).counts["customers"] == 2357

@@ -78,12 +78,13 @@ def fit_purchase_models(hist: RFMHistogram,
     return fitted, failed
 
 
-def backtest(summary: Summary
+def backtest(summary: Summary, start: dict[str, PurchaseModelT] | None = None
              ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, PurchaseModelT]]:
     """Backtest both purchase models: fit up to the calibration end, predict the rest.
 
-    Returns the metrics per model, the data behind the diagnostics plots, and the calibration
-    fits (good starting points for the fits on the full history).
+    ``start`` warm-starts the calibration fits (the previous run's). Returns the metrics per
+    model, the data behind the diagnostics plots, and the calibration fits (good starting
+    points for the fits on the full history).
     """
     cal, cal_end, holdout_days = summary.calibration, summary.calibration_end, \
         summary.holdout_days
@@ -103,7 +104,7 @@ def backtest(summary: Summary
     }
     hist, index = compress_with_index(cal.frequency, cal.recency, cal.T)
     # Only the predictions of the calibration fits are used: no standard errors.
-    calibration, _failed = fit_purchase_models(hist, standard_errors=False)
+    calibration, _failed = fit_purchase_models(hist, start, standard_errors=False)
     for name, model in calibration.items():
         predicted = model.conditional_expected_purchases(holdout_days, hist.frequency,
                                                          hist.recency, hist.T)[index]
@@ -114,6 +115,7 @@ def backtest(summary: Summary
             "rmse": float(np.sqrt(np.mean(err ** 2))),
             "actual_repeat_purchases": float(actual.sum()),
             "predicted_repeat_purchases": float(predicted.sum()),
+            "calibration_params": {k: float(v) for k, v in model.params_.items()},
         }
         diagnostics["by_frequency"][name] = _by_frequency(cal.frequency, actual, predicted)
         diagnostics["predicted_cumulative"][name] = _tracking(model, summary.days,

@@ -131,6 +131,9 @@ class RunInputs:
     policy_version: int
     policy: TierPolicy
     churn: ChurnInputs | None = None
+    # The live run's model record: its fits warm-start this run's (a nightly run's data
+    # barely moves, so the optimiser starts next to the optimum). Never changes the optimum.
+    previous_models: dict[str, Any] = field(default_factory=dict)
 
 
 # What a run computes per customer, in summary order. NaN in next_order_days means no expected

@@ -91,14 +91,6 @@ class Occasions:
         return gap
 
     @cached_property
-    def next_day(self) -> NDArray[np.float64]:
-        """Day of the customer's next occasion (inf for the last)."""
-        nxt = np.full(self.day.size, np.inf)
-        nxt[:-1] = self.day[1:]
-        nxt[np.flatnonzero(self.is_first)[1:] - 1] = np.inf
-        return nxt
-
-    @cached_property
     def new_channel(self) -> NDArray[np.bool_]:
         """Whether each row is the first of its customer on its channel."""
         key = (self.customer.astype(np.int64) << 32) | (self.channel.astype(np.int64)
@@ -188,48 +180,49 @@ def churn_raw(occ: Occasions, cutoff: date, horizon: int, *,
 
     count = total()
     present = count > 0 if keep is None else (count > 0) & keep
+    out = np.empty((int(present.sum()), len(RAW_CHURN)), dtype=np.float32)
+
+    def put(name: str, values: NDArray[np.float64]) -> None:
+        # Column by column: ten million customers hold one float64 column at a time.
+        out[:, RAW_CHURN.index(name)] = values[present]
+
     starts = occ.starts
     first = occ.day[starts].astype(np.float64)
     # The last row of each customer's prefix: the prefix is contiguous from `starts`.
     last_row = starts + np.maximum(count.astype(np.intp), 1) - 1
-    last = occ.day[last_row].astype(np.float64)
+    put("frequency", count - 1)
+    put("recency", occ.day[last_row] - first)
+    put("T", cut - first)
     gap = occ.gap
     has_gap = ~np.isnan(gap)
     g0 = np.where(has_gap, gap, 0.0)
-    n_gaps = total(mask=has_gap)
-    s1, s2 = total(g0), total(g0 * g0)
+    n_gaps, s1, s2 = total(mask=has_gap), total(g0), total(g0 * g0)
     with np.errstate(invalid="ignore", divide="ignore"):
         var = (s2 - s1 * s1 / n_gaps) / (n_gaps - 1)
-        std = np.where(n_gaps >= 2, np.sqrt(np.maximum(var, 0.0)), np.nan)
+        put("std_interval", np.where(n_gaps >= 2, np.sqrt(np.maximum(var, 0.0)), np.nan))
+        del g0, n_gaps, s1, s2, var
         max_gap = np.full(n, -np.inf)
         np.maximum.at(max_gap, cp, np.where(has_gap[p], gap[p], -np.inf))
         max_gap[np.isinf(max_gap)] = np.nan
-        last_gap = gap[last_row]
+        put("max_interval", max_gap)
+        put("last_interval", gap[last_row])
         paid = total(occ.paid_orders)
         rp = occ.refund_day <= cut
         refunded = np.bincount(occ.refund_customer[rp], weights=occ.refund_orders[rp],
                                minlength=n).astype(np.float64)
-        cols = {
-            "frequency": count - 1, "recency": last - first, "T": cut - first,
-            "std_interval": std, "last_interval": last_gap, "max_interval": max_gap,
-            "historic_spend": total(occ.cents) / 100.0,
-            "channels": total(mask=occ.new_channel),
-            "first_channel_share": total(mask=occ.on_first_channel) / count,
-            "refund_share": refunded / (paid + refunded),
-            "active_months": total(mask=occ.new_month),
-            "first_spend": occ.cents[starts] / 100.0,
-            "spend_prev_90": total(occ.cents, (occ.day > cut - 180) & (occ.day <= cut - 90))
-            / 100.0,
-            "future": np.bincount(c, weights=(occ.day > cut) & (occ.day <= cut + horizon),
-                                  minlength=n),
-        }
+        put("refund_share", refunded / (paid + refunded))
+        put("first_channel_share", total(mask=occ.on_first_channel) / count)
+    put("historic_spend", total(occ.cents) / 100.0)
+    put("channels", total(mask=occ.new_channel))
+    put("active_months", total(mask=occ.new_month))
+    put("first_spend", occ.cents[starts] / 100.0)
+    put("spend_prev_90", total(occ.cents, (occ.day > cut - 180) & (occ.day <= cut - 90)) / 100.0)
+    put("future", np.bincount(c, weights=(occ.day > cut) & (occ.day <= cut + horizon),
+                              minlength=n).astype(np.float64))
     for window in (30, 90, 180, 365):
         recent = occ.day > cut - window
-        cols[f"occasions_{window}"] = total(mask=recent)
-        cols[f"spend_{window}"] = total(occ.cents, recent) / 100.0
-    out = np.empty((int(present.sum()), len(RAW_CHURN)), dtype=np.float32)
-    for j, name in enumerate(RAW_CHURN):
-        out[:, j] = cols[name][present]
+        put(f"occasions_{window}", total(mask=recent))
+        put(f"spend_{window}", total(occ.cents, recent) / 100.0)
     return out
 
 

@@ -28,6 +28,7 @@ from crm_service.scoring.segmenting import assign_segments
 from models._fitting import ConvergenceError
 from models.clv import customer_lifetime_value, value_deciles
 from models.gamma_gamma import GammaGammaModel
+from models.purchase import PURCHASE_MODELS
 from models.rfm import RFMHistogram, compress_with_index
 
 HORIZONS = (30, 90, 365)
@@ -53,9 +54,10 @@ def score_base(inputs: RunInputs, config: RunConfig) -> ScoredRun:
         since[0] = now
 
     check_history(summary)
-    holdout, diagnostics, calibration = backtest(summary)
+    previous_full, previous_cal = _warm_starts(inputs.previous_models)
+    holdout, diagnostics, calibration = backtest(summary, previous_cal or None)
     hist, index = compress_with_index(summary.frequency, summary.recency, summary.T)
-    fitted, failed = fit_purchase_models(hist, start=calibration)
+    fitted, failed = fit_purchase_models(hist, start={**calibration, **previous_full})
     # The model that predicted the held-out period better (lower MAE) scores customers.
     candidates = [name for name in fitted if name in holdout]
     if not candidates:
@@ -98,6 +100,25 @@ def score_base(inputs: RunInputs, config: RunConfig) -> ScoredRun:
                      labels=labels, policy_version=inputs.policy_version,
                      risk_bands=config.risk_bands, churn_artifact=churn.artifact,
                      stage_seconds=stages)
+
+
+def _warm_starts(models: dict[str, Any]
+                 ) -> tuple[dict[str, PurchaseModelT], dict[str, PurchaseModelT]]:
+    """The previous run's full-history and calibration fits, as starting points."""
+    full: dict[str, PurchaseModelT] = {}
+    cal: dict[str, PurchaseModelT] = {}
+    for name, cls in PURCHASE_MODELS.items():
+        record = models.get(name)
+        if not isinstance(record, dict):
+            continue
+        try:
+            if "params" in record:
+                full[name] = cls.from_params(record["params"])
+            if (record.get("holdout") or {}).get("calibration_params"):
+                cal[name] = cls.from_params(record["holdout"]["calibration_params"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue  # a record of another shape: start cold
+    return full, cal
 
 
 def _finite_or_none(v: float) -> float | None:

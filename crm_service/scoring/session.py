@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from crm_service.scoring import churn, occasions, policies, publishing, summary
+from crm_service.scoring import churn, occasions, policies, publishing, runs, summary
 from crm_service.scoring.inputs import (
     COMPUTED,
     RunConfig,
@@ -124,9 +124,11 @@ class LocalRunSession:
             del occ
             previous = summary.previous_tiers(conn, base.size, as_of)
             version, policy = policies.current_tier_policy(conn)
+            live = runs.active_run(conn)
             self._lap("previous_tiers", started)
         return RunInputs(summary=base, previous=previous, policy_version=version,
-                         policy=TierPolicy.from_dict(policy), churn=churn_inputs)
+                         policy=TierPolicy.from_dict(policy), churn=churn_inputs,
+                         previous_models=(live or {}).get("models") or {})
 
     def write_scores(self, run_id: int, as_of: date, base: Summary,
                      scored: ScoredRun) -> None:
