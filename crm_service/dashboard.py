@@ -26,14 +26,16 @@ SELECT r.id, r.status, r.progress, r.as_of, r.created_at, r.started_at, r.finish
        r.id = st.active_run_id, (r.counts ->> 'customers')::bigint,
        r.models ->> 'selected', r.models -> (r.models ->> 'selected') -> 'holdout',
        r.models -> 'churn' ->> 'used', r.models -> 'churn' -> 'validation' -> 'ml',
-       r.models -> 'churn' -> 'validation' -> 'btyd_baseline', r.tier_policy_version
+       r.models -> 'churn' -> 'validation' -> 'btyd_baseline', r.tier_policy_version,
+       r.scores_retired_at
 FROM scoring_runs r LEFT JOIN scoring_state st ON true
 ORDER BY r.id DESC LIMIT %s
 """
 
 _HISTORY_KEYS = ("run_id", "status", "progress", "as_of", "created_at", "started_at",
                  "finished_at", "error", "live", "customers", "purchase_model", "holdout",
-                 "churn_model", "churn_ml", "churn_baseline", "tier_policy_version")
+                 "churn_model", "churn_ml", "churn_baseline", "tier_policy_version",
+                 "scores_retired_at")
 
 
 def overview(conn: psycopg.Connection) -> dict[str, Any]:

@@ -487,3 +487,17 @@ def test_audit_fields_survive_the_text_log_format():
     record.key_id, record.customer_ref = "k123", "ab12"
     line = TextFormatter().format(record)
     assert line.endswith("console customer viewed key_id=k123 customer_ref=ab12")
+
+
+def test_dashboard_says_which_runs_had_their_scores_retired(demo, settings, client,
+                                                            make_token):
+    import dataclasses
+
+    keep_two = dataclasses.replace(settings, keep_runs=2)
+    for as_of in (date(1998, 4, 30), date(1998, 5, 31), date(1998, 6, 30)):
+        run_scoring(demo, keep_two, as_of=as_of)
+    sign_in(client, make_token("customers:read"))
+    page = client.get("/console/dashboard").text
+    assert page.count("scores retired (retention)") == 1
+    client.get("/console/language/zh-Hans", query_string={"next": "/console/dashboard"})
+    assert "评分明细已按保留策略清理" in client.get("/console/dashboard").text
