@@ -11,14 +11,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from crm_service.config import Settings
 from crm_service.db import DatabaseError, TransactionStatus
 from crm_service.errors import CrmError
 from crm_service.scoring import publishing, retention, runs
 from crm_service.scoring.backtest import InsufficientHistoryError
-from crm_service.scoring.inputs import RunConfig
+from crm_service.scoring.inputs import RunConfig, RunInputs, ScoredRun, Summary
 from crm_service.scoring.pipeline import score_base
 from crm_service.scoring.session import LocalRunSession
 from models._fitting import ConvergenceError
@@ -33,6 +33,32 @@ class ScoringFailedError(CrmError):
     """A scoring run failed; the previous run stays live."""
 
     title = "Scoring run failed"
+
+
+class RunEngine(Protocol):
+    """Where a run's inputs come from and where its scores go (DESIGN.md §3, the two seams).
+
+    :class:`~crm_service.scoring.session.LocalRunSession` reads PostgreSQL and writes the
+    run's partition from this process; an engine on Apache Spark implements the same three
+    calls. Everything between them is :func:`~crm_service.scoring.pipeline.score_base`.
+    """
+
+    stage_seconds: dict[str, float]
+
+    def __enter__(self) -> RunEngine: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None: ...
+
+    def load(self, as_of: date, config: RunConfig) -> RunInputs:
+        """Summary, churn inputs, the live run's tiers and models, the tier policy."""
+
+    def write_scores(self, run_id: int, as_of: date, base: Summary, scored: ScoredRun) -> None:
+        """The run's rows in its own (detached) partition, indexed and analysed."""
+
+
+def local_engine(conn: psycopg.Connection, settings: Settings) -> RunEngine:
+    """The engine of this process: numpy beside PostgreSQL."""
+    return LocalRunSession(conn, settings.timezone, settings.run_statement_timeout_ms)
 
 
 @dataclass
@@ -76,8 +102,7 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     started = time.perf_counter()
     run_id, config = _start(conn, settings, as_of, run_id, churn_horizon_days)
     try:
-        with LocalRunSession(conn, settings.timezone,
-                             settings.run_statement_timeout_ms) as session:
+        with local_engine(conn, settings) as session:
             runs.set_progress(conn, run_id, attempt, "summarising orders")
             inputs = session.load(as_of, config)
             runs.set_progress(conn, run_id, attempt, "fitting models and scoring customers")
