@@ -227,8 +227,10 @@ def main() -> None:
         customers = conn.execute("SELECT count(*) FROM customer_scores s JOIN scoring_state st"
                                  " ON s.run_id = st.active_run_id").fetchone()[0]
         ids = [r[0] for r in conn.execute(
-            "SELECT s.customer_id FROM customer_scores s TABLESAMPLE SYSTEM (5)"
-            " JOIN scoring_state st ON s.run_id = st.active_run_id LIMIT 50000").fetchall()]
+            # Uniform over the whole live run (a TABLESAMPLE SYSTEM page sample is not).
+            "SELECT s.customer_id FROM customer_scores s"
+            " JOIN scoring_state st ON s.run_id = st.active_run_id"
+            " ORDER BY random() LIMIT 50000").fetchall()]
         conn.commit()
     (work / "ids.txt").write_text("\n".join(ids) + "\n")
     port = _free_port()

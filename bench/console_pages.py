@@ -123,9 +123,10 @@ def main() -> None:
         customers = conn.execute("SELECT count(*) FROM customer_scores s JOIN scoring_state st"
                                  " ON s.run_id = st.active_run_id").fetchone()[0]
         rows = conn.execute(
-            "SELECT c.customer_id, c.email, c.phone FROM customer_scores s TABLESAMPLE SYSTEM (1)"
+            # Uniform over the whole live run (a TABLESAMPLE SYSTEM page sample is not).
+            "SELECT c.customer_id, c.email, c.phone FROM customer_scores s"
             " JOIN scoring_state st ON s.run_id = st.active_run_id"
-            " JOIN customers c USING (customer_id) LIMIT 5000").fetchall()
+            " JOIN customers c USING (customer_id) ORDER BY random() LIMIT 5000").fetchall()
         conn.commit()
     random.seed(7)
     port = _free_port()
