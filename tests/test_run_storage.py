@@ -221,3 +221,17 @@ def _settings_for(url):
     from crm_service.config import load_settings
 
     return load_settings({"DATABASE_URL": url})
+
+
+def test_a_retired_run_says_so_over_http(cdnow_loaded, settings, client, make_token):
+    keep_one = dataclasses.replace(settings, keep_runs=1)
+    ids = [run_scoring(cdnow_loaded, keep_one, as_of=d).run_id for d in days(3)]
+    token = {"Authorization": f"Bearer {make_token('scores:read')}"}
+    old = client.get(f"/v1/scoring-runs/{ids[0]}", headers=token).json
+    assert old["status"] == "succeeded" and old["scores_retired_at"] is not None
+    assert old["counts"]["customers"] == 2357 and old["models"]["selected"]
+    live = client.get(f"/v1/scoring-runs/{ids[2]}", headers=token).json
+    assert live["scores_retired_at"] is None and live["previous_run_id"] == ids[1]
+    # Its plots are still served.
+    assert client.get(f"/v1/scoring-runs/{ids[0]}/plots/tracking.svg",
+                      headers=token).status_code == 200
