@@ -409,6 +409,12 @@ def maintenance(ctx: Context, as_json: bool) -> None:
         return
     s = ctx.settings
     rule = f"keep the newest {s.keep_runs} runs, none older than {s.keep_run_days} days"
+    if report.busy:
+        click.echo("another retention pass is running (a worker after its run?); nothing done")
+        return
+    if report.deferred:
+        click.echo(f"runs {_ids(report.deferred)} are due but a reader held them; the next "
+                   "pass retires them")
     if report.retired:
         click.echo(f"retired the score rows of runs {_ids(report.retired)} ({rule}); their "
                    "records, models and plots stay")

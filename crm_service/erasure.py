@@ -89,8 +89,9 @@ def erase(conn: psycopg.Connection, settings: Settings, customer_id: str) -> dic
         run("orders", "DELETE FROM orders WHERE customer_id = %(c)s")
         run("identities", "DELETE FROM customer_identities WHERE customer_id = %(c)s")
         run("profile", "DELETE FROM customers WHERE customer_id = %(c)s")
-        run("scores", "DELETE FROM customer_scores WHERE customer_id = %(c)s"
-                      " AND run_id IN (SELECT id FROM scoring_runs)")
+        from crm_service.scoring.publishing import erase_customer_scores
+
+        removed["scores"] = erase_customer_scores(conn, customer_id)
         run("tier_transitions", "DELETE FROM tier_transitions WHERE customer_id = %(c)s")
         run("webhook_deliveries",
             "DELETE FROM webhook_deliveries WHERE event_id IN"

@@ -235,3 +235,81 @@ def test_a_retired_run_says_so_over_http(cdnow_loaded, settings, client, make_to
     # Its plots are still served.
     assert client.get(f"/v1/scoring-runs/{ids[0]}/plots/tracking.svg",
                       headers=token).status_code == 200
+
+
+def test_a_long_reader_defers_one_run_and_the_next_pass_retires_it(cdnow_loaded, settings,
+                                                                     dsn):
+    """Review finding: a reader of an old run must not break retention (or erasure)."""
+    from crm_service import erasure
+
+    ids = [run_scoring(cdnow_loaded, settings, as_of=d).run_id for d in days(3)]
+    before = cdnow_loaded.execute("SHOW statement_timeout").fetchone()[0]
+    cdnow_loaded.commit()
+    quick = dataclasses.replace(settings, keep_runs=1, run_statement_timeout_ms=1000)
+    reader = psycopg.connect(dsn)  # an export still reading the oldest run
+    reader.execute(f"SELECT count(*) FROM customer_scores WHERE run_id = {ids[0]}")
+    other = psycopg.connect(dsn)
+    assert other.execute("SELECT pg_try_advisory_lock(%s)",
+                         (retention._RETENTION_LOCK,)).fetchone()[0]
+    busy = retention.apply_retention(cdnow_loaded, quick)
+    assert busy.busy and busy.retired == []  # one pass at a time
+    other.close()
+    report = retention.apply_retention(cdnow_loaded, quick)
+    assert report.deferred == [ids[0]] and report.retired == []  # ids[1] is protected
+    assert cdnow_loaded.execute("SHOW statement_timeout").fetchone()[0] == before
+    cdnow_loaded.rollback()
+    # Erasure reaches the half-detached partition too.
+    assert q(cdnow_loaded, f"SELECT count(*) FROM customer_scores_r{ids[0]}"
+                           " WHERE customer_id = 'cdnow-0042'") == [(1,)]
+    cdnow_loaded.commit()
+    reader.close()
+    erasure.erase(cdnow_loaded, settings, "cdnow-0042")
+    for run_id in ids:
+        assert q(cdnow_loaded, f"SELECT count(*) FROM customer_scores_r{run_id}"
+                               " WHERE customer_id = 'cdnow-0042'") == [(0,)]
+    cdnow_loaded.commit()
+    again = retention.apply_retention(cdnow_loaded, quick)
+    assert again.retired == [ids[0]] and again.deferred == []
+    assert partitions(cdnow_loaded) == [(i, True) for i in ids[1:]]
+
+
+def test_an_erasure_that_started_before_the_run_is_not_published_again(
+        cdnow_loaded, settings, dsn):
+    """Review finding: an erasure waiting on a publish commits after the run read the orders."""
+    import threading
+    import time
+    import unittest.mock
+
+    from crm_service import erasure
+
+    run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 29))
+    holder = psycopg.connect(dsn)
+    holder.execute("SELECT 1 FROM scoring_state FOR UPDATE")  # a publish in progress
+    done = threading.Event()
+
+    def erase():
+        with psycopg.connect(dsn) as c:
+            erasure.erase(c, settings, "cdnow-0042")
+        done.set()
+
+    t = threading.Thread(target=erase)
+    t.start()
+    time.sleep(0.5)  # the erasure has started and waits for the lock
+    from crm_service.scoring.session import LocalRunSession
+
+    real_write = LocalRunSession.write_scores
+
+    def release_then_write(self, *args, **kwargs):
+        # The other publish ends after this run read the orders: the erasure commits now,
+        # before this run's table exists, so only publishing can still leave the customer out.
+        holder.commit()
+        assert done.wait(10)
+        return real_write(self, *args, **kwargs)
+
+    with unittest.mock.patch.object(LocalRunSession, "write_scores", release_then_write):
+        live = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30)).run_id
+    t.join(10)
+    holder.close()
+    assert done.is_set()
+    assert q(cdnow_loaded, f"SELECT count(*) FROM customer_scores_r{live}"
+                           " WHERE customer_id = 'cdnow-0042'") == [(0,)]

@@ -2,7 +2,8 @@
 -- Per-run storage: customer_scores becomes a table partitioned by run (LIST on run_id), one
 -- partition per published run, named customer_scores_r<run id>. A run writes its partition
 -- before publishing; publishing attaches it and switches the pointer in one transaction;
--- retention drops whole partitions. Every existing run's rows move to their own partition.
+-- retention drops whole partitions. Every existing run's rows move to their own partition
+-- (rows whose run_id has no run record, unreachable by any reader, are not carried over).
 -- The key leads with customer_id: a lookup that cannot prune partitions (the run id comes from
 -- a join) probes each partition's index instead of scanning it, and erasure finds a customer's
 -- rows in every run the same way.

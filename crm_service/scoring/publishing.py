@@ -61,6 +61,28 @@ def drop_unpublished_partition(conn: psycopg.Connection, run_id: int) -> None:
             f"DROP TABLE {sql.Identifier(name).as_string(conn)}")))
 
 
+def score_tables(conn: psycopg.Connection) -> list[str]:
+    """Every run's score table, attached, half-detached or never attached."""
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        " AND c.relname ~ '^customer_scores_r[0-9]+$' ORDER BY c.relname").fetchall()]
+
+
+def erase_customer_scores(conn: psycopg.Connection, customer_id: str) -> int:
+    """Delete a customer's rows from every score table; return how many went.
+
+    Table by table rather than through the parent: a partition whose detach is pending, or a
+    run's table not attached yet, is not reached through ``customer_scores``. The caller holds
+    the ``scoring_state`` lock, so no run publishes meanwhile.
+    """
+    removed = 0
+    for name in score_tables(conn):
+        removed += conn.execute(sql.SQL("DELETE FROM {} WHERE customer_id = %s").format(
+            sql.Identifier(name)), (customer_id,)).rowcount
+    return removed
+
+
 def binary_copy(columns: dict[str, NDArray[np.float64]],
                 chunk: int = 100_000) -> Iterator[bytes]:
     """PostgreSQL binary COPY data for (i int4, one float8 per column), built with numpy.
@@ -124,6 +146,12 @@ ORDER BY d.customer_id
 """
 
 
+def _exists(cur: psycopg.Cursor, name: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
             scored: ScoredRun, *, ref_params: dict[str, bytes] | None = None) -> int | None:
     """Attach the run's written partition and make it the live run, in one transaction.
@@ -149,16 +177,21 @@ def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
         cur.execute("SELECT active_run_id FROM scoring_state FOR UPDATE")
         live = cur.fetchone()
         previous_run = live[0] if live else None
-        # Erasures wait for this lock; those since the run started must not come back.
+        # Erasures wait for this lock; those the run's snapshot may not have seen must not come
+        # back. erased_at is the erasure's start, and an erasure that started before the run
+        # may commit after the run read the orders (it waits for this very lock): a day's
+        # margin covers any erasure transaction (each statement is bounded by the API's
+        # timeout). Then the customers no longer held are dropped from the new partition.
         cur.execute("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
-                    " WHERE r.id = %s AND e.erased_at >= r.started_at)", (run_id,))
+                    " WHERE r.id = %s AND e.erased_at >= r.started_at - interval '1 day')",
+                    (run_id,))
         if cur.fetchone()[0]:  # type: ignore[index]
             cur.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM customers c"
                                 " WHERE c.customer_id = s.customer_id)").format(part))
         cur.execute(f"SET LOCAL work_mem = '{RUN_WORK_MEM}'")
         cur.execute(sql.SQL("ALTER TABLE customer_scores ATTACH PARTITION {} FOR VALUES IN ({})")
                     .format(part, sql.Literal(int(run_id))))
-        if previous_run is not None:
+        if previous_run is not None and _exists(cur, partition_name(previous_run)):
             from crm_service.erasure import ref_sql
 
             ref = ref_sql("d.customer_id") if ref_params else "NULL::bytea"

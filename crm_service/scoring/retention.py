@@ -38,6 +38,8 @@ class RetentionReport:
     retired: list[int] = field(default_factory=list)
     orphans_dropped: list[int] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)  # due, but a reader held them: next pass
+    busy: bool = False  # another pass was running: this one did nothing
 
 
 def runs_to_retire(conn: psycopg.Connection, keep_runs: int, keep_days: int,
@@ -59,23 +61,61 @@ def runs_to_retire(conn: psycopg.Connection, keep_runs: int, keep_days: int,
     return [int(r[0]) for r in rows if r[1]], [int(r[0]) for r in rows if not r[1]]
 
 
+# One pass at a time (the worker after a run, `crm-service score`, `maintenance`): a second
+# pass would try to detach a partition whose detach the first has started.
+_RETENTION_LOCK = 0x43524D5245544E  # "CRMRETN"
+
+
 def apply_retention(conn: psycopg.Connection, settings: Settings,
                     now: datetime | None = None) -> RetentionReport:
     """Retire the score rows of runs past retention; drop leftovers of unpublished runs.
 
-    ``conn`` must be idle: detaching concurrently runs outside a transaction.
+    ``conn`` must be idle: detaching concurrently runs outside a transaction. The pass has
+    the run's statement bound (``CRM_RUN_STATEMENT_TIMEOUT_MS``), not the API's: a detach waits
+    for every reader of the old run (a long CSV export, say). A partition that cannot be
+    detached now is left for the next pass, which finishes it; the others go on.
     """
     report = RetentionReport()
-    _finish_pending_detaches(conn)
-    retire, report.kept = runs_to_retire(conn, settings.keep_runs, settings.keep_run_days, now)
+    got = conn.execute("SELECT pg_try_advisory_lock(%s), current_setting('statement_timeout')",
+                       (_RETENTION_LOCK,)).fetchone()
     conn.commit()
-    for run_id in retire:
-        _retire(conn, run_id)
-        report.retired.append(run_id)
-        log.info("scoring run %s: score rows retired (retention)", run_id)
-    report.orphans_dropped = _drop_orphans(conn)
-    conn.commit()
+    if not got or not got[0]:
+        report.busy = True
+        return report
+    saved = got[1]
+    try:
+        conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                     (str(settings.run_statement_timeout_ms),))
+        conn.commit()
+        _finish_pending_detaches(conn, report)
+        retire, report.kept = runs_to_retire(conn, settings.keep_runs,
+                                             settings.keep_run_days, now)
+        conn.commit()
+        for run_id in retire:
+            try:
+                _retire(conn, run_id)
+            except psycopg.Error as exc:
+                _reset(conn)
+                report.deferred.append(run_id)
+                log.warning("scoring run %s: score rows not retired now (%s); the next pass"
+                            " retries", run_id, exc.diag.message_primary or exc)
+                continue
+            report.retired.append(run_id)
+            log.info("scoring run %s: score rows retired (retention)", run_id)
+        report.kept = sorted(set(report.kept) | set(report.deferred))
+        report.orphans_dropped = _drop_orphans(conn)
+    finally:
+        _reset(conn)
+        conn.execute("SELECT set_config('statement_timeout', %s, false),"
+                     " pg_advisory_unlock(%s)", (saved, _RETENTION_LOCK))
+        conn.commit()
     return report
+
+
+def _reset(conn: psycopg.Connection) -> None:
+    conn.autocommit = False
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()
 
 
 def _autocommit(conn: psycopg.Connection, statement: sql.Composed) -> None:
@@ -107,15 +147,20 @@ def _retire(conn: psycopg.Connection, run_id: int) -> None:
                      (run_id,))
 
 
-def _finish_pending_detaches(conn: psycopg.Connection) -> None:
+def _finish_pending_detaches(conn: psycopg.Connection, report: RetentionReport) -> None:
     """Finalize detaches that were interrupted (their partition is half-detached)."""
     pending = [r[0] for r in conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = 'customer_scores'::regclass AND i.inhdetachpending").fetchall()]
     conn.commit()
     for name in pending:
-        _autocommit(conn, sql.SQL("ALTER TABLE customer_scores DETACH PARTITION {}"
-                                  " FINALIZE").format(sql.Identifier(name)))
+        try:
+            _autocommit(conn, sql.SQL("ALTER TABLE customer_scores DETACH PARTITION {}"
+                                      " FINALIZE").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            _reset(conn)
+            log.warning("%s: detach not finished now (%s); the next pass retries", name,
+                        exc.diag.message_primary or exc)
 
 
 def _drop_orphans(conn: psycopg.Connection) -> list[int]:

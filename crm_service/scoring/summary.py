@@ -129,10 +129,11 @@ def read_refunds(conn: psycopg.Connection, occ: Occasions, as_of: date, timezone
 
 
 def live_partition(conn: psycopg.Connection) -> tuple[int, str] | None:
-    """The live run's id and the name of its score partition, or None before the first run."""
-    row = conn.execute("SELECT active_run_id FROM scoring_state").fetchone()
-    if row is None or row[0] is None:
-        return None
+    """The live run's id and the name of its score partition, or None when there is none."""
+    row = conn.execute("SELECT active_run_id, to_regclass('customer_scores_r' || active_run_id)"
+                       " IS NOT NULL FROM scoring_state").fetchone()
+    if row is None or row[0] is None or not row[1]:
+        return None  # no run yet, or (a migrated database) a live run without score rows
     return int(row[0]), partition_name(int(row[0]))
 
 
