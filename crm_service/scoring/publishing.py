@@ -32,9 +32,7 @@ def create_partition(conn: psycopg.Connection, run_id: int) -> sql.Identifier:
     filled in one transaction is written without WAL.
     """
     part = sql.Identifier(partition_name(run_id))
-    attached = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid ="
-                            " to_regclass(%s))", (partition_name(run_id),)).fetchone()
-    if attached and attached[0]:
+    if is_attached(conn, partition_name(run_id)):
         raise RuntimeError(f"run {run_id} already has a published partition")
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(part))
     conn.execute(sql.SQL("CREATE TABLE {part} (LIKE customer_scores INCLUDING DEFAULTS"
@@ -54,11 +52,15 @@ def finish_partition(conn: psycopg.Connection, run_id: int) -> None:
 def drop_unpublished_partition(conn: psycopg.Connection, run_id: int) -> None:
     """Drop a run's score table if it exists and was never attached (a failed attempt)."""
     name = partition_name(run_id)
-    conn.execute(sql.SQL(
-        "DO $$ BEGIN IF to_regclass({name}) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
-        " pg_inherits WHERE inhrelid = to_regclass({name})) THEN EXECUTE {drop}; END IF;"
-        " END $$").format(name=sql.Literal(name), drop=sql.Literal(
-            f"DROP TABLE {sql.Identifier(name).as_string(conn)}")))
+    if not is_attached(conn, name):
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def is_attached(conn: psycopg.Connection, name: str) -> bool:
+    """Whether score table ``name`` is a partition of ``customer_scores`` (or half-detached)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits"
+                       " WHERE inhrelid = to_regclass(%s))", (name,)).fetchone()
+    return bool(row and row[0])
 
 
 def score_tables(conn: psycopg.Connection) -> list[str]:

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from crm_service.config import Settings
+from crm_service.scoring.publishing import is_attached, score_tables
 from crm_service.scoring.summary import partition_name
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,10 @@ def _autocommit(conn: psycopg.Connection, statement: sql.Composed) -> None:
         conn.autocommit = False
 
 
-def _attached(conn: psycopg.Connection, name: str) -> bool:
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits"
-                       " WHERE inhrelid = to_regclass(%s))", (name,)).fetchone()
-    return bool(row and row[0])  # the caller ends the transaction
-
-
 def _retire(conn: psycopg.Connection, run_id: int) -> None:
     name = partition_name(run_id)
     part = sql.Identifier(name)
-    attached = _attached(conn, name)
+    attached = is_attached(conn, name)
     conn.commit()
     if attached:
         _autocommit(conn, sql.SQL("ALTER TABLE customer_scores DETACH PARTITION {}"
@@ -165,12 +160,9 @@ def _finish_pending_detaches(conn: psycopg.Connection, report: RetentionReport) 
 
 def _drop_orphans(conn: psycopg.Connection) -> list[int]:
     """Drop detached score tables whose run is not running (it failed or died unpublished)."""
-    rows = conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
-        " AND c.relname ~ '^customer_scores_r[0-9]+$' AND NOT c.relispartition").fetchall()
+    names = [name for name in score_tables(conn) if not is_attached(conn, name)]
     conn.commit()
-    candidates = {int(m.group(1)): r[0] for r in rows if (m := _PARTITION.match(r[0]))}
+    candidates = {int(m.group(1)): name for name in names if (m := _PARTITION.match(name))}
     dropped = []
     for run_id, name in sorted(candidates.items()):
         with conn.transaction():
@@ -178,7 +170,7 @@ def _drop_orphans(conn: psycopg.Connection) -> list[int]:
                                   (run_id,)).fetchone()
             if status is not None and status[0] in ("running", "queued"):
                 continue  # a run still writing its partition
-            if _attached(conn, name):
+            if is_attached(conn, name):
                 continue  # published meanwhile
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
             if status is not None and status[0] == "succeeded":

@@ -89,13 +89,16 @@ class LocalRunSession:
             return
         if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             self.conn.rollback()
-        for table in TEMP_TABLES:
-            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(
-                sql.Identifier(table)))
+        self._drop_temp_tables()
         if self._saved_timeout is not None:
             self.conn.execute("SELECT set_config('statement_timeout', %s, false)",
                               (self._saved_timeout,))
         self.conn.commit()
+
+    def _drop_temp_tables(self) -> None:
+        for table in TEMP_TABLES:
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(
+                sql.Identifier(table)))
 
     def _lap(self, name: str, since: float) -> float:
         now = time.perf_counter()
@@ -108,9 +111,7 @@ class LocalRunSession:
         started = time.perf_counter()
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            for table in TEMP_TABLES:
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(
-                    sql.Identifier(table)))
+            self._drop_temp_tables()  # an earlier run's, if this session ran one
             customers, rows = summary.collect_occasions(conn, as_of, tz)
             started = self._lap("occasions", started)
             occ = summary.read_occasions(conn, customers, rows)
