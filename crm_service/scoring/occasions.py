@@ -52,8 +52,11 @@ class Occasions:
     refund_orders: NDArray[np.int32]
 
     def __post_init__(self) -> None:
-        order = np.lexsort((self.day, self.customer))
-        if not np.all(order[1:] > order[:-1]):  # the reader's order is not guaranteed
+        # The reader's order is not guaranteed, but it is nearly always already (customer,
+        # day): check in one pass and sort only when needed.
+        key = (self.customer.astype(np.int64) << 32) + (self.day.astype(np.int64) + 2**31)
+        if key.size > 1 and not np.all(key[1:] > key[:-1]):
+            order = np.argsort(key, kind="stable")
             for name in ("customer", "day", "cents", "paid_orders", "channel", "bucket"):
                 setattr(self, name, getattr(self, name)[order])
 
