@@ -25,7 +25,8 @@ _MODELS = {
 }
 
 RUN = {
-    "run_id": 12, "status": "succeeded", "progress": "published", "as_of": "1998-06-30",
+    "run_id": 12, "status": "succeeded", "dry_run": False, "allow_stale": False,
+    "progress": "published", "as_of": "1998-06-30",
     "time_unit": "days", "timezone": "UTC", "churn_horizon_days": 90,
     "created_at": "2026-11-22T02:00:00+00:00", "started_at": "2026-11-22T02:00:01+00:00",
     "finished_at": "2026-11-22T02:00:07+00:00", "error": None, "previous_run_id": 11,
@@ -38,6 +39,22 @@ RUN = {
 
 QUEUED_RUN = {**RUN, "status": "queued", "progress": None, "started_at": None,
               "finished_at": None, "counts": None, "models": None, "previous_run_id": None}
+
+RUN_LIST = {
+    "items": [{
+        "run_id": 12, "status": "succeeded", "dry_run": False, "live": True,
+        "as_of": "1998-06-30", "created_at": "2026-11-22T02:00:00+00:00",
+        "started_at": "2026-11-22T02:00:01+00:00", "finished_at": "2026-11-22T02:00:07+00:00",
+        "seconds": 6.2, "customers": 2357, "selected_model": "bgnbd", "holdout_mae": 0.61,
+        "churn": {"used": "ml", "reason": "the ML model validated better (Brier 0.0881 vs "
+                  "0.0900)", "horizon_days": 90,
+                  "validation": {"ml": {"roc_auc": 0.83, "brier": 0.0881},
+                                 "btyd_baseline": {"roc_auc": 0.8, "brier": 0.09}}},
+        "stage_seconds": {"summary": 0.4, "fits": 1.9, "churn": 2.1, "publish": 0.3},
+        "scores_kept": True, "scores_retired_at": None, "previous_run_id": 11, "error": None,
+        "dry_run_report": None}],
+    "next_cursor": "cnVuOjEy",
+}
 
 PREDICTIONS = {
     "run_id": 12, "model": "bgnbd", "time_unit": "days",

@@ -8,6 +8,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from crm_service.audience import SORTS
 from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
+from crm_service.scoring.runs import RUN_STATUSES
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
     "invalid": "must be a string", "null": "must not be null", "required": "required"}
@@ -16,6 +17,15 @@ _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
 def _text(**kwargs) -> fields.String:
     """A string field whose type errors read like the service's own."""
     return fields.String(error_messages=_MESSAGES, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON true or false, nothing else (not 1, "yes" or "true")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
 
 
 class AmountField(fields.Field):
@@ -124,13 +134,36 @@ class ScoringRunRequestSchema(Schema):
         strict=True, validate=validate.Range(min=MIN_CHURN_HORIZON, max=MAX_CHURN_HORIZON),
         metadata={"example": 90, "description": "churn = no purchase in the next H days; "
                                                 "default CRM_CHURN_HORIZON_DAYS (90)"})
+    dry_run = StrictBoolean(load_default=False, metadata={
+        "description": "compute everything and report what publishing would do (counts, the "
+                       "tier transition matrix against the live run, events per type) without "
+                       "publishing: no event, no tier history, the live run stays live"})
+    allow_stale = StrictBoolean(load_default=False, metadata={
+        "description": "score as of a day more than CRM_MAX_STALE_DAYS (30) after the newest "
+                       "paid order (refused otherwise: the whole base would look lapsed)"})
+
+
+class RunListQuerySchema(Schema):
+    """Filters and paging of the run list."""
+
+    status = fields.String(validate=validate.OneOf(RUN_STATUSES))
+    dry_run = fields.Boolean(metadata={"description": "only dry runs (true) or only real ones"})
+    cursor = fields.String(validate=validate.Length(max=200), metadata={
+        "description": "next_cursor of the previous page"})
+    limit = fields.Integer(load_default=20, strict=False,
+                           validate=validate.Range(min=1, max=100))
 
 
 class RunSchema(Schema):
     """A scoring run and its fitted models (time unit: days)."""
 
     run_id = fields.Integer()
-    status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "failed"]})
+    status = fields.String(metadata={"enum": list(RUN_STATUSES)})
+    dry_run = fields.Boolean(metadata={
+        "description": "a dry run: computed and reported (counts.dry_run), never published"})
+    allow_stale = fields.Boolean()
+    notice = fields.String(metadata={
+        "description": "how as_of was chosen, when it was not given (only in the 202 answer)"})
     progress = fields.String(allow_none=True, metadata={"example": "fitting models"})
     started_at = fields.String(allow_none=True)
     as_of = fields.String(metadata={"example": "1998-06-30"})
@@ -153,6 +186,42 @@ class RunSchema(Schema):
                        " gamma_gamma: params p, q, v; churn: used (ml or btyd_baseline), reason,"
                        " validation metrics (roc_auc, brier, ece, top_decile_lift) of both,"
                        " risk_thresholds"})
+
+
+class ListedRunSchema(Schema):
+    """One run in the run list."""
+
+    run_id = fields.Integer()
+    status = fields.String(metadata={"enum": list(RUN_STATUSES)})
+    dry_run = fields.Boolean()
+    live = fields.Boolean(metadata={"description": "the run readers see now"})
+    as_of = fields.String()
+    created_at = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    seconds = fields.Float(allow_none=True, metadata={"description": "started to finished"})
+    customers = fields.Integer(allow_none=True)
+    selected_model = fields.String(allow_none=True, metadata={"example": "pareto_nbd"})
+    holdout_mae = fields.Float(allow_none=True, metadata={
+        "description": "the selected purchase model's holdout MAE (purchases per customer)"})
+    churn = fields.Dict(allow_none=True, metadata={
+        "description": "used (ml or btyd_baseline), reason, horizon_days, validation metrics"})
+    stage_seconds = fields.Dict(allow_none=True)
+    scores_kept = fields.Boolean(metadata={
+        "description": "whether the run's score rows are still stored (retention drops them; "
+                       "a dry run never keeps them)"})
+    scores_retired_at = fields.String(allow_none=True)
+    previous_run_id = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    dry_run_report = fields.Dict(allow_none=True, metadata={
+        "description": "a dry run's report: events per type publishing would have emitted"})
+
+
+class RunListSchema(Schema):
+    """A page of runs, newest first."""
+
+    items = fields.List(fields.Nested(ListedRunSchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 class PredictionCaseSchema(Schema):

@@ -1,7 +1,8 @@
-"""Scoring runs and the live models: ``GET /v1/models/active``, ``GET /v1/scoring-runs/{id}``."""
+"""Scoring runs and the live models: ``GET /v1/models/active``, ``/v1/scoring-runs``."""
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,8 @@ from api.schemas import (
     AudienceQuerySchema,
     CustomerScoresSchema,
     PredictionRequestSchema,
+    RunListQuerySchema,
+    RunListSchema,
     RunSchema,
     ScoringRunRequestSchema,
 )
@@ -25,7 +28,7 @@ from crm_service import audience
 from crm_service.errors import NotFoundError, ValidationError
 from crm_service.plots import PLOTS, run_plot
 from crm_service.predictions import predict
-from crm_service.scoring import reads, runs
+from crm_service.scoring import dates, reads, runs
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
 
@@ -57,34 +60,108 @@ class ActiveModels(MethodView):
 
 @blp.route("/scoring-runs")
 class ScoringRuns(MethodView):
-    """Request a scoring run; a worker executes it."""
+    """Request a scoring run (a worker executes it); list runs."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(RunListQuerySchema, location="query")
+    @blp.response(200, RunListSchema, example=examples.RUN_LIST)
+    @blp.alt_response(422, description="an unknown status, a limit out of range, a bad cursor")
+    @require("scores:read")
+    def get(self, query):
+        """Runs, newest first, ``limit`` per page (≤ 100), optionally by status or dry run.
+
+        Each with its status, as_of, customers, selected model and holdout MAE, churn model
+        and its validation, stage timings, whether it is live and whether its scores are still
+        kept (``scores_kept``). Follow ``next_cursor`` for older runs.
+        """
+        before = _decode_run_cursor(query["cursor"]) if query.get("cursor") else None
+        limit = query["limit"]
+        with services().reader.connection() as conn:
+            rows = runs.list_runs(conn, status=query.get("status"), dry_run=query.get("dry_run"),
+                                  before=before, limit=limit + 1)
+        more = len(rows) > limit
+        items = [_listed(r) for r in rows[:limit]]
+        return {"items": items,
+                "next_cursor": _encode_run_cursor(items[-1]["run_id"]) if more else None}
 
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.arguments(ScoringRunRequestSchema, required=False,
-                   example={"as_of": "1998-06-30", "churn_horizon_days": 90})
+                   example={"as_of": "1998-06-30", "churn_horizon_days": 90, "dry_run": True})
     @blp.response(202, RunSchema, example=examples.QUEUED_RUN, headers={
         "Location": {"schema": {"type": "string"}, "description": "the run's URL"}})
-    @blp.alt_response(422, description="as_of in the future")
+    @blp.alt_response(422, description="as_of in the future, or more than CRM_MAX_STALE_DAYS "
+                                       "after the newest paid order (without allow_stale)")
     @require("runs:write")
     def post(self, body):
-        """Queue a full scoring run as of ``as_of`` (default: today in CRM_TIMEZONE).
+        """Queue a full scoring run as of ``as_of``, or a dry run of one.
 
-        Poll the returned URL: status goes queued, running (with progress), then succeeded
-        (published atomically) or failed (with the reason; the previous run stays live).
+        Default ``as_of``: today in CRM_TIMEZONE, or the day of the newest paid order when that
+        is before yesterday (``notice`` says so). A run more than CRM_MAX_STALE_DAYS after the
+        newest paid order is refused (422) unless ``allow_stale`` is true. With ``dry_run``
+        the run computes everything and reports (``counts.dry_run``: events per type;
+        ``counts.tier_transition_matrix``) without publishing. Poll the returned URL: status
+        goes queued, running (with progress), then succeeded (published atomically, or for a
+        dry run reported) or failed (with the reason; the previous run stays live).
         """
         svc = services()
         today = datetime.now(svc.settings.zone).date()
-        as_of = body.get("as_of") or today
-        if as_of > today:
-            raise ValidationError(f"as_of {as_of} is in the future (today is {today})")
+        body = body or {}
+        allow_stale = bool(body.get("allow_stale"))
         with svc.pool.connection() as conn:
+            chosen = dates.choose_as_of(conn, svc.settings, body.get("as_of"), today,
+                                        allow_stale=allow_stale)
             run_id = runs.create_run(
-                conn, as_of, svc.settings.timezone, status="queued",
+                conn, chosen.as_of, svc.settings.timezone, status="queued",
                 churn_horizon_days=body.get("churn_horizon_days")
-                or svc.settings.churn_horizon_days)
+                or svc.settings.churn_horizon_days,
+                dry_run=bool(body.get("dry_run")), allow_stale=allow_stale)
             run = runs.run_record(conn, run_id)
         assert run is not None
-        return _jsonable(run), 202, {"Location": url_for("scoring.ScoringRun", run_id=run_id)}
+        answer = _jsonable(run)
+        if chosen.notice:
+            answer["notice"] = chosen.notice
+        return answer, 202, {"Location": url_for("scoring.ScoringRun", run_id=run_id)}
+
+
+def _encode_run_cursor(run_id: int) -> str:
+    return base64.urlsafe_b64encode(f"run:{run_id}".encode()).decode().rstrip("=")
+
+
+def _decode_run_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind != "run" or not value.isdigit():
+            raise ValueError(text)
+        return int(value)
+    except ValueError:
+        raise ValidationError("cursor: not a cursor this API returned") from None
+
+
+def _listed(row: dict[str, Any]) -> dict[str, Any]:
+    """One run of the list: the record's summary, churn model reduced to what was used."""
+    r = _jsonable(row)
+    churn = r.pop("churn") or {}
+    used = churn.get("used")
+    return {
+        "run_id": r["id"], "status": r["status"], "dry_run": r["dry_run"], "live": r["live"],
+        "as_of": r["as_of"], "created_at": r["created_at"], "started_at": r["started_at"],
+        "finished_at": r["finished_at"],
+        "seconds": _seconds(row["started_at"], row["finished_at"]),
+        "customers": r["customers"], "selected_model": r["selected_model"],
+        "holdout_mae": r["holdout_mae"],
+        "churn": {"used": used, "reason": churn.get("reason"),
+                  "horizon_days": r["churn_horizon_days"],
+                  "validation": churn.get("validation")} if churn else None,
+        "stage_seconds": r["stage_seconds"],
+        "scores_kept": r["status"] == "succeeded" and r["scores_retired_at"] is None,
+        "scores_retired_at": r["scores_retired_at"], "previous_run_id": r["previous_run_id"],
+        "error": r["error"], "dry_run_report": r["dry_run_report"],
+    }
+
+
+def _seconds(started: datetime | None, finished: datetime | None) -> float | None:
+    return round((finished - started).total_seconds(), 3) if started and finished else None
 
 
 @blp.route("/scoring-runs/<int:run_id>")

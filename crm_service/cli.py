@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import date, datetime
 from functools import wraps
@@ -21,9 +22,10 @@ import click
 
 from crm_service import __version__, api_keys, bulk_import, schema
 from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON, Settings, load_settings
-from crm_service.db import DatabaseError, connect, redact, resolve_dsn
+from crm_service.db import DatabaseError, connect, describe_dsn, redact, resolve_dsn
 from crm_service.errors import ConfigError, CrmError, ValidationError
 from crm_service.scoring import policies, runs
+from crm_service.scoring.dates import StaleScoringDateError
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -40,6 +42,8 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ConfigError as exc:
             _fail(exc.detail, 2)
+        except StaleScoringDateError as exc:  # a usage error: refused before any work
+            _fail(exc.detail, 2)
         except CrmError as exc:
             _fail(exc.detail, 1)
         except DatabaseError as exc:
@@ -50,8 +54,21 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class NoDatabaseError(ConfigError):
+    """No database to use: no ``DATABASE_URL`` and no embedded database created yet."""
+
+    title = "No database"
+
+
 class Context:
-    """Settings and the DSN, resolved lazily (the embedded server starts on first use)."""
+    """Settings and the DSN, resolved lazily (the embedded server starts on first use).
+
+    The database rule (README, "Which database a command uses"): ``DATABASE_URL`` if set;
+    else the embedded PostgreSQL in ``CRM_DATA_DIR``, else in one per-user folder, never one
+    that depends on the current directory. Only ``demo``, ``serve`` and ``db upgrade`` may
+    create the embedded database; every other command refuses (exit 2) when there is none.
+    Whichever is used is named on stderr, once, without secrets.
+    """
 
     def __init__(self) -> None:
         self._settings: Settings | None = None
@@ -66,15 +83,55 @@ class Context:
 
     @property
     def dsn(self) -> str:
-        """The DSN in use; starts the embedded server when needed."""
+        """The DSN of an existing database; starts the embedded server when needed."""
+        return self.open_database(create=False)
+
+    def open_database(self, *, create: bool) -> str:
+        """The DSN in use, creating the embedded database only when ``create``."""
         if self._dsn is None:
-            self._dsn = resolve_dsn(self.settings)
+            s = self.settings
+            if s.embedded and not create and not embedded_exists(s.data_dir):
+                where = (f"CRM_DATA_DIR={s.data_dir}" if s.data_dir_source == "CRM_DATA_DIR"
+                         else f"{s.data_dir} (the per-user default; no CRM_DATA_DIR or "
+                              "DATABASE_URL is set)")
+                raise NoDatabaseError(
+                    f"no database: there is no embedded PostgreSQL in {where}. Create one with "
+                    "`crm-service db upgrade` (or `crm-service demo`), or point this command at "
+                    "the one you use with DATABASE_URL or CRM_DATA_DIR; nothing was written")
+            self._dsn = resolve_dsn(s)
+            click.echo(f"database: {describe_database(s, self._dsn)}", err=True)
+            _warn_about_local_data_dir(s)
         return self._dsn
 
-    def upgraded_dsn(self) -> str:
+    def upgraded_dsn(self, *, create: bool = False) -> str:
         """The DSN, after applying any pending migration."""
-        schema.upgrade(self.dsn)
-        return self.dsn
+        dsn = self.open_database(create=create)
+        schema.upgrade(dsn)
+        return dsn
+
+
+def embedded_exists(data_dir: Path) -> bool:
+    """Whether an embedded PostgreSQL cluster was created in ``data_dir``."""
+    return (data_dir / "pg" / "PG_VERSION").is_file()
+
+
+def describe_database(settings: Settings, dsn: str) -> str:
+    """One line naming the database in use, without secrets."""
+    if settings.embedded:
+        how = ("CRM_DATA_DIR" if settings.data_dir_source == "CRM_DATA_DIR"
+               else "the per-user default; set CRM_DATA_DIR or DATABASE_URL for another")
+        return f"embedded PostgreSQL in {settings.data_dir} ({how})"
+    return f"{describe_dsn(dsn)} (DATABASE_URL)"
+
+
+def _warn_about_local_data_dir(settings: Settings) -> None:
+    """Point at a database an earlier version made in ./.crm-data, which is no longer used."""
+    old = Path(".crm-data").resolve()
+    if settings.embedded and settings.data_dir_source == "default" \
+            and old != settings.data_dir and embedded_exists(old):
+        click.echo(f"note: {old} holds an embedded database made by an earlier version (which "
+                   "used ./.crm-data of the current folder); to keep using it, set "
+                   f"CRM_DATA_DIR={old}", err=True)
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
@@ -104,7 +161,7 @@ def db() -> None:
 @handles_errors
 def db_upgrade(ctx: Context) -> None:
     """Apply pending migrations (idempotent; safe from two processes at once)."""
-    applied = schema.upgrade(ctx.dsn)
+    applied = schema.upgrade(ctx.open_database(create=True))
     click.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied)
                                                           if applied else "; schema up to date"))
 
@@ -335,25 +392,47 @@ def _today(settings: Settings) -> date:
 
 @main.command()
 @click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
-              help="Scoring date (orders up to the end of that day count); default today.")
+              help="Scoring date (orders up to the end of that day count); default today, or "
+                   "the newest paid order's day when that is before yesterday.")
 @click.option("--churn-horizon-days", "horizon", type=click.IntRange(MIN_CHURN_HORIZON,
                                                                     MAX_CHURN_HORIZON),
               default=None, help="Churn = no purchase in the next H days (default "
                                  "CRM_CHURN_HORIZON_DAYS, 90).")
+@click.option("--dry-run", is_flag=True,
+              help="Compute everything and report what publishing would do; publish nothing.")
+@click.option("--allow-stale", is_flag=True,
+              help="Score as of a day more than CRM_MAX_STALE_DAYS after the newest paid order.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @pass_ctx
 @handles_errors
-def score(ctx: Context, as_of: datetime | None, horizon: int | None, as_json: bool) -> None:
-    """Run one full scoring run and publish it atomically."""
-    from crm_service.scoring import run_scoring
+def score(ctx: Context, as_of: datetime | None, horizon: int | None, dry_run: bool,
+          allow_stale: bool, as_json: bool) -> None:
+    """Run one full scoring run and publish it atomically (or, with --dry-run, report it)."""
+    from crm_service.scoring import dates, run_scoring
 
-    day = as_of.date() if as_of else _today(ctx.settings)
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        chosen = dates.choose_as_of(conn, ctx.settings, as_of.date() if as_of else None,
+                                    _today(ctx.settings), allow_stale=allow_stale)
+        conn.rollback()
+        if chosen.notice:
+            click.echo(f"note: {chosen.notice}", err=True)
         for dead in runs.fail_dead_runs(conn):
             click.echo(f"run {dead} was left running by a process that died: marked failed",
                        err=True)
-        result = run_scoring(conn, ctx.settings, as_of=day, churn_horizon_days=horizon)
+        progress = _stage_printer() if not as_json and sys.stderr.isatty() else None
+        result = run_scoring(conn, ctx.settings, as_of=chosen.as_of, churn_horizon_days=horizon,
+                             dry_run=dry_run, allow_stale=allow_stale, progress=progress)
     _print_run(result.as_dict(), as_json)
+
+
+def _stage_printer() -> Callable[[str], None]:
+    """Print each stage of a run on stderr as it starts, with the time since the run began."""
+    started = time.perf_counter()
+
+    def show(name: str) -> None:
+        click.echo(f"[{time.perf_counter() - started:6.1f} s] {name}", err=True)
+
+    return show
 
 
 def _print_run(run: dict[str, Any], as_json: bool) -> None:
@@ -363,7 +442,8 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
     models = run["models"]
     gg = models["gamma_gamma"]["params"]
     counts = run["counts"]
-    click.echo(f"run {run['run_id']} published: {counts['customers']} customers "
+    done = "dry run, NOT published" if run.get("dry_run") else "published"
+    click.echo(f"run {run['run_id']} {done}: {counts['customers']} customers "
                f"({counts['repeat_buyers']} repeat buyers) as of {run['as_of']}")
     for name, label in (("bgnbd", "BG/NBD"), ("pareto_nbd", "Pareto/NBD")):
         m = models.get(name) or {"error": "not fitted"}
@@ -388,6 +468,28 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
         click.echo(line)
         click.echo("churn risk: " + ", ".join(f"{k} {risk.get(k, 0):,}"
                                               for k in ("low", "medium", "high")))
+    if run.get("dry_run"):
+        _print_dry_run(counts)
+
+
+def _print_dry_run(counts: dict[str, Any]) -> None:
+    """What publishing would have done: tiers, moves against the live run, events per type."""
+    report = counts.get("dry_run") or {}
+    tiers = counts.get("tiers") or {}
+    click.echo("tiers: " + ", ".join(f"{k} {v:,}" for k, v in tiers.items()))
+    live = report.get("compared_with_run_id")
+    if live is None:
+        click.echo("no live run to compare with: publishing would make this the first run "
+                   "(no lifecycle events)")
+        return
+    matrix = counts.get("tier_transition_matrix") or {}
+    click.echo(f"tier moves against the live run {live} (from -> to: customers):")
+    for source, row in sorted(matrix.items()):
+        moves = ", ".join(f"{to} {n:,}" for to, n in sorted(row.items()) if n)
+        click.echo(f"  {source} -> {moves}")
+    events = report.get("events") or {}
+    click.echo(f"publishing would emit {report.get('events_total', 0):,} event(s)"
+               + (": " + ", ".join(f"{t} {n:,}" for t, n in events.items()) if events else ""))
 
 
 @main.command()
@@ -485,7 +587,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -> int:
     _check_port_free(host, port)
-    dsn = ctx.upgraded_dsn()
+    dsn = ctx.upgraded_dsn(create=True)
     env = dict(os.environ, DATABASE_URL=dsn)
     background = None
     if ctx.settings.embedded:
@@ -584,7 +686,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
     host, port = host or s.host, port or s.port
     if not no_serve:
         _check_port_free(host, port)
-    dsn = ctx.upgraded_dsn()
+    dsn = ctx.upgraded_dsn(create=True)
     with connect(dsn, s) as conn:
         summary = load_cdnow_sample(conn, s)
         load_demo_profiles(conn, s)

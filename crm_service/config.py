@@ -28,7 +28,8 @@ class Settings:
     """Process-wide configuration; build it with :func:`load_settings`."""
 
     database_url: str | None = None
-    data_dir: Path = Path(".crm-data")
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    data_dir_source: str = "default"  # "CRM_DATA_DIR" when set explicitly
     timezone: str = "UTC"
     currency: str = "USD"
     pool_min_size: int = 1
@@ -57,6 +58,11 @@ class Settings:
     keep_runs: int = 7
     keep_run_days: int = 35
     run_statement_timeout_ms: int = 6 * 3_600_000
+    max_stale_days: int = 30
+    event_retention_days: int = 90
+    delivery_retention_days: int = 30
+    schedule_slot_retention_days: int = 90
+    maintenance_interval_minutes: int = 60
     secret_key: str | None = field(default=None, repr=False)
     webhook_allow_hosts: frozenset[str] = frozenset()
     webhook_timeout_seconds: float = 10.0
@@ -81,6 +87,26 @@ class Settings:
     def embedded(self) -> bool:
         """True when no ``DATABASE_URL`` is set and the embedded PostgreSQL is used."""
         return not self.database_url
+
+
+def default_data_dir() -> Path:
+    """Where the embedded database lives without ``CRM_DATA_DIR``: one per-user location.
+
+    ``$XDG_DATA_HOME/crm-service`` (``~/.local/share/crm-service`` on Linux; the platform's
+    user data folder elsewhere), whatever the current directory, so a cron job or an ETL
+    script started from another folder writes to the same database as the service.
+    """
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("crm-service", appauthor=False))
+
+
+def _data_dir(env: Mapping[str, str]) -> tuple[Path, str]:
+    raw = (env.get("CRM_DATA_DIR") or "").strip()
+    if not raw:
+        return default_data_dir(), "default"
+    # Resolved now: a relative CRM_DATA_DIR means the same folder for every child process.
+    return Path(raw).expanduser().resolve(), "CRM_DATA_DIR"
 
 
 def _number(env: Mapping[str, str], name: str, default: T, lo: T, hi: T) -> T:
@@ -213,9 +239,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if risk_high <= risk_medium:
         raise ConfigError(f"CRM_CHURN_RISK_HIGH={risk_high} must be above "
                           f"CRM_CHURN_RISK_MEDIUM={risk_medium}")
+    data_dir, data_dir_source = _data_dir(env)
     return Settings(
         database_url=_database_url(env),
-        data_dir=Path(env.get("CRM_DATA_DIR") or ".crm-data").expanduser(),
+        data_dir=data_dir,
+        data_dir_source=data_dir_source,
         timezone=_timezone(env),
         currency=_currency(env),
         pool_min_size=pool_min,
@@ -247,6 +275,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keep_run_days=_number(env, "CRM_KEEP_RUN_DAYS", 35, 1, 3650),
         run_statement_timeout_ms=_number(env, "CRM_RUN_STATEMENT_TIMEOUT_MS", 6 * 3_600_000,
                                          1000, 7 * 86_400_000),
+        max_stale_days=_number(env, "CRM_MAX_STALE_DAYS", 30, 1, 3650),
+        event_retention_days=_number(env, "CRM_EVENT_RETENTION_DAYS", 90, 1, 3650),
+        delivery_retention_days=_number(env, "CRM_DELIVERY_RETENTION_DAYS", 30, 1, 3650),
+        schedule_slot_retention_days=_number(env, "CRM_SCHEDULE_SLOT_RETENTION_DAYS", 90, 1,
+                                             3650),
+        maintenance_interval_minutes=_number(env, "CRM_MAINTENANCE_INTERVAL_MINUTES", 60, 1,
+                                             24 * 60),
         secret_key=(env.get("CRM_SECRET_KEY") or "").strip() or None,
         webhook_allow_hosts=_hosts(env),
         webhook_timeout_seconds=_number(env, "CRM_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 60.0),

@@ -122,6 +122,20 @@ def connect(dsn: str, settings: Settings, **kwargs) -> psycopg.Connection:
     return conn
 
 
+def describe_dsn(dsn: str) -> str:
+    """``dbname on host:port as user``: which database a DSN names, without its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:  # an unparseable DSN fails to connect with its own message
+        return "an unparseable DSN"
+    host = info.get("host") or "localhost"
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f" as {info['user']}" if info.get("user") else ""
+    return f"{info.get('dbname') or '(default)'} on {host}{port}{user}"
+
+
 def redact(dsn: str) -> str:
     """The DSN with any password replaced, for logs."""
     try:

@@ -14,6 +14,7 @@ Writers coordinate through :mod:`crm_service.locks`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import date
 from typing import NamedTuple
 
 import psycopg
@@ -153,7 +154,12 @@ WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id)
 ORDER BY s.customer_id
 """
 
-_CUSTOMER_INDEX = "CREATE INDEX orders_customer_idx ON orders (customer_id, ordered_at)"
+# The secondary indexes of ``orders`` (migrations 0001 and 0019), rebuilt after an initial load.
+_SECONDARY_INDEXES = {
+    "orders_customer_idx": "CREATE INDEX orders_customer_idx ON orders (customer_id, ordered_at)",
+    "orders_paid_at_idx": "CREATE INDEX orders_paid_at_idx ON orders (ordered_at)"
+                          " WHERE status = 'paid'",
+}
 
 
 class OrderBlock(NamedTuple):
@@ -226,7 +232,8 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
             result.inserted += inserted
             result.updated += updated
         if rebuild:
-            cur.execute(_CUSTOMER_INDEX)
+            for create in _SECONDARY_INDEXES.values():
+                cur.execute(create)
         cur.execute("DROP TABLE order_staging, customer_id_staging")
     return result
 
@@ -245,7 +252,7 @@ def _add_customers(cur: psycopg.Cursor, block: OrderBlock, *, direct: bool) -> N
 
 
 def _defer_secondary_index(cur: psycopg.Cursor) -> bool:
-    """On the initial load into an empty ``orders``, drop the by-customer index until the end.
+    """On the initial load into an empty ``orders``, drop the secondary indexes until the end.
 
     Building an index once over the loaded rows is several times cheaper than maintaining it row
     by row (PostgreSQL manual, "Populating a Database"). It is rebuilt in the same transaction,
@@ -255,5 +262,13 @@ def _defer_secondary_index(cur: psycopg.Cursor) -> bool:
     cur.execute("SELECT EXISTS (SELECT 1 FROM orders)")
     if cur.fetchone()[0]:  # type: ignore[index]
         return False
-    cur.execute("DROP INDEX IF EXISTS orders_customer_idx")
+    for name in _SECONDARY_INDEXES:
+        cur.execute(f"DROP INDEX IF EXISTS {name}")
     return True
+
+
+def newest_paid_order_day(conn: psycopg.Connection, timezone: str) -> date | None:
+    """The reporting-zone day of the newest paid order, or None when there is none."""
+    row = conn.execute("SELECT (max(ordered_at) AT TIME ZONE %s)::date FROM orders"
+                       " WHERE status = 'paid'", (timezone,)).fetchone()
+    return row[0] if row else None

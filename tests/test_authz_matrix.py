@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "GET /v1/customers": {"scores:read"},
     "GET /v1/models/active": {"scores:read"},
     "POST /v1/scoring-runs": {"runs:write"},
+    "GET /v1/scoring-runs": {"scores:read"},
     "GET /v1/scoring-runs/{run_id}": {"scores:read"},
     "POST /v1/predictions": {"scores:read"},
     "GET /v1/scoring-runs/{run_id}/plots/{name}.svg": {"scores:read"},

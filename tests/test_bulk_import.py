@@ -21,13 +21,13 @@ def test_import_counts_and_second_import_changes_nothing(tmp_path, conn, cli_env
               "O2,C1,2024-02-05T10:00:00+08:00,20.50,jd,\nO3,C2,2024-03-01,5,web,cancelled\n")
     r = run("import", "orders", str(f), "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == {"inserted": 3, "updated": 0, "duplicates": 0,
+    assert json.loads(r.stdout) == {"inserted": 3, "updated": 0, "duplicates": 0,
                                     "rejected": 0, "rows": 3, "report": None}
     before = conn.execute("SELECT * FROM orders ORDER BY 1, 2").fetchall()
     conn.commit()
     r = run("import", "orders", str(f), "--json")
-    assert json.loads(r.output)["duplicates"] == 3
-    assert json.loads(r.output)["inserted"] == 0
+    assert json.loads(r.stdout)["duplicates"] == 3
+    assert json.loads(r.stdout)["inserted"] == 0
     assert conn.execute("SELECT * FROM orders ORDER BY 1, 2").fetchall() == before
 
 
@@ -40,7 +40,7 @@ def test_rejects_go_to_report_with_line_numbers(tmp_path, conn, cli_env):
               + "O5,C1,2024-01-05,1.00,tmall,shipped\n"
               + "O6,C1,2024-01-05,1.00,tmall,paid\n")
     r = run("import", "orders", str(f), "--json")
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert (out["inserted"], out["rejected"], out["rows"]) == (2, 4, 6)
     report = (tmp_path / "o.csv.rejects.csv").read_text().splitlines()
     assert report[0] == "line,order_id,field,reason"
@@ -54,12 +54,12 @@ def test_rejects_go_to_report_with_line_numbers(tmp_path, conn, cli_env):
 def test_refund_in_same_file_and_later_file(tmp_path, conn, cli_env):
     f = write(tmp_path / "o.csv", HEADER + "O1,C1,2024-01-05,10.00,tmall,paid\n"
               "O1,C1,2024-01-05,10.00,tmall,refunded\n")
-    out = json.loads(run("import", "orders", str(f), "--json").output)
+    out = json.loads(run("import", "orders", str(f), "--json").stdout)
     assert (out["inserted"], out["updated"]) == (1, 1)
-    again = json.loads(run("import", "orders", str(f), "--json").output)
+    again = json.loads(run("import", "orders", str(f), "--json").stdout)
     assert (again["inserted"], again["updated"], again["duplicates"]) == (0, 0, 2)
     g = write(tmp_path / "p.csv", HEADER + "O1,C1,2024-01-05,4.00,tmall,refunded\n")
-    out = json.loads(run("import", "orders", str(g), "--json").output)
+    out = json.loads(run("import", "orders", str(g), "--json").stdout)
     assert out["updated"] == 1
     assert conn.execute("SELECT status, amount::text FROM orders").fetchone() == (
         "refunded", "4.00")
@@ -70,7 +70,7 @@ def test_channel_option_and_missing_channel(tmp_path, conn, cli_env):
     r = run("import", "orders", str(f))
     assert r.exit_code == 1 and "pass --channel" in r.output
     r = run("import", "orders", str(f), "--channel", "JD", "--json")
-    assert json.loads(r.output)["inserted"] == 1
+    assert json.loads(r.stdout)["inserted"] == 1
     assert conn.execute("SELECT channel FROM orders").fetchone()[0] == "jd"
 
 
@@ -101,7 +101,7 @@ def test_header_is_case_insensitive_and_bom_tolerated(tmp_path, conn, cli_env):
     f = tmp_path / "o.csv"
     f.write_bytes("\ufeffOrder_ID,Customer_ID,Ordered_At,Amount,Channel\nO1,C1,2024-01-05,1,web\n"
                   .encode())
-    assert json.loads(run("import", "orders", str(f), "--json").output)["inserted"] == 1
+    assert json.loads(run("import", "orders", str(f), "--json").stdout)["inserted"] == 1
 
 
 def test_import_agrees_with_rest_on_the_same_records(tmp_path, conn, cli_env, client, auth):
@@ -123,11 +123,11 @@ def test_import_agrees_with_rest_on_the_same_records(tmp_path, conn, cli_env, cl
 def test_import_customers(tmp_path, conn, cli_env):
     f = write(tmp_path / "c.csv", "customer_id,email,phone,name\n"
               "C1,Li@Example.com,+86 138 0013 8000,Li\nC2,bad-email,,\nC3,,,\n")
-    out = json.loads(run("import", "customers", str(f), "--json").output)
+    out = json.loads(run("import", "customers", str(f), "--json").stdout)
     assert (out["inserted"], out["rejected"]) == (2, 1)
     assert conn.execute("SELECT email_normalized FROM customers WHERE customer_id='C1'"
                         ).fetchone()[0] == "li@example.com"
-    out = json.loads(run("import", "customers", str(f), "--json").output)
+    out = json.loads(run("import", "customers", str(f), "--json").stdout)
     assert out["duplicates"] == 2
     g = write(tmp_path / "d.csv", "customer_id,name\nC1,\n")  # empty cell: unchanged
     run("import", "customers", str(g))
@@ -172,7 +172,7 @@ def test_repeats_across_and_within_chunks_keep_file_order(tmp_path, conn, cli_en
 def test_unstorable_values_go_to_the_report_not_a_crash(tmp_path, conn, cli_env):
     f = write(tmp_path / "o.csv", HEADER + "B1,C1,2024-05-01,١٢٣,web,paid\n"
               "B2,C1,2024-05-01T10:00:00+20:00,5,web,paid\nB3,C1,2024-05-01,5,web,paid\n")
-    out = json.loads(run("import", "orders", str(f), "--json").output)
+    out = json.loads(run("import", "orders", str(f), "--json").stdout)
     assert (out["inserted"], out["rejected"]) == (1, 2)
 
 
@@ -194,7 +194,7 @@ def test_failed_import_leaves_no_report_and_a_clean_run_removes_a_stale_one(tmp_
 def test_multiline_record_is_reported_at_its_first_line(tmp_path, conn, cli_env):
     f = write(tmp_path / "o.csv", HEADER + 'O1,"C\n1",2024-01-05,1,tmall,paid\n'
               "O2,C2,2024-01-05,-1,tmall,paid\n")
-    out = json.loads(run("import", "orders", str(f), "--json").output)
+    out = json.loads(run("import", "orders", str(f), "--json").stdout)
     assert out["rejected"] == 2
     lines = [x.split(",")[0] for x in (tmp_path / "o.csv.rejects.csv").read_text().splitlines()]
     assert lines[1:] == ["2", "4"]
@@ -278,4 +278,4 @@ def test_time_ordered_file_into_a_live_base(tmp_path, conn, cli_env):
     bulk_import.import_orders(conn, settings, whole, chunk_rows=30)
     conn.commit()
     assert _orders_of(conn) == incremental
-    assert count(conn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'") == 2
+    assert count(conn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'") == 3

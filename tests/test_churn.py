@@ -27,7 +27,7 @@ def test_score_cli_trains_validates_and_bands_churn(cdnow_loaded, cli_env):
     r = CliRunner().invoke(main, ["score", "--as-of", "1998-06-30", "--churn-horizon-days",
                                   "90", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    run = json.loads(r.output)
+    run = json.loads(r.stdout)
     assert run["churn_horizon_days"] == 90
     churn = run["models"]["churn"]
     assert churn["used"] in {"ml", "btyd_baseline"} and churn["reason"]

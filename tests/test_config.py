@@ -8,7 +8,11 @@ def test_defaults():
     s = load_settings({})
     assert s.database_url is None and s.embedded
     assert s.timezone == "UTC" and s.currency == "USD"
-    assert str(s.data_dir) == ".crm-data"
+    # One per-user folder, whatever the current directory.
+    assert s.data_dir.is_absolute() and s.data_dir.name == "crm-service"
+    assert s.data_dir_source == "default"
+    assert load_settings({"CRM_DATA_DIR": "rel/dir"}).data_dir.is_absolute()
+    assert s.max_stale_days == 30 and s.event_retention_days == 90
     assert s.max_batch_orders == 1000 and s.max_body_bytes == 5 * 1024 * 1024
     assert s.idempotency_ttl_hours == 24
 

@@ -19,7 +19,7 @@ def test_key_lifecycle(client, conn, cli_env):
     r = run("keys", "create", "--name", "campaign-tool", "--scopes", "orders:write,scores:read",
             "--json")
     assert r.exit_code == 0
-    created = json.loads(r.output)
+    created = json.loads(r.stdout)
     token = created["key"]
     # Only a hash is stored: the secret appears nowhere in the table.
     secret = token.split("_", 2)[2]
@@ -27,7 +27,7 @@ def test_key_lifecycle(client, conn, cli_env):
     conn.commit()
     assert secret not in str(dump)
     r = run("keys", "list", "--json")
-    listed = json.loads(r.output)
+    listed = json.loads(r.stdout)
     assert listed[0]["id"] == created["id"] and "key" not in listed[0]
     assert listed[0]["scopes"] == ["orders:write", "scores:read"]
     headers = {"Authorization": f"Bearer {token}"}
@@ -74,7 +74,7 @@ def test_key_errors(conn, cli_env):
 
 
 def test_db_url_and_upgrade(cli_env, dsn):
-    assert run("db", "url").output.strip() == dsn
+    assert run("db", "url").stdout.strip() == dsn
     r = run("db", "upgrade")
     assert r.exit_code == 0 and "schema up to date" in r.output
 

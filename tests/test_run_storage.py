@@ -106,7 +106,7 @@ def test_maintenance_drops_leftovers_and_says_what_it_did(cdnow_loaded, settings
     monkeypatch.setenv("CRM_KEEP_RUNS", "1")
     r = CliRunner().invoke(main, ["maintenance", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["retention"]["orphans_dropped"] == [dead]
     assert out["retention"]["retired"] == []  # the live run and its predecessor are protected
     assert partitions(cdnow_loaded) == [(i, True) for i in ids]
@@ -189,7 +189,7 @@ def test_migration_moves_unpartitioned_runs_to_partitions_without_losing_the_liv
         c.execute("UPDATE scoring_state SET active_run_id = %s", (ids[2],))
         c.execute("UPDATE customer_scores SET tier = 'high_value' WHERE run_id = %s"
                   " AND customer_id = 'C-7'", (ids[2],))
-    assert schema.upgrade(url) == ["0018.run-partitions"]
+    assert schema.upgrade(url) == ["0018.run-partitions", "0019.safe-operations"]
     with psycopg.connect(url) as c:
         assert q(c, "SELECT relkind FROM pg_class WHERE relname = 'customer_scores'") \
             == [("p",)]

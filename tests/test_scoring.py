@@ -37,7 +37,7 @@ def test_score_cli_publishes_a_run_with_published_cdnow_parameters(cdnow_loaded,
     r = CliRunner().invoke(main, ["score", "--as-of", "1997-09-30", "--json"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    run = json.loads(r.output)
+    run = json.loads(r.stdout)
     assert run["time_unit"] == "days" and run["as_of"] == "1997-09-30"
     assert run["counts"]["customers"] == 2357
     bg = run["models"]["bgnbd"]["params"]

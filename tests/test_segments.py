@@ -159,7 +159,7 @@ def test_tier_policy_cli(conn, cli_env, tmp_path):
 
     r = CliRunner().invoke(main, ["tier-policy", "show"], catch_exceptions=False)
     assert r.exit_code == 0
-    shown = json.loads(r.output)
+    shown = json.loads(r.stdout)
     assert shown["version"] == 1 and shown["dormant_days"] == 180
     good = tmp_path / "policy.json"
     good.write_text(json.dumps({**shown, "new_days": 14}), encoding="utf-8")
@@ -172,7 +172,7 @@ def test_tier_policy_cli(conn, cli_env, tmp_path):
         r = CliRunner().invoke(main, ["tier-policy", "set", str(bad)])
         assert r.exit_code == 1 and message in r.output
     r = CliRunner().invoke(main, ["tier-policy", "show"], catch_exceptions=False)
-    assert json.loads(r.output)["version"] == 2 and json.loads(r.output)["new_days"] == 14
+    assert json.loads(r.stdout)["version"] == 2 and json.loads(r.stdout)["new_days"] == 14
 
 
 def test_tier_history_and_hysteresis_across_two_runs(cdnow_loaded, settings, client,

@@ -112,14 +112,26 @@ def binary_copy(columns: dict[str, NDArray[np.float64]],
 # Tier history and lifecycle events against the live run, from one join of the two runs'
 # partitions that keeps only the customers with something to say. A customer not scored in the
 # live run counts as "no tier" (tier.changed from null). Event ids follow customer id order.
-_TRANSITIONS_AND_EVENTS = """
-WITH d AS MATERIALIZED (
+_CHANGED = """
+d AS MATERIALIZED (
     SELECT n.customer_id, n.tier, n.value_segment, n.rfm_segment, n.recommended_action,
            n.churn_risk, n.churn_probability, n.clv_12m,
            p.tier AS from_tier, p.churn_risk AS previous_churn_risk
     FROM {new} n LEFT JOIN {live} p USING (customer_id)
     WHERE n.tier IS DISTINCT FROM p.tier OR n.churn_risk IS DISTINCT FROM p.churn_risk
-),
+)"""
+_EVENT_TYPES = """
+CROSS JOIN LATERAL (VALUES
+    ('tier.changed', d.tier IS DISTINCT FROM d.from_tier),
+    ('vip.entered', d.tier = 'high_value' AND d.from_tier IS DISTINCT FROM 'high_value'),
+    ('vip.lost', d.from_tier = 'high_value' AND d.tier IS DISTINCT FROM 'high_value'),
+    ('dormant.entered', d.tier = 'dormant' AND d.from_tier IS DISTINCT FROM 'dormant'),
+    ('churn_risk.raised', array_position(ARRAY['low', 'medium', 'high'], d.churn_risk)
+                          > array_position(ARRAY['low', 'medium', 'high'],
+                                           d.previous_churn_risk))
+) AS e (type, hit)
+WHERE e.hit"""
+_TRANSITIONS_AND_EVENTS = "WITH" + _CHANGED + """,
 history AS (
     INSERT INTO tier_transitions (customer_id, run_id, from_tier, to_tier)
     SELECT customer_id, %(run_id)s, from_tier, tier FROM d WHERE tier IS DISTINCT FROM from_tier
@@ -133,19 +145,12 @@ SELECT e.type, d.customer_id, %(run_id)s,
                           'previous_churn_risk', d.previous_churn_risk,
                           'churn_risk', d.churn_risk, 'churn_probability', d.churn_probability,
                           'clv_12m', d.clv_12m, 'customer_ref', {ref})
-FROM d
-CROSS JOIN LATERAL (VALUES
-    ('tier.changed', d.tier IS DISTINCT FROM d.from_tier),
-    ('vip.entered', d.tier = 'high_value' AND d.from_tier IS DISTINCT FROM 'high_value'),
-    ('vip.lost', d.from_tier = 'high_value' AND d.tier IS DISTINCT FROM 'high_value'),
-    ('dormant.entered', d.tier = 'dormant' AND d.from_tier IS DISTINCT FROM 'dormant'),
-    ('churn_risk.raised', array_position(ARRAY['low', 'medium', 'high'], d.churn_risk)
-                          > array_position(ARRAY['low', 'medium', 'high'],
-                                           d.previous_churn_risk))
-) AS e (type, hit)
-WHERE e.hit
+FROM d""" + _EVENT_TYPES + """
 ORDER BY d.customer_id
 """
+# What publishing would emit, per event type, without writing anything (a dry run).
+_EVENTS_PREVIEW = "WITH" + _CHANGED + "\nSELECT e.type, count(*) FROM d" + _EVENT_TYPES + \
+    "\nGROUP BY e.type ORDER BY e.type"
 
 
 def _exists(cur: psycopg.Cursor, name: str) -> bool:
@@ -213,3 +218,47 @@ def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
              scored.policy_version, previous_run, run_id))
         cur.execute("UPDATE scoring_state SET active_run_id = %s", (run_id,))
     return previous_run
+
+
+def finish_dry_run(conn: psycopg.Connection, run_id: int, attempt: int,
+                   scored: ScoredRun) -> dict[str, object]:
+    """Record a dry run's results and drop its partition; nothing becomes live.
+
+    Counts the events publishing would emit against the live run, per type, from the same
+    join publishing uses; stores them with the run's counts (``counts.dry_run``) and marks
+    the run succeeded with its scores not kept. Returns the dry-run report.
+
+    Raises
+    ------
+    RunTakenOverError
+        If another worker has claimed the run since this attempt started.
+    """
+    part = sql.Identifier(partition_name(run_id))
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM scoring_runs WHERE id = %s AND attempt = %s"
+                    " AND status = 'running' FOR UPDATE", (run_id, attempt))
+        if cur.fetchone() is None:
+            raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
+        cur.execute("SELECT active_run_id FROM scoring_state")
+        live = cur.fetchone()
+        live_run = live[0] if live else None
+        events: dict[str, int] = {}
+        if live_run is not None and _exists(cur, partition_name(live_run)):
+            cur.execute(f"SET LOCAL work_mem = '{RUN_WORK_MEM}'")
+            cur.execute(sql.SQL(_EVENTS_PREVIEW).format(
+                new=part, live=sql.Identifier(partition_name(live_run))))
+            events = {str(t): int(n) for t, n in cur.fetchall()}
+        report: dict[str, object] = {
+            "published": False, "compared_with_run_id": live_run,
+            "events": events, "events_total": sum(events.values())}
+        counts = {**scored.counts, "dry_run": report}
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(part))
+        cur.execute(
+            "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
+            " models = %s, diagnostics = %s, progress = 'dry run: not published',"
+            " tier_policy_version = %s, previous_run_id = %s, scores_retired_at = now()"
+            " WHERE id = %s",
+            (json.dumps(counts), json.dumps(scored.models), json.dumps(scored.diagnostics),
+             scored.policy_version, live_run, run_id))
+    scored.counts["dry_run"] = report
+    return report

@@ -49,7 +49,7 @@ def runs_to_retire(conn: psycopg.Connection, keep_runs: int, keep_days: int,
     rows = conn.execute(
         "WITH published AS ("
         "  SELECT id, finished_at, row_number() OVER (ORDER BY finished_at DESC, id DESC) AS k"
-        "  FROM scoring_runs WHERE status = 'succeeded'),"
+        "  FROM scoring_runs WHERE status = 'succeeded' AND NOT dry_run),"
         " protected AS ("
         "  SELECT r.id FROM scoring_state s JOIN scoring_runs r ON r.id = s.active_run_id"
         "  UNION SELECT r.previous_run_id FROM scoring_state s"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from crm_service.config import Settings
 from crm_service.db import DatabaseError, TransactionStatus
 from crm_service.errors import CrmError
-from crm_service.scoring import publishing, retention, runs
+from crm_service.scoring import dates, publishing, retention, runs
 from crm_service.scoring.backtest import InsufficientHistoryError
 from crm_service.scoring.inputs import RunConfig, RunInputs, ScoredRun, Summary
 from crm_service.scoring.pipeline import score_base
@@ -72,26 +73,36 @@ class RunResult:
     seconds: float
     churn_horizon_days: int = 90
     retired_runs: list[int] = field(default_factory=list)
+    dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "time_unit": "days",
                 "churn_horizon_days": self.churn_horizon_days, "counts": self.counts,
                 "models": self.models, "seconds": round(self.seconds, 3),
-                "retired_runs": self.retired_runs}
+                "retired_runs": self.retired_runs, "dry_run": self.dry_run}
 
 
 def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
                 run_id: int | None = None, attempt: int = 1,
-                churn_horizon_days: int | None = None) -> RunResult:
+                churn_horizon_days: int | None = None, dry_run: bool = False,
+                allow_stale: bool = False,
+                progress: Callable[[str], None] | None = None) -> RunResult:
     """Score every customer as of ``as_of``, publish the run atomically, apply retention.
 
-    ``run_id`` and ``attempt`` identify a run already claimed by a worker (its churn horizon
-    is the one recorded with it); without them a new run is recorded with
-    ``churn_horizon_days`` (default: the configured one).
+    ``run_id`` and ``attempt`` identify a run already claimed by a worker (its churn horizon,
+    ``dry_run`` and ``allow_stale`` are the ones recorded with it); without them a new run is
+    recorded with ``churn_horizon_days`` (default: the configured one).
+
+    A ``dry_run`` computes and records everything, counts the events publishing would emit,
+    and publishes nothing (no event, no tier history, the live run stays live). ``progress``
+    is told each stage as it starts.
 
     Raises
     ------
+    StaleScoringDateError
+        If ``as_of`` is more than ``CRM_MAX_STALE_DAYS`` after the newest paid order (without
+        ``allow_stale``): a new run is then not recorded at all, a claimed one is failed.
     InsufficientHistoryError, ScoringFailedError
         After recording the run as failed; the previous run stays live.
     RunTakenOverError
@@ -100,27 +111,48 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise RuntimeError("run_scoring commits its own transactions; pass an idle connection")
     started = time.perf_counter()
-    run_id, config = _start(conn, settings, as_of, run_id, churn_horizon_days)
+    if run_id is None:
+        try:
+            dates.check_run_date(conn, settings, as_of, allow_stale=allow_stale)
+        finally:
+            conn.rollback()
+    run_id, config, dry_run, allow_stale = _start(conn, settings, as_of, run_id,
+                                                  churn_horizon_days, dry_run, allow_stale)
+
+    def stage(name: str) -> None:
+        runs.set_progress(conn, run_id, attempt, name)
+        if progress is not None:
+            progress(name)
+
     try:
         with local_engine(conn, settings) as session:
-            runs.set_progress(conn, run_id, attempt, "summarising orders")
+            stage("checking the scoring date")
+            dates.check_run_date(conn, settings, as_of, allow_stale=allow_stale)
+            conn.commit()
+            stage("summarising orders")
             inputs = session.load(as_of, config)
-            runs.set_progress(conn, run_id, attempt, "fitting models and scoring customers")
+            stage("fitting models and scoring customers")
             scored = score_base(inputs, config)
-            runs.set_progress(conn, run_id, attempt, "writing scores")
+            stage("writing scores")
             lap = time.perf_counter()
             session.write_scores(run_id, as_of, inputs.summary, scored)
             stages = {**session.stage_seconds, **scored.stage_seconds,
                       "write_scores": round(time.perf_counter() - lap, 3)}
             scored.counts["stage_seconds"] = stages
             lap = time.perf_counter()
-            publishing.publish(conn, run_id, attempt, as_of, scored,
-                               ref_params=_ref_params(settings))
-            stages["publish"] = round(time.perf_counter() - lap, 3)
+            if dry_run:
+                stage("counting what publishing would do (dry run)")
+                publishing.finish_dry_run(conn, run_id, attempt, scored)
+                stages["dry_run_report"] = round(time.perf_counter() - lap, 3)
+            else:
+                stage("publishing")
+                publishing.publish(conn, run_id, attempt, as_of, scored,
+                                   ref_params=_ref_params(settings))
+                stages["publish"] = round(time.perf_counter() - lap, 3)
     except runs.RunTakenOverError:
         conn.rollback()
         raise
-    except InsufficientHistoryError as exc:
+    except (InsufficientHistoryError, dates.StaleScoringDateError) as exc:
         _record_failure(conn, run_id, attempt, exc.detail)
         raise
     except (ConvergenceError, ValueError) as exc:
@@ -132,9 +164,17 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
         raise
     finally:
         _release(conn, run_id)
+    runs.record_stage_seconds(conn, run_id, stages)
     seconds = time.perf_counter() - started
+    if dry_run:
+        log.info("scoring run %s (dry run) done, not published: %s customers in %.1f s",
+                 run_id, scored.counts["customers"], seconds)
+        return RunResult(run_id, as_of, scored.counts, scored.models, seconds,
+                         config.churn_horizon_days, [], dry_run=True)
     log.info("scoring run %s published: %s customers in %.1f s", run_id,
              scored.counts["customers"], seconds)
+    if progress is not None:
+        progress("rendering plots and applying retention")
     _render_plots(conn, run_id)
     retired = _apply_retention(conn, settings)
     return RunResult(run_id, as_of, scored.counts, scored.models, seconds,
@@ -142,18 +182,22 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
 
 
 def _start(conn: psycopg.Connection, settings: Settings, as_of: date, run_id: int | None,
-           churn_horizon_days: int | None) -> tuple[int, RunConfig]:
+           churn_horizon_days: int | None, dry_run: bool, allow_stale: bool
+           ) -> tuple[int, RunConfig, bool, bool]:
     """Record a new run (or read a claimed one) and the configuration it runs with."""
     if run_id is None:
         horizon = churn_horizon_days or settings.churn_horizon_days
-        run_id = runs.create_run(conn, as_of, settings.timezone, churn_horizon_days=horizon)
+        run_id = runs.create_run(conn, as_of, settings.timezone, churn_horizon_days=horizon,
+                                 dry_run=dry_run, allow_stale=allow_stale)
     else:
-        record = runs.run_record(conn, run_id)
+        record = runs.run_record(conn, run_id) or {}
         conn.commit()
-        horizon = int(record["churn_horizon_days"]) if record else settings.churn_horizon_days
+        horizon = int(record.get("churn_horizon_days") or settings.churn_horizon_days)
+        dry_run = bool(record.get("dry_run", dry_run))
+        allow_stale = bool(record.get("allow_stale", allow_stale))
     return run_id, RunConfig(churn_horizon_days=horizon, churn_model=settings.churn_model,
                              churn_risk_medium=settings.churn_risk_medium,
-                             churn_risk_high=settings.churn_risk_high)
+                             churn_risk_high=settings.churn_risk_high), dry_run, allow_stale
 
 
 def _render_plots(conn: psycopg.Connection, run_id: int) -> None:

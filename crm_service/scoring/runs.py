@@ -8,6 +8,7 @@ releases it when that session ends, however it ends (kill -9, crash, lost connec
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
@@ -27,6 +28,9 @@ def release_run(conn: psycopg.Connection, run_id: int) -> None:
     if not conn.closed:
         conn.execute("SELECT pg_advisory_unlock(%s::int, %s::int)", (RUN_OWNER_LOCK, run_id))
         conn.commit()
+
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed")
 
 
 def fail_dead_runs(conn: psycopg.Connection) -> list[int]:
@@ -49,14 +53,16 @@ def fail_dead_runs(conn: psycopg.Connection) -> list[int]:
 
 
 def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
-               status: str = "running", churn_horizon_days: int = 90) -> int:
+               status: str = "running", churn_horizon_days: int = 90, dry_run: bool = False,
+               allow_stale: bool = False) -> int:
     """Record a new run (running and owned by this session, or queued); committed at once."""
     with conn.transaction():
         row = conn.execute(
             "INSERT INTO scoring_runs (status, as_of, timezone, started_at, heartbeat_at,"
-            " churn_horizon_days) VALUES (%s, %s, %s, CASE WHEN %s = 'running' THEN now() END,"
-            " now(), %s) RETURNING id",
-            (status, as_of, timezone, status, churn_horizon_days)).fetchone()
+            " churn_horizon_days, dry_run, allow_stale) VALUES (%s, %s, %s,"
+            " CASE WHEN %s = 'running' THEN now() END, now(), %s, %s, %s) RETURNING id",
+            (status, as_of, timezone, status, churn_horizon_days, dry_run,
+             allow_stale)).fetchone()
         assert row is not None
         if status == "running":
             _own(conn, int(row[0]))
@@ -113,9 +119,17 @@ def fail_run(conn: psycopg.Connection, run_id: int, attempt: int, reason: str) -
     return cur.rowcount == 1
 
 
-_RECORD = ("id AS run_id, status, progress, as_of, time_unit, timezone, churn_horizon_days,"
-           " created_at, started_at, finished_at, error, counts, models, previous_run_id,"
-           " scores_retired_at")
+def record_stage_seconds(conn: psycopg.Connection, run_id: int,
+                         stages: dict[str, float]) -> None:
+    """Store a finished run's stage timings (publishing's own included); committed."""
+    with conn.transaction():
+        conn.execute("UPDATE scoring_runs SET counts = jsonb_set(counts, '{stage_seconds}', %s)"
+                     " WHERE id = %s AND counts IS NOT NULL", (json.dumps(stages), run_id))
+
+
+_RECORD = ("id AS run_id, status, dry_run, allow_stale, progress, as_of, time_unit, timezone,"
+           " churn_horizon_days, created_at, started_at, finished_at, error, counts, models,"
+           " previous_run_id, scores_retired_at")
 
 
 def _record(cur: psycopg.Cursor) -> dict[str, Any] | None:
@@ -136,3 +150,33 @@ def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
     return _record(conn.execute(
         f"SELECT {_RECORD} FROM scoring_runs"
         " WHERE id = (SELECT active_run_id FROM scoring_state)"))
+
+
+# The run list: what an operator scans for, without each run's full model JSON.
+_LISTED = """
+SELECT r.id, r.status, r.dry_run, r.as_of, r.created_at, r.started_at, r.finished_at, r.error,
+       r.churn_horizon_days, r.previous_run_id, r.scores_retired_at,
+       r.id = s.active_run_id AS live,
+       (r.counts ->> 'customers')::bigint AS customers,
+       r.counts -> 'stage_seconds' AS stage_seconds,
+       r.counts -> 'dry_run' AS dry_run_report,
+       r.models ->> 'selected' AS selected_model,
+       (r.models -> (r.models ->> 'selected') -> 'holdout' ->> 'mae')::float8 AS holdout_mae,
+       r.models -> 'churn' AS churn
+FROM scoring_runs r LEFT JOIN scoring_state s ON true
+WHERE (%(status)s::text IS NULL OR r.status = %(status)s)
+  AND (%(dry_run)s::boolean IS NULL OR r.dry_run = %(dry_run)s)
+  AND (%(before)s::bigint IS NULL OR r.id < %(before)s)
+ORDER BY r.id DESC
+LIMIT %(limit)s
+"""
+
+
+def list_runs(conn: psycopg.Connection, *, status: str | None = None,
+              dry_run: bool | None = None, before: int | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    """Runs newest first (ids below ``before``), at most ``limit``, as summary rows."""
+    cur = conn.execute(_LISTED, {"status": status, "dry_run": dry_run, "before": before,
+                                 "limit": limit})
+    names = [d.name for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
