@@ -497,35 +497,48 @@ def _print_dry_run(counts: dict[str, Any]) -> None:
 @pass_ctx
 @handles_errors
 def maintenance(ctx: Context, as_json: bool) -> None:
-    """Apply retention now: retire old runs' score rows (CRM_KEEP_RUNS, CRM_KEEP_RUN_DAYS).
+    """Apply every retention window now: runs' score rows and the operational tables.
 
-    The worker does this after every published run; this command is for an operator who
-    lowered the limits or a run whose retention pass failed. Prints what it dropped.
+    Scores: CRM_KEEP_RUNS, CRM_KEEP_RUN_DAYS (the worker also applies this after every
+    published run). Operational tables (the worker also applies these every
+    CRM_MAINTENANCE_INTERVAL_MINUTES): events (CRM_EVENT_RETENTION_DAYS, never one a webhook
+    has not received), ended webhook deliveries and attempts (CRM_DELIVERY_RETENTION_DAYS),
+    expired console sessions, idempotency records, schedule slots. Prints what it deleted.
     """
+    from crm_service import housekeeping
     from crm_service.scoring import retention
 
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
         report = retention.apply_retention(conn, ctx.settings)
+        tables = housekeeping.apply(conn, ctx.settings)
     if as_json:
-        click.echo(json.dumps({"retention": dataclasses.asdict(report)}, sort_keys=True))
+        click.echo(json.dumps({"retention": dataclasses.asdict(report),
+                               "housekeeping": dataclasses.asdict(tables)}, sort_keys=True))
         return
     s = ctx.settings
     rule = f"keep the newest {s.keep_runs} runs, none older than {s.keep_run_days} days"
     if report.busy:
-        click.echo("another retention pass is running (a worker after its run?); nothing done")
-        return
-    if report.deferred:
-        click.echo(f"runs {_ids(report.deferred)} are due but a reader held them; the next "
-                   "pass retires them")
-    if report.retired:
-        click.echo(f"retired the score rows of runs {_ids(report.retired)} ({rule}); their "
-                   "records, models and plots stay")
+        click.echo("another retention pass is running (a worker after its run?); no score rows "
+                   "retired")
     else:
-        click.echo(f"nothing to retire ({rule})")
-    if report.orphans_dropped:
-        click.echo("dropped score tables left by unpublished runs "
-                   f"{_ids(report.orphans_dropped)}")
-    click.echo(f"runs with scores: {_ids(report.kept) or 'none'}")
+        if report.deferred:
+            click.echo(f"runs {_ids(report.deferred)} are due but a reader held them; the next "
+                       "pass retires them")
+        if report.retired:
+            click.echo(f"retired the score rows of runs {_ids(report.retired)} ({rule}); their "
+                       "records, models and plots stay")
+        else:
+            click.echo(f"nothing to retire ({rule})")
+        if report.orphans_dropped:
+            click.echo("dropped score tables left by unpublished runs "
+                       f"{_ids(report.orphans_dropped)}")
+        click.echo(f"runs with scores: {_ids(report.kept) or 'none'}")
+    click.echo("deleted: " + ", ".join(f"{n:,} {name.replace('_', ' ')}"
+                                       for name, n in tables.deleted.items()))
+    for held in tables.held_by_webhooks:
+        click.echo(f"webhook {held['webhook_id']} ({held['status']}) holds {held['events']:,} "
+                   f"events older than {s.event_retention_days} days (oldest {held['oldest']}): "
+                   "kept until it receives them; enable or delete it to release them")
 
 
 def _ids(ids: list[int]) -> str:

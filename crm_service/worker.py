@@ -6,6 +6,8 @@
 - The schedule (:mod:`crm_service.schedule`) queues the daily run.
 - Webhook delivery (:mod:`crm_service.delivery`) runs in its own threads, so a slow receiver
   never holds up scoring.
+- Housekeeping (:mod:`crm_service.housekeeping`): the operational tables' retention, at start
+  and every ``CRM_MAINTENANCE_INTERVAL_MINUTES``.
 
 In embedded mode ``serve`` starts one worker beside the API.
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from crm_service import schedule
+from crm_service import housekeeping, schedule
 from crm_service.config import Settings
 from crm_service.db import DatabaseError
 from crm_service.errors import CrmError, DatabaseUnavailableError
@@ -48,6 +51,18 @@ def process_one(conn: psycopg.Connection, settings: Settings) -> int | None:
     return run_id
 
 
+def housekeep(conn: psycopg.Connection, settings: Settings) -> None:
+    """One retention pass over the operational tables (:mod:`crm_service.housekeeping`)."""
+    report = housekeeping.apply(conn, settings)
+    gone = {k: v for k, v in report.deleted.items() if v}
+    if gone:
+        log.info("housekeeping deleted %s", ", ".join(f"{v} {k}" for k, v in gone.items()))
+    for held in report.held_by_webhooks:
+        log.warning("webhook %s (%s) holds %s events past the event retention window (oldest "
+                    "%s): they are kept until it receives them, or until it is deleted",
+                    held["webhook_id"], held["status"], held["events"], held["oldest"])
+
+
 def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
                poll_seconds: float = 2.0, stop: threading.Event | None = None,
                webhooks: bool = True) -> None:
@@ -65,6 +80,7 @@ def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
              settings.timezone)
     dispatcher = Dispatcher(connect, settings).start() if webhooks else None
     conn: psycopg.Connection | None = None
+    next_housekeeping = 0.0  # a pass at start, then every CRM_MAINTENANCE_INTERVAL_MINUTES
     while not stop.is_set():
         try:
             if conn is None or conn.closed:
@@ -73,6 +89,9 @@ def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
                 log.warning("scoring run %s was left running by a process that died; marked "
                             "failed (the previous run stays live)", run_id)
             schedule.tick(conn, settings)
+            if time.monotonic() >= next_housekeeping:
+                housekeep(conn, settings)
+                next_housekeeping = time.monotonic() + 60 * settings.maintenance_interval_minutes
             if process_one(conn, settings) is None:
                 stop.wait(poll_seconds)
         except (DatabaseError, DatabaseUnavailableError) as exc:

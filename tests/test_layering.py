@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STORAGE = {"db", "embedded", "schema", "order_store", "customer_store",
            "api_keys", "locks", "idempotency", "session", "summary", "runs", "publishing",
-           "policies", "reads", "retention"}
+           "policies", "reads", "retention", "housekeeping"}
 
 
 def runtime_imports(path: Path) -> set[str]:

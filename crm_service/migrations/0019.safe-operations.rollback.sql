@@ -1,3 +1,4 @@
+DROP INDEX IF EXISTS webhook_deliveries_event_idx;
 DROP INDEX IF EXISTS webhook_attempts_started_brin;
 DROP INDEX IF EXISTS webhook_deliveries_created_brin;
 DROP INDEX IF EXISTS events_created_brin;

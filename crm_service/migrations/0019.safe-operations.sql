@@ -16,3 +16,6 @@ CREATE INDEX orders_paid_at_idx ON orders (ordered_at) WHERE status = 'paid';
 CREATE INDEX events_created_brin ON events USING brin (created_at);
 CREATE INDEX webhook_deliveries_created_brin ON webhook_deliveries USING brin (created_at);
 CREATE INDEX webhook_attempts_started_brin ON webhook_attempts USING brin (started_at);
+-- An event is pruned only once no delivery of it is left (pending, or in the delivery log):
+-- one probe per event.
+CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_id);
