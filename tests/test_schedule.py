@@ -119,5 +119,9 @@ def test_the_worker_runs_a_missed_slot_on_start(cdnow_loaded, settings, dsn):
         stop.set()
         t.join(60)
     assert len(runs(cdnow_loaded)) == 1
-    # CDNOW ends in 1998: a run as of yesterday is a valid run over all that history.
-    assert runs(cdnow_loaded)[0][1] == "succeeded"
+    # CDNOW ends in 1998: a run as of yesterday would make the whole base dormant, so the
+    # stale-date guard fails it with the reason, and nothing is published.
+    assert runs(cdnow_loaded)[0][1] == "failed"
+    error = cdnow_loaded.execute("SELECT error FROM scoring_runs").fetchone()[0]
+    cdnow_loaded.commit()
+    assert "newest paid order (1998-06-30)" in error and "CRM_MAX_STALE_DAYS" in error
