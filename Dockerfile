@@ -21,6 +21,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     CRM_DATA_DIR=/app/data \
     CRM_WORKERS=2 \
     CRM_THREADS=4 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/crm-metrics \
     MPLCONFIGDIR=/app/data/matplotlib
 WORKDIR /app
 RUN mkdir -p /app/data && chown -R crm:crm /app
@@ -30,7 +31,8 @@ HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys
 # No gunicorn access log: the app logs one JSON line per request with the route template (raw
 # paths and query strings hold customer ids and emails). The worker class answers HTTP-parser
 # errors with problem+json. --timeout exceeds the 60 s statement timeout, so slow requests end
-# in a problem+json answer. Writable paths: /app/data (volume) and /tmp (rate-limit buckets), so
+# in a problem+json answer. /metrics sums every worker's counts from PROMETHEUS_MULTIPROC_DIR,
+# emptied at start. Writable paths: /app/data (volume) and /tmp (rate-limit buckets, metrics), so
 # the root filesystem can be read-only:
 #   docker run --read-only --tmpfs /tmp -v crm-data:/app/data -e DATABASE_URL=... IMAGE
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --threads ${CRM_THREADS} --keep-alive 5 --timeout 120 --graceful-timeout 10 --no-control-socket --worker-class api.server.ProblemKeepAliveWorker api.wsgi:app"]
+CMD ["sh", "-c", "rm -rf ${PROMETHEUS_MULTIPROC_DIR} && mkdir -p ${PROMETHEUS_MULTIPROC_DIR} && exec gunicorn -c python:api.gunicorn_hooks --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --threads ${CRM_THREADS} --keep-alive 5 --timeout 120 --graceful-timeout 10 --no-control-socket --worker-class api.server.ProblemKeepAliveWorker api.wsgi:app"]

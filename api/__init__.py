@@ -16,12 +16,13 @@ from flask import Flask, Response, g, request, send_from_directory
 from flask_smorest import Api
 
 from api import auth, console, customers, events, health, ingestion, policy, scoring, webhooks
+from api import metrics as metrics_api
 from api.errors import register_error_handlers
 from api.fastpath import LookupLane
 from api.openapi import CustomerIdConverter, ProblemDocsPlugin
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
-from crm_service import __version__, logs, secretbox
+from crm_service import __version__, logs, metrics, secretbox
 from crm_service.api_keys import VerifiedKeys
 from crm_service.config import Settings, load_settings
 from crm_service.db import create_pool, resolve_dsn
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
                        lock_timeout_ms=LANE_LOCK_TIMEOUT_MS, check=False)
     for opened in (pool, reader, lane):
         atexit.register(opened.close)
+    metrics.watch_pools({"writer": pool, "reader": reader, "lane": lane})
     limiter = None
     if settings.rate_limit_per_second > 0:
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(events.blp)
     api.register_blueprint(policy.blp)
     api.register_blueprint(webhooks.blp)
+    api.register_blueprint(metrics_api.blp)
     app.register_blueprint(console.bp)
     auth.install(app)  # before the body checks in register_error_handlers
     register_error_handlers(app)
@@ -118,11 +121,13 @@ def log_request(environ: dict, route: str, status: int, started: float | None,
                 key_id: str | None, rid: str | None = None) -> str:
     """Write the request's log line; return its request id (for ``X-Request-Id``)."""
     rid = rid or request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+    seconds = time.perf_counter() - started if started else None
+    method = environ.get("REQUEST_METHOD") or "?"
     request_log.info("request", extra={
-        "request_id": rid, "method": environ.get("REQUEST_METHOD"), "route": route,
-        "status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+        "request_id": rid, "method": method, "route": route, "status": status,
+        "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
         "key_id": key_id})
+    metrics.observe_request(method, route, status, seconds)
     return rid
 
 

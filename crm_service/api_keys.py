@@ -29,6 +29,7 @@ SCOPES = (
     "scores:read",
     "runs:write",
     "webhooks:write",
+    "metrics:read",
     "admin",
 )
 PREFIX = "crm"

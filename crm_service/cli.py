@@ -602,6 +602,15 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -
     _check_port_free(host, port)
     dsn = ctx.upgraded_dsn(create=True)
     env = dict(os.environ, DATABASE_URL=dsn)
+    # Metrics: every gunicorn worker and the worker beside them count into one folder, which
+    # /metrics sums (prometheus_client's multiprocess mode). A fresh one per server: counts
+    # start at zero with the server, as Prometheus expects of a restarted target.
+    metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        metrics_dir = tempfile.mkdtemp(prefix="crm-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     background = None
     if ctx.settings.embedded:
         # The children get DATABASE_URL, so they would count as external and refuse to run
@@ -620,7 +629,7 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
            "--keep-alive", str(KEEPALIVE_SECONDS),
            "--no-control-socket", "--worker-class", GUNICORN_WORKER,
-           "api.wsgi:app"]
+           "-c", "python:api.gunicorn_hooks", "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
     # it when the server exits.
     child = subprocess.Popen(cmd, env=env)  # noqa: S603 - fixed argv, no shell
@@ -636,6 +645,8 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -
         if background is not None:
             background.terminate()
             background.wait(timeout=30)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @main.command()

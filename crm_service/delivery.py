@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from crm_service import __version__, secretbox, webhooks
+from crm_service import __version__, metrics, secretbox, webhooks
 from crm_service.config import Settings
 from crm_service.db import DatabaseError
 from crm_service.errors import CrmError, DatabaseUnavailableError, ValidationError
@@ -211,6 +211,7 @@ class Dispatcher:
                 ms = (time.perf_counter() - t0) * 1000
                 outcome = webhooks.record(conn, self.settings, job, started=started,
                                           duration_ms=ms, status_code=status_code, error=error)
+                metrics.record_delivery(outcome)
                 if outcome == "delivered":
                     self.delivered += 1
                 else:

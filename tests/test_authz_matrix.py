@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "DELETE /v1/webhooks/{webhook_id}": {"webhooks:write"},
     "POST /v1/webhooks/{webhook_id}/enable": {"webhooks:write"},
     "GET /v1/webhooks/{webhook_id}/deliveries": {"webhooks:write"},
+    "GET /metrics": {"metrics:read"},
 }
 OPEN = {"GET /healthz", "GET /readyz"}
 
