@@ -27,7 +27,7 @@ SELECT r.id, r.status, r.progress, r.as_of, r.created_at, r.started_at, r.finish
        r.models ->> 'selected', r.models -> (r.models ->> 'selected') -> 'holdout',
        r.models -> 'churn' ->> 'used', r.models -> 'churn' -> 'validation' -> 'ml',
        r.models -> 'churn' -> 'validation' -> 'btyd_baseline', r.tier_policy_version,
-       r.scores_retired_at
+       r.scores_retired_at, r.dry_run
 FROM scoring_runs r LEFT JOIN scoring_state st ON true
 ORDER BY r.id DESC LIMIT %s
 """
@@ -35,7 +35,7 @@ ORDER BY r.id DESC LIMIT %s
 _HISTORY_KEYS = ("run_id", "status", "progress", "as_of", "created_at", "started_at",
                  "finished_at", "error", "live", "customers", "purchase_model", "holdout",
                  "churn_model", "churn_ml", "churn_baseline", "tier_policy_version",
-                 "scores_retired_at")
+                 "scores_retired_at", "dry_run")
 
 
 def overview(conn: psycopg.Connection) -> dict[str, Any]:

@@ -341,6 +341,22 @@ def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token,
 
 # --- dashboard ----------------------------------------------------------------------------
 
+def test_dashboard_marks_a_dry_run_as_never_published(demo, settings, client, make_token):
+    live = run_scoring(demo, settings, as_of=date(1998, 3, 31))
+    dry = run_scoring(demo, settings, as_of=date(1998, 6, 30), dry_run=True)
+    sign_in(client, make_token("customers:read"))
+    page = client.get("/console/dashboard").text
+    runs = page[page.index('<table class="runs">'):]
+    row = runs[runs.index(f'<th scope="row">{dry.run_id}'):]
+    row = row[:row.index("</tr>")]
+    assert "dry run" in row and "not published; scores not kept" in row
+    assert 'class="badge live"' not in row
+    assert f'<th scope="row">{live.run_id} <span class="badge live">' in runs
+    client.set_cookie("crm_lang", "zh-Hans")
+    zh = client.get("/console/dashboard").text
+    assert "试运行" in zh and "未发布，不保留评分" in zh
+
+
 def test_dashboard_shows_tiers_moves_clv_spread_segments_plots_and_runs(
         demo, settings, client, make_token):
     run_scoring(demo, settings, as_of=date(1998, 3, 31))

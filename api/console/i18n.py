@@ -172,6 +172,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "dash.churn_brier": ("Churn Brier (model / baseline)", "流失 Brier（模型 / 基线）"),
     "dash.finished": ("Finished", "完成时间"),
     "dash.live": ("live", "当前"),
+    "dash.dry_run": ("dry run", "试运行"),
+    "dash.dry_run_note": ("not published; scores not kept", "未发布，不保留评分"),
     "dash.scores_retired": ("scores retired (retention); record and plots kept",
                             "评分明细已按保留策略清理；记录和图表保留"),
     "status.succeeded": ("succeeded", "成功"),
