@@ -276,3 +276,38 @@ def test_database_down_then_back_without_restarting_the_api(tmp_path):
         if server is not None:
             server.stop()
         db.stop()
+
+
+def test_metrics_count_every_gunicorn_worker(dsn, conn, tmp_path):
+    """Under `serve` (two workers, a fresh PROMETHEUS_MULTIPROC_DIR) a scrape counts the
+    requests whichever worker answered them; the folder goes when the server stops."""
+    import glob
+    import tempfile
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, token = api_keys.create_key(conn, "metrics", ["metrics:read", "scores:read"])
+    conn.commit()
+    auth = {"Authorization": f"Bearer {token}"}
+    pattern = os.path.join(tempfile.gettempdir(), "crm-metrics-*")
+    before = set(glob.glob(pattern))
+    with serving(dsn, tmp_path, CRM_RATE_LIMIT_PER_SECOND="0") as (base, _proc):
+        (folder,) = set(glob.glob(pattern)) - before
+        sent = 0
+        # New connections until both workers have answered some (each writes its own file).
+        while sent < 400 and len(glob.glob(os.path.join(folder, "counter_*.db"))) < 2:
+            try:
+                urllib.request.urlopen(urllib.request.Request(base + "/v1/segments",
+                                                              headers=auth), timeout=10)
+            except urllib.error.HTTPError as err:
+                assert err.code == 404  # no run published yet
+            sent += 1
+        assert len(glob.glob(os.path.join(folder, "counter_*.db"))) >= 2
+        with urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=auth),
+                                    timeout=10) as resp:
+            text = resp.read().decode()
+    counted = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                  if s.name == "crm_http_requests_total"
+                  and s.labels.get("route") == "/v1/segments" and s.labels["status"] == "404")
+    assert counted == sent
+    assert not os.path.exists(folder)
