@@ -66,6 +66,9 @@ POOL_WAITING = Gauge(
     "the live API processes.", ["pool"], registry=_REGISTRY, multiprocess_mode="livesum")
 
 _OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
+# gunicorn accepts any upper-case token as a method: the label keeps the standard ones only, so
+# a client cannot mint series (each one a file entry in every process) by inventing methods.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _pools: dict[str, Any] = {}
 _pools_seen = [0.0]
@@ -79,6 +82,8 @@ def multiprocess() -> bool:
 
 def observe_request(method: str, route: str, status: int, seconds: float | None) -> None:
     """Count one answered request (``route`` is a template, never a raw path)."""
+    if method not in _METHODS:
+        method = "other"
     key = (method, route, status)
     pair = _children.get(key)
     if pair is None:  # label lookups once per (method, route, status), not per request

@@ -157,3 +157,12 @@ def test_multiprocess_mode_sums_every_process(conn, dsn, tmp_path):
     assert value(fam["crm_http_requests"], "crm_http_requests_total", route="/v1/segments",
                  status="404") == 12  # no run published: 3 + 4 + 5, from three processes
     assert value(fam["crm_database_up"], "crm_database_up") == 1
+
+
+def test_invented_methods_share_one_label(client, make_token):
+    scraper = {"Authorization": f"Bearer {make_token('metrics:read')}"}
+    for method in ("BREW", "XYZZY", "PROPFIND"):
+        client.open("/v1/segments", method=method)
+    http = scrape(client, scraper)["crm_http_requests"]
+    methods = {s.labels["method"] for s in http}
+    assert "other" in methods and not methods & {"BREW", "XYZZY", "PROPFIND"}
