@@ -96,10 +96,10 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     api.register_blueprint(webhooks.blp)
     api.register_blueprint(metrics_api.blp)
     app.register_blueprint(console.bp)
+    _request_log(app)  # first: a request refused by authentication is timed too
     auth.install(app)  # before the body checks in register_error_handlers
     register_error_handlers(app)
     _serve_swagger_assets(app)
-    _request_log(app)
     # GET /v1/customers/{id} and .../tier in the common case: answered before Flask
     # (api.fastpath). CRM_LOOKUP_LANE=off leaves every request to Flask (same answers, slower).
     if settings.lookup_lane:

@@ -131,7 +131,7 @@ def _decode_run_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "run" or not value.isdigit():
+        if kind != "run" or not value.isdigit() or len(value) > 18:
             raise ValueError(text)
         return int(value)
     except ValueError:

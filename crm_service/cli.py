@@ -98,8 +98,11 @@ class Context:
                     f"no database: there is no embedded PostgreSQL in {where}. Create one with "
                     "`crm-service db upgrade` (or `crm-service demo`), or point this command at "
                     "the one you use with DATABASE_URL or CRM_DATA_DIR; nothing was written")
+            if s.embedded and create and not embedded_exists(s.data_dir):
+                _refuse_to_shadow_local_data_dir(s)
             self._dsn = resolve_dsn(s)
-            click.echo(f"database: {describe_database(s, self._dsn)}", err=True)
+            if not os.environ.get(SERVE_CHILD):  # serve named it already
+                click.echo(f"database: {describe_database(s, self._dsn)}", err=True)
             _warn_about_local_data_dir(s)
         return self._dsn
 
@@ -124,11 +127,36 @@ def describe_database(settings: Settings, dsn: str) -> str:
     return f"{describe_dsn(dsn)} (DATABASE_URL)"
 
 
-def _warn_about_local_data_dir(settings: Settings) -> None:
-    """Point at a database an earlier version made in ./.crm-data, which is no longer used."""
+# Set in the environment of the processes `serve` starts (they get the embedded database as
+# DATABASE_URL; `serve` has named it already).
+SERVE_CHILD = "CRM_SERVE_CHILD"
+
+
+def _local_data_dir(settings: Settings) -> Path | None:
+    """``./.crm-data`` when it holds a database an earlier version made and it is not in use."""
     old = Path(".crm-data").resolve()
     if settings.embedded and settings.data_dir_source == "default" \
             and old != settings.data_dir and embedded_exists(old):
+        return old
+    return None
+
+
+def _refuse_to_shadow_local_data_dir(settings: Settings) -> None:
+    """Do not create an empty per-user database beside the one an earlier version used here."""
+    old = _local_data_dir(settings)
+    if old is not None:
+        raise NoDatabaseError(
+            f"{old} holds the embedded database an earlier version made (it used ./.crm-data of "
+            f"the current folder); this version uses {settings.data_dir}, where there is none "
+            f"yet. To keep your data, set CRM_DATA_DIR={old} (or move that folder to "
+            f"{settings.data_dir}); to start afresh, set CRM_DATA_DIR={settings.data_dir}. "
+            "Nothing was created")
+
+
+def _warn_about_local_data_dir(settings: Settings) -> None:
+    """Point at a database an earlier version made in ./.crm-data, which is no longer used."""
+    old = _local_data_dir(settings)
+    if old is not None:
         click.echo(f"note: {old} holds an embedded database made by an earlier version (which "
                    "used ./.crm-data of the current folder); to keep using it, set "
                    f"CRM_DATA_DIR={old}", err=True)
@@ -533,8 +561,12 @@ def maintenance(ctx: Context, as_json: bool) -> None:
             click.echo("dropped score tables left by unpublished runs "
                        f"{_ids(report.orphans_dropped)}")
         click.echo(f"runs with scores: {_ids(report.kept) or 'none'}")
-    click.echo("deleted: " + ", ".join(f"{n:,} {name.replace('_', ' ')}"
-                                       for name, n in tables.deleted.items()))
+    if tables.busy:
+        click.echo("another housekeeping pass is running (a worker?); operational tables left "
+                   "to it")
+    else:
+        click.echo("deleted: " + ", ".join(f"{n:,} {name.replace('_', ' ')}"
+                                           for name, n in tables.deleted.items()))
     for held in tables.held_by_webhooks:
         click.echo(f"webhook {held['webhook_id']} ({held['status']}) holds {held['events']:,} "
                    f"events older than {s.event_retention_days} days (oldest {held['oldest']}): "
@@ -601,12 +633,14 @@ def _check_port_free(host: str, port: int) -> None:
 def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -> int:
     _check_port_free(host, port)
     dsn = ctx.upgraded_dsn(create=True)
-    env = dict(os.environ, DATABASE_URL=dsn)
+    env = dict(os.environ, DATABASE_URL=dsn, **{SERVE_CHILD: "1"})
     # Metrics: every gunicorn worker and the worker beside them count into one folder, which
     # /metrics sums (prometheus_client's multiprocess mode). A fresh one per server: counts
     # start at zero with the server, as Prometheus expects of a restarted target.
     metrics_dir = None
-    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):  # the operator's: it must exist
+        Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    else:
         import tempfile
 
         metrics_dir = tempfile.mkdtemp(prefix="crm-metrics-")

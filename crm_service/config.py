@@ -89,24 +89,34 @@ class Settings:
         return not self.database_url
 
 
-def default_data_dir() -> Path:
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where the embedded database lives without ``CRM_DATA_DIR``: one per-user location.
 
-    ``$XDG_DATA_HOME/crm-service`` (``~/.local/share/crm-service`` on Linux; the platform's
-    user data folder elsewhere), whatever the current directory, so a cron job or an ETL
-    script started from another folder writes to the same database as the service.
+    ``$XDG_DATA_HOME/crm-service``, else ``~/.local/share/crm-service`` (the XDG rule, on
+    every system), whatever the current directory, so a cron job or an ETL script started from
+    another folder writes to the same database as the service. Not ``platformdirs``: its macOS
+    folder (``~/Library/Application Support``) holds a space, which the embedded server's
+    socket option and the DSN built from it cannot carry.
     """
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("crm-service", appauthor=False))
+    env = os.environ if env is None else env
+    base = (env.get("XDG_DATA_HOME") or "").strip()
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
+    return root / "crm-service"
 
 
 def _data_dir(env: Mapping[str, str]) -> tuple[Path, str]:
     raw = (env.get("CRM_DATA_DIR") or "").strip()
-    if not raw:
-        return default_data_dir(), "default"
-    # Resolved now: a relative CRM_DATA_DIR means the same folder for every child process.
-    return Path(raw).expanduser().resolve(), "CRM_DATA_DIR"
+    if raw:
+        # Resolved now: a relative CRM_DATA_DIR means the same folder for every child process.
+        path, source = Path(raw).expanduser().resolve(), "CRM_DATA_DIR"
+    else:
+        path, source = default_data_dir(env), "default"
+    if any(c.isspace() for c in str(path)) and not (env.get("DATABASE_URL") or "").strip():
+        where = "CRM_DATA_DIR" if source == "CRM_DATA_DIR" else "the default data folder"
+        raise ConfigError(
+            f"{where} {str(path)!r} contains a space, which the embedded PostgreSQL's socket "
+            "path cannot hold: set CRM_DATA_DIR to a folder without spaces")
+    return path, source
 
 
 def _number(env: Mapping[str, str], name: str, default: T, lo: T, hi: T) -> T:

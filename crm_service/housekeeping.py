@@ -76,12 +76,21 @@ GROUP BY w.id, w.status ORDER BY w.id
 """
 
 
+# One pass at a time across workers (concurrent batched deletes of the same rows would only
+# wait on each other, or deadlock).
+_LOCK = 0x6372_6D68  # "crmh"
+
+
 @dataclass
 class HousekeepingReport:
-    """Rows deleted per table, and the subscriptions holding events past their window."""
+    """Rows deleted per table, and the subscriptions holding events past their window.
+
+    ``busy``: another pass (another worker) was running; this one did nothing.
+    """
 
     deleted: dict[str, int] = field(default_factory=dict)
     held_by_webhooks: list[dict[str, object]] = field(default_factory=list)
+    busy: bool = False
 
 
 def _drain(conn: psycopg.Connection, query: str, params: dict[str, object]) -> int:
@@ -101,6 +110,22 @@ def apply(conn: psycopg.Connection, settings: Settings) -> HousekeepingReport:
     can go in the same pass.
     """
     report = HousekeepingReport()
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK,)).fetchone()
+    conn.commit()
+    if not (row and row[0]):
+        report.busy = True
+        return report
+    try:
+        _apply(conn, settings, report)
+    finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+        conn.commit()
+    return report
+
+
+def _apply(conn: psycopg.Connection, settings: Settings, report: HousekeepingReport) -> None:
     d = report.deleted
     d["webhook_attempts"] = _drain(conn, _ATTEMPTS, {"days": settings.delivery_retention_days})
     d["webhook_deliveries"] = _drain(conn, _DELIVERIES,
@@ -114,4 +139,3 @@ def apply(conn: psycopg.Connection, settings: Settings) -> HousekeepingReport:
         rows = conn.execute(_HELD, {"days": settings.event_retention_days}).fetchall()
     report.held_by_webhooks = [{"webhook_id": str(w), "status": s, "events": int(n),
                                 "oldest": oldest.isoformat()} for w, s, n, oldest in rows]
-    return report

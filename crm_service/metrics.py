@@ -19,6 +19,7 @@ no customer id, email, phone or key.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     import psycopg
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -75,9 +78,14 @@ _pools_seen = [0.0]
 POOL_REFRESH_SECONDS = 1.0
 
 
+# prometheus_client picks its value store when it is imported (this module imports it): the
+# mode is what the environment said then, whatever it says at scrape time.
+_MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 def multiprocess() -> bool:
     """Whether the processes count into ``PROMETHEUS_MULTIPROC_DIR``."""
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return _MULTIPROCESS
 
 
 def observe_request(method: str, route: str, status: int, seconds: float | None) -> None:
@@ -232,7 +240,9 @@ class _DatabaseCollector(Collector):
         try:
             with self.connection() as conn:
                 found = read_database(conn)
-        except Exception:  # noqa: BLE001 - a scrape answers while the database is down
+        except Exception as exc:  # noqa: BLE001 - a scrape answers while the database is down
+            log.warning("metrics: could not read the database (%s: %s)", type(exc).__name__,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else "")
             found = []
         up.add_metric([], 1.0 if found else 0.0)
         yield up

@@ -52,8 +52,23 @@ def process_one(conn: psycopg.Connection, settings: Settings) -> int | None:
 
 
 def housekeep(conn: psycopg.Connection, settings: Settings) -> None:
-    """One retention pass over the operational tables (:mod:`crm_service.housekeeping`)."""
-    report = housekeeping.apply(conn, settings)
+    """One retention pass over the operational tables (:mod:`crm_service.housekeeping`).
+
+    A failure is logged and the pass left for the next interval (the connection is reset if
+    the failure left it in a transaction); a lost database is the loop's to handle.
+    """
+    try:
+        report = housekeeping.apply(conn, settings)
+    except DatabaseUnavailableError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. a statement timeout on a first pass over a backlog
+        log.exception("housekeeping pass failed; the next one is in %s minutes",
+                      settings.maintenance_interval_minutes)
+        if not conn.closed:
+            conn.rollback()
+        return
+    if report.busy:
+        return
     gone = {k: v for k, v in report.deleted.items() if v}
     if gone:
         log.info("housekeeping deleted %s", ", ".join(f"{v} {k}" for k, v in gone.items()))
@@ -90,8 +105,10 @@ def run_worker(connect: Callable[[], psycopg.Connection], settings: Settings, *,
                             "failed (the previous run stays live)", run_id)
             schedule.tick(conn, settings)
             if time.monotonic() >= next_housekeeping:
-                housekeep(conn, settings)
+                # Due again after the interval even if this pass fails: a failing pass must
+                # never keep the worker from its runs.
                 next_housekeeping = time.monotonic() + 60 * settings.maintenance_interval_minutes
+                housekeep(conn, settings)
             if process_one(conn, settings) is None:
                 stop.wait(poll_seconds)
         except (DatabaseError, DatabaseUnavailableError) as exc:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from crm_service.config import load_settings
@@ -13,8 +15,19 @@ def test_defaults():
     assert s.data_dir_source == "default"
     assert load_settings({"CRM_DATA_DIR": "rel/dir"}).data_dir.is_absolute()
     assert s.max_stale_days == 30 and s.event_retention_days == 90
+    assert load_settings({"XDG_DATA_HOME": "/srv/data"}).data_dir == Path("/srv/data/crm-service")
     assert s.max_batch_orders == 1000 and s.max_body_bytes == 5 * 1024 * 1024
     assert s.idempotency_ttl_hours == 24
+
+
+def test_a_data_folder_with_a_space_is_refused_for_the_embedded_database():
+    with pytest.raises(ConfigError, match="contains a space"):
+        load_settings({"CRM_DATA_DIR": "/tmp/with space"})
+    with pytest.raises(ConfigError, match="the default data folder"):
+        load_settings({"XDG_DATA_HOME": "/Users/ana/Library/Application Support"})
+    # Irrelevant with an external database.
+    assert load_settings({"CRM_DATA_DIR": "/tmp/with space",
+                          "DATABASE_URL": "postgresql://u@h/db"}).database_url
 
 
 def test_values_are_read_and_normalised():

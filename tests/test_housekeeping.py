@@ -152,3 +152,41 @@ def test_the_worker_applies_them(conn, settings, dsn):
         stop.set()
         worker.join(timeout=30)
     assert count(conn, "SELECT count(*) FROM events") == 4
+
+
+def test_one_pass_at_a_time(conn, settings, dsn):
+    _base(conn, settings)
+    with psycopg.connect(dsn) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (housekeeping._LOCK,))
+        report = housekeeping.apply(conn, settings)
+        assert report.busy and report.deleted == {}
+        assert count(conn, "SELECT count(*) FROM events") == 5
+    assert not housekeeping.apply(conn, settings).busy
+
+
+def test_a_failing_pass_never_keeps_the_worker_from_its_runs(cdnow_loaded, settings, dsn,
+                                                             monkeypatch):
+    from datetime import date
+
+    from crm_service.scoring import runs
+
+    def failing(*_args, **_kwargs):
+        raise RuntimeError("statement timeout, say")
+
+    monkeypatch.setattr(housekeeping, "apply", failing)
+    run_id = runs.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
+    stop = threading.Event()
+    worker = threading.Thread(target=run_worker, args=(lambda: psycopg.connect(dsn), settings),
+                              kwargs={"poll_seconds": 0.1, "stop": stop, "webhooks": False})
+    worker.start()
+    try:
+        for _ in range(600):
+            status = q(cdnow_loaded, "SELECT status FROM scoring_runs WHERE id = %s",
+                       run_id)[0][0]
+            if status in ("succeeded", "failed"):
+                break
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert status == "succeeded"

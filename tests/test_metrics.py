@@ -62,6 +62,10 @@ def test_metrics_after_real_traffic(cdnow_loaded, client, make_token, settings, 
                  status="200") >= 10
     assert value(latency, "crm_http_request_duration_seconds_bucket", route=TIER_ROUTE,
                  status="200", le="+Inf") >= 10
+    # A request refused by authentication is timed too.
+    assert value(latency, "crm_http_request_duration_seconds_count", route="/v1/segments",
+                 status="401") == value(http, "crm_http_requests_total", route="/v1/segments",
+                                        status="401")
 
     assert value(fam["crm_database_up"], "crm_database_up") == 1
     runs = fam["crm_scoring_runs"]

@@ -79,6 +79,24 @@ def test_the_cli_uses_one_database_from_any_folder_and_creates_none_by_accident(
     assert not (a / ".crm-data").exists() and not (b / ".crm-data").exists()
 
 
+def test_an_old_local_data_folder_is_not_shadowed_by_a_new_empty_database(tmp_path,
+                                                                         monkeypatch):
+    old = tmp_path / "project" / ".crm-data" / "pg"
+    old.mkdir(parents=True)
+    (old / "PG_VERSION").write_text("16\n")
+    monkeypatch.chdir(tmp_path / "project")
+    env = {"DATABASE_URL": None, "CRM_DATA_DIR": None,
+           "XDG_DATA_HOME": str(tmp_path / "share")}
+    for args in (["db", "upgrade"], ["serve", "--port", "8039"], ["demo", "--no-serve"]):
+        r = cli(*args, env=env)
+        assert r.exit_code == 2, (args, r.output)
+        assert f"CRM_DATA_DIR={old.parent}" in r.stderr and "Nothing was created" in r.stderr
+    assert not (tmp_path / "share").exists()
+    # Elsewhere commands only note it (and refuse for want of a database).
+    r = cli("keys", "list", env=env)
+    assert r.exit_code == 2 and "no embedded PostgreSQL" in r.stderr
+
+
 def test_the_database_line_names_an_external_database_without_its_password(cli_env, dsn):
     from crm_service.cli import describe_database
     from crm_service.config import load_settings
@@ -276,7 +294,8 @@ def test_the_run_list_is_newest_first_paged_and_filtered(cdnow_loaded, client, m
 
 
 @pytest.mark.parametrize("query", ["status=done", "limit=0", "limit=101", "cursor=bm9wZQ",
-                                   "cursor=%25%25", "dry_run=maybe"])
+                                   "cursor=%25%25", "dry_run=maybe",
+                                   "cursor=cnVuOjk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5"])
 def test_the_run_list_rejects_bad_queries(client, make_token, query):
     reader = {"Authorization": f"Bearer {make_token('scores:read')}"}
     r = client.get(f"/v1/scoring-runs?{query}", headers=reader)

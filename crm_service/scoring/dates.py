@@ -80,9 +80,9 @@ def check_stale(settings: Settings, as_of: date, newest: date | None, *,
         raise StaleScoringDateError(
             f"as_of {as_of} is {gap} days after the newest paid order ({newest}), more than "
             f"CRM_MAX_STALE_DAYS={settings.max_stale_days}: every customer would look lapsed, "
-            "the run would replace the live one and fire a lifecycle event for most of the "
-            f"base. Score as of {newest}, load the missing orders first, or, if this is what "
-            "you mean, pass allow_stale: true (--allow-stale on the command line)")
+            "and a run published so would replace the live one and fire a lifecycle event for "
+            f"most of the base. Score as of {newest}, load the missing orders first, or, if "
+            "this is what you mean, pass allow_stale: true (--allow-stale on the command line)")
 
 
 def check_run_date(conn: psycopg.Connection, settings: Settings, as_of: date, *,

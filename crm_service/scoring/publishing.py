@@ -159,6 +159,16 @@ def _exists(cur: psycopg.Cursor, name: str) -> bool:
     return bool(row and row[0])
 
 
+def _drop_erased(cur: psycopg.Cursor, run_id: int, part: sql.Identifier) -> None:
+    """Remove from the run's table the customers erased since (about) the run started."""
+    cur.execute("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
+                " WHERE r.id = %s AND e.erased_at >= r.started_at - interval '1 day')",
+                (run_id,))
+    if cur.fetchone()[0]:  # type: ignore[index]
+        cur.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM customers c"
+                            " WHERE c.customer_id = s.customer_id)").format(part))
+
+
 def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
             scored: ScoredRun, *, ref_params: dict[str, bytes] | None = None) -> int | None:
     """Attach the run's written partition and make it the live run, in one transaction.
@@ -189,12 +199,7 @@ def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
         # may commit after the run read the orders (it waits for this very lock): a day's
         # margin covers any erasure transaction (each statement is bounded by the API's
         # timeout). Then the customers no longer held are dropped from the new partition.
-        cur.execute("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
-                    " WHERE r.id = %s AND e.erased_at >= r.started_at - interval '1 day')",
-                    (run_id,))
-        if cur.fetchone()[0]:  # type: ignore[index]
-            cur.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM customers c"
-                                " WHERE c.customer_id = s.customer_id)").format(part))
+        _drop_erased(cur, run_id, part)
         cur.execute(f"SET LOCAL work_mem = '{RUN_WORK_MEM}'")
         cur.execute(sql.SQL("ALTER TABLE customer_scores ATTACH PARTITION {} FOR VALUES IN ({})")
                     .format(part, sql.Literal(int(run_id))))
@@ -239,26 +244,28 @@ def finish_dry_run(conn: psycopg.Connection, run_id: int, attempt: int,
                     " AND status = 'running' FOR UPDATE", (run_id, attempt))
         if cur.fetchone() is None:
             raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
-        cur.execute("SELECT active_run_id FROM scoring_state")
+        # Shared: no run publishes (and retires the live run's rows) while this one compares.
+        cur.execute("SELECT active_run_id FROM scoring_state FOR SHARE")
         live = cur.fetchone()
         live_run = live[0] if live else None
+        _drop_erased(cur, run_id, part)  # counted as publishing would: without them
         events: dict[str, int] = {}
-        if live_run is not None and _exists(cur, partition_name(live_run)):
+        compared = live_run is not None and _exists(cur, partition_name(live_run))
+        if compared and live_run is not None:
             cur.execute(f"SET LOCAL work_mem = '{RUN_WORK_MEM}'")
             cur.execute(sql.SQL(_EVENTS_PREVIEW).format(
                 new=part, live=sql.Identifier(partition_name(live_run))))
             events = {str(t): int(n) for t, n in cur.fetchall()}
         report: dict[str, object] = {
-            "published": False, "compared_with_run_id": live_run,
+            "published": False, "compared_with_run_id": live_run if compared else None,
             "events": events, "events_total": sum(events.values())}
         counts = {**scored.counts, "dry_run": report}
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(part))
         cur.execute(
             "UPDATE scoring_runs SET status = 'succeeded', finished_at = now(), counts = %s,"
             " models = %s, diagnostics = %s, progress = 'dry run: not published',"
-            " tier_policy_version = %s, previous_run_id = %s, scores_retired_at = now()"
-            " WHERE id = %s",
+            " tier_policy_version = %s, scores_retired_at = now() WHERE id = %s",
             (json.dumps(counts), json.dumps(scored.models), json.dumps(scored.diagnostics),
-             scored.policy_version, live_run, run_id))
+             scored.policy_version, run_id))
     scored.counts["dry_run"] = report
     return report
