@@ -90,7 +90,10 @@ class Context:
         """The DSN in use, creating the embedded database only when ``create``."""
         if self._dsn is None:
             s = self.settings
-            if s.embedded and not create and not embedded_exists(s.data_dir):
+            if s.embedded and not embedded_exists(s.data_dir):
+                if create:
+                    _refuse_to_shadow_local_data_dir(s)
+                    return self._resolve(s)
                 where = (f"CRM_DATA_DIR={s.data_dir}" if s.data_dir_source == "CRM_DATA_DIR"
                          else f"{s.data_dir} (the per-user default; no CRM_DATA_DIR or "
                               "DATABASE_URL is set)")
@@ -98,12 +101,15 @@ class Context:
                     f"no database: there is no embedded PostgreSQL in {where}. Create one with "
                     "`crm-service db upgrade` (or `crm-service demo`), or point this command at "
                     "the one you use with DATABASE_URL or CRM_DATA_DIR; nothing was written")
-            if s.embedded and create and not embedded_exists(s.data_dir):
-                _refuse_to_shadow_local_data_dir(s)
-            self._dsn = resolve_dsn(s)
-            if not os.environ.get(SERVE_CHILD):  # serve named it already
-                click.echo(f"database: {describe_database(s, self._dsn)}", err=True)
-            _warn_about_local_data_dir(s)
+            return self._resolve(s)
+        return self._dsn
+
+    def _resolve(self, s: Settings) -> str:
+        """Start or reach the database, and name it on stderr."""
+        self._dsn = resolve_dsn(s)
+        if not os.environ.get(SERVE_CHILD):  # serve named it already
+            click.echo(f"database: {describe_database(s, self._dsn)}", err=True)
+        _warn_about_local_data_dir(s)
         return self._dsn
 
     def upgraded_dsn(self, *, create: bool = False) -> str:
@@ -507,8 +513,8 @@ def _print_dry_run(counts: dict[str, Any]) -> None:
     click.echo("tiers: " + ", ".join(f"{k} {v:,}" for k, v in tiers.items()))
     live = report.get("compared_with_run_id")
     if live is None:
-        click.echo("no live run to compare with: publishing would make this the first run "
-                   "(no lifecycle events)")
+        click.echo("no live run's scores to compare with (no run published yet, or its scores "
+                   "were retired): publishing would emit no lifecycle event")
         return
     matrix = counts.get("tier_transition_matrix") or {}
     click.echo(f"tier moves against the live run {live} (from -> to: customers):")

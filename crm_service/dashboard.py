@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from crm_service.scoring import runs
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -20,24 +22,6 @@ SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, r.counts, r.models,
 FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id
 """
 
-# Per run, only the figures the history table shows (not the whole models document).
-_HISTORY = """
-SELECT r.id, r.status, r.progress, r.as_of, r.created_at, r.started_at, r.finished_at, r.error,
-       r.id = st.active_run_id, (r.counts ->> 'customers')::bigint,
-       r.models ->> 'selected', r.models -> (r.models ->> 'selected') -> 'holdout',
-       r.models -> 'churn' ->> 'used', r.models -> 'churn' -> 'validation' -> 'ml',
-       r.models -> 'churn' -> 'validation' -> 'btyd_baseline', r.tier_policy_version,
-       r.scores_retired_at, r.dry_run
-FROM scoring_runs r LEFT JOIN scoring_state st ON true
-ORDER BY r.id DESC LIMIT %s
-"""
-
-_HISTORY_KEYS = ("run_id", "status", "progress", "as_of", "created_at", "started_at",
-                 "finished_at", "error", "live", "customers", "purchase_model", "holdout",
-                 "churn_model", "churn_ml", "churn_baseline", "tier_policy_version",
-                 "scores_retired_at", "dry_run")
-
-
 def overview(conn: psycopg.Connection) -> dict[str, Any]:
     """The live run (or None) and the latest runs, newest first, in two statements."""
     row = conn.execute(_LIVE).fetchone()
@@ -47,9 +31,22 @@ def overview(conn: psycopg.Connection) -> dict[str, Any]:
         live = {"run_id": run_id, "as_of": as_of, "scored_at": finished,
                 "churn_horizon_days": horizon, "counts": counts or {}, "models": models or {},
                 "has_diagnostics": bool(has_plots)}
-    runs = [dict(zip(_HISTORY_KEYS, r, strict=True))
-            for r in conn.execute(_HISTORY, (RUN_HISTORY,)).fetchall()]
-    return {"live": live, "runs": runs}
+    history = [_history_row(r) for r in runs.list_runs(conn, limit=RUN_HISTORY)]
+    return {"live": live, "runs": history}
+
+
+def _history_row(run: dict[str, Any]) -> dict[str, Any]:
+    """One row of the history table, from the run list."""
+    churn = run["churn"] or {}
+    validation = churn.get("validation") or {}
+    return {
+        "run_id": run["id"], "purchase_model": run["selected_model"],
+        "holdout": None if run["holdout_mae"] is None else {"mae": run["holdout_mae"]},
+        "churn_model": churn.get("used"), "churn_ml": validation.get("ml"),
+        "churn_baseline": validation.get("btyd_baseline"),
+        **{k: run[k] for k in ("status", "progress", "as_of", "created_at", "started_at",
+                               "finished_at", "error", "live", "customers",
+                               "tier_policy_version", "scores_retired_at", "dry_run")}}
 
 
 def live_brief(conn: psycopg.Connection) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ DELETE FROM events WHERE id IN (
 _DELIVERIES = """
 DELETE FROM webhook_deliveries WHERE id IN (
     SELECT id FROM webhook_deliveries
+    -- created_at first: implied by the line below, and what the BRIN index can find.
     WHERE status <> 'pending' AND created_at < now() - make_interval(days => %(days)s)
       AND coalesce(delivered_at, next_attempt_at, created_at)
           < now() - make_interval(days => %(days)s)

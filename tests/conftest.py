@@ -136,6 +136,26 @@ def count(conn: psycopg.Connection, sql: str, *params) -> int:
     return int(row[0])
 
 
+def run_worker_until(dsn: str, settings: Settings, done, *, seconds: float = 60) -> None:
+    """Run the worker loop in a thread (no webhook delivery) until ``done()`` or ``seconds``."""
+    import threading
+
+    from crm_service.worker import run_worker
+
+    stop = threading.Event()
+    worker = threading.Thread(target=run_worker, args=(lambda: psycopg.connect(dsn), settings),
+                              kwargs={"poll_seconds": 0.1, "stop": stop, "webhooks": False})
+    worker.start()
+    try:
+        for _ in range(int(seconds / 0.1)):
+            if done():
+                break
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 
 import psycopg
 from click.testing import CliRunner
 
 from crm_service import housekeeping, webhooks
 from crm_service.cli import main
-from crm_service.worker import run_worker
-from tests.conftest import count, q
+from tests.conftest import count, q, run_worker_until
 
 
 def _event(conn, days_old: int, customer: str = "C1") -> int:
@@ -139,18 +137,8 @@ def test_maintenance_applies_them_on_demand(conn, settings, cli_env):
 
 def test_the_worker_applies_them(conn, settings, dsn):
     _base(conn, settings)
-    stop = threading.Event()
-    worker = threading.Thread(target=run_worker, args=(lambda: psycopg.connect(dsn), settings),
-                              kwargs={"poll_seconds": 0.1, "stop": stop, "webhooks": False})
-    worker.start()
-    try:
-        for _ in range(100):
-            if count(conn, "SELECT count(*) FROM events") == 4:
-                break
-            stop.wait(0.1)
-    finally:
-        stop.set()
-        worker.join(timeout=30)
+    run_worker_until(dsn, settings, lambda: count(conn, "SELECT count(*) FROM events") == 4,
+                     seconds=10)
     assert count(conn, "SELECT count(*) FROM events") == 4
 
 
@@ -175,18 +163,9 @@ def test_a_failing_pass_never_keeps_the_worker_from_its_runs(cdnow_loaded, setti
 
     monkeypatch.setattr(housekeeping, "apply", failing)
     run_id = runs.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
-    stop = threading.Event()
-    worker = threading.Thread(target=run_worker, args=(lambda: psycopg.connect(dsn), settings),
-                              kwargs={"poll_seconds": 0.1, "stop": stop, "webhooks": False})
-    worker.start()
-    try:
-        for _ in range(600):
-            status = q(cdnow_loaded, "SELECT status FROM scoring_runs WHERE id = %s",
-                       run_id)[0][0]
-            if status in ("succeeded", "failed"):
-                break
-            stop.wait(0.1)
-    finally:
-        stop.set()
-        worker.join(timeout=60)
-    assert status == "succeeded"
+
+    def status():
+        return q(cdnow_loaded, "SELECT status FROM scoring_runs WHERE id = %s", run_id)[0][0]
+
+    run_worker_until(dsn, settings, lambda: status() in ("succeeded", "failed"))
+    assert status() == "succeeded"

@@ -13,6 +13,7 @@ import pytest
 from crm_service import schedule
 from crm_service.config import load_settings
 from crm_service.errors import ConfigError
+from tests.conftest import run_worker_until
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -99,25 +100,12 @@ def test_concurrent_workers_queue_a_slot_once(conn, settings, dsn):
 
 def test_the_worker_runs_a_missed_slot_on_start(cdnow_loaded, settings, dsn):
     """The worker's loop ticks the schedule: a slot missed while it was down runs at start."""
-    from crm_service.worker import run_worker
-
     s = dataclasses.replace(settings, score_schedule="02:00")
     cdnow_loaded.execute("INSERT INTO schedule_slots (slot, note) VALUES (%s, 'baseline')",
                          (utc(2020, 1, 1, 2, 0),))
     cdnow_loaded.commit()
-    stop = threading.Event()
-    t = threading.Thread(target=run_worker, args=(lambda: psycopg.connect(dsn), s),
-                         kwargs={"poll_seconds": 0.1, "stop": stop, "webhooks": False})
-    t.start()
-    try:
-        for _ in range(600):
-            done = [r for r in runs(cdnow_loaded) if r[1] in ("succeeded", "failed")]
-            if done:
-                break
-            stop.wait(0.1)
-    finally:
-        stop.set()
-        t.join(60)
+    run_worker_until(dsn, s, lambda: any(r[1] in ("succeeded", "failed")
+                                         for r in runs(cdnow_loaded)))
     assert len(runs(cdnow_loaded)) == 1
     # CDNOW ends in 1998: a run as of yesterday would make the whole base dormant, so the
     # stale-date guard fails it with the reason, and nothing is published.

@@ -159,6 +159,23 @@ def _exists(cur: psycopg.Cursor, name: str) -> bool:
     return bool(row and row[0])
 
 
+def _claim_live(cur: psycopg.Cursor, run_id: int, attempt: int, *,
+                share: bool = False) -> int | None:
+    """Lock this attempt's run row and the live-run pointer; return the live run's id.
+
+    The pointer is locked ``FOR SHARE`` with ``share``, else ``FOR UPDATE``. Raises
+    :class:`RunTakenOverError` if another worker has claimed the run since.
+    """
+    cur.execute("SELECT 1 FROM scoring_runs WHERE id = %s AND attempt = %s"
+                " AND status = 'running' FOR UPDATE", (run_id, attempt))
+    if cur.fetchone() is None:
+        raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
+    cur.execute("SELECT active_run_id FROM scoring_state FOR SHARE" if share
+                else "SELECT active_run_id FROM scoring_state FOR UPDATE")
+    live = cur.fetchone()
+    return live[0] if live else None
+
+
 def _drop_erased(cur: psycopg.Cursor, run_id: int, part: sql.Identifier) -> None:
     """Remove from the run's table the customers erased since (about) the run started."""
     cur.execute("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
@@ -186,14 +203,8 @@ def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
     part = sql.Identifier(partition_name(run_id))
     counts = scored.counts
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM scoring_runs WHERE id = %s AND attempt = %s"
-                    " AND status = 'running' FOR UPDATE", (run_id, attempt))
-        if cur.fetchone() is None:
-            raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
         # Publishing runs one at a time from here on, so event ids are committed in order.
-        cur.execute("SELECT active_run_id FROM scoring_state FOR UPDATE")
-        live = cur.fetchone()
-        previous_run = live[0] if live else None
+        previous_run = _claim_live(cur, run_id, attempt)
         # Erasures wait for this lock; those the run's snapshot may not have seen must not come
         # back. erased_at is the erasure's start, and an erasure that started before the run
         # may commit after the run read the orders (it waits for this very lock): a day's
@@ -240,14 +251,8 @@ def finish_dry_run(conn: psycopg.Connection, run_id: int, attempt: int,
     """
     part = sql.Identifier(partition_name(run_id))
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM scoring_runs WHERE id = %s AND attempt = %s"
-                    " AND status = 'running' FOR UPDATE", (run_id, attempt))
-        if cur.fetchone() is None:
-            raise RunTakenOverError(f"scoring run {run_id} was taken over by another worker")
         # Shared: no run publishes (and retires the live run's rows) while this one compares.
-        cur.execute("SELECT active_run_id FROM scoring_state FOR SHARE")
-        live = cur.fetchone()
-        live_run = live[0] if live else None
+        live_run = _claim_live(cur, run_id, attempt, share=True)
         _drop_erased(cur, run_id, part)  # counted as publishing would: without them
         events: dict[str, int] = {}
         compared = live_run is not None and _exists(cur, partition_name(live_run))

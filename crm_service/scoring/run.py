@@ -111,7 +111,8 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise RuntimeError("run_scoring commits its own transactions; pass an idle connection")
     started = time.perf_counter()
-    if run_id is None:
+    claimed = run_id is not None
+    if not claimed:  # refused before anything is recorded
         try:
             dates.check_run_date(conn, settings, as_of, allow_stale=allow_stale)
         finally:
@@ -126,9 +127,10 @@ def run_scoring(conn: psycopg.Connection, settings: Settings, *, as_of: date,
 
     try:
         with local_engine(conn, settings) as session:
-            stage("checking the scoring date")
-            dates.check_run_date(conn, settings, as_of, allow_stale=allow_stale)
-            conn.commit()
+            if claimed:  # queued earlier: the data may have gone stale since
+                stage("checking the scoring date")
+                dates.check_run_date(conn, settings, as_of, allow_stale=allow_stale)
+                conn.commit()
             stage("summarising orders")
             inputs = session.load(as_of, config)
             stage("fitting models and scoring customers")

@@ -152,10 +152,12 @@ def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
         " WHERE id = (SELECT active_run_id FROM scoring_state)"))
 
 
-# The run list: what an operator scans for, without each run's full model JSON.
+# The run list (the API's and the console's): what an operator scans for, without each run's
+# full model JSON.
 _LISTED = """
-SELECT r.id, r.status, r.dry_run, r.as_of, r.created_at, r.started_at, r.finished_at, r.error,
-       r.churn_horizon_days, r.previous_run_id, r.scores_retired_at,
+SELECT r.id, r.status, r.dry_run, r.progress, r.as_of, r.created_at, r.started_at,
+       r.finished_at, r.error, r.churn_horizon_days, r.previous_run_id, r.scores_retired_at,
+       r.tier_policy_version,
        r.id = s.active_run_id AS live,
        (r.counts ->> 'customers')::bigint AS customers,
        r.counts -> 'stage_seconds' AS stage_seconds,
