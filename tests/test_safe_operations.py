@@ -307,3 +307,42 @@ def test_dry_and_stale_flags_must_be_booleans(client, make_token):
     for body in ({"dry_run": "yes"}, {"allow_stale": 1}, {"dry_run": None}):
         r = client.post("/v1/scoring-runs", json=body, headers=writer)
         assert r.status_code == 422, body
+
+
+def test_migration_0019_upgrades_a_running_base_and_rolls_back(server_dsn):
+    from yoyo import get_backend
+
+    from crm_service import schema
+    from tests.test_schema import _fresh_db
+
+    url = _fresh_db(server_dsn, "crm_mig_safe_ops")
+    backend = get_backend(schema._yoyo_uri(url))
+    with backend.lock():  # the base as the previous release left it
+        backend.apply_migrations(backend.to_apply(
+            schema._migrations().filter(lambda m: m.id != "0019.safe-operations")))
+    backend.connection.close()
+    with psycopg.connect(url) as c:
+        c.execute("INSERT INTO scoring_runs (status, as_of, timezone) VALUES"
+                  " ('succeeded', '2024-01-01', 'UTC')")
+    assert schema.upgrade(url) == ["0019.safe-operations"]
+    with psycopg.connect(url) as c:
+        assert q(c, "SELECT dry_run, allow_stale FROM scoring_runs") == [(False, False)]
+        c.execute("INSERT INTO scoring_runs (status, as_of, timezone, dry_run) VALUES"
+                  " ('succeeded', '2024-01-02', 'UTC', true)")
+        c.commit()
+        assert count(c, "SELECT count(*) FROM pg_indexes WHERE indexname = ANY(%s)",
+                     ["orders_paid_at_idx", "events_created_brin",
+                      "webhook_deliveries_event_idx"]) == 3
+    backend = get_backend(schema._yoyo_uri(url))
+    with backend.lock():
+        backend.rollback_migrations(backend.to_rollback(
+            schema._migrations().filter(lambda m: m.id == "0019.safe-operations")))
+    backend.connection.close()
+    with psycopg.connect(url) as c:
+        # The dry run (which the previous release could not tell from a real run) goes.
+        assert q(c, "SELECT as_of::text FROM scoring_runs") == [("2024-01-01",)]
+        assert count(c, "SELECT count(*) FROM information_schema.columns"
+                        " WHERE table_name = 'scoring_runs' AND column_name = 'dry_run'") == 0
+        assert count(c, "SELECT count(*) FROM pg_indexes WHERE indexname = 'orders_paid_at_idx'"
+                     ) == 0
+    assert schema.upgrade(url) == ["0019.safe-operations"]
