@@ -9,6 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from crm_service.audience import SORTS
 from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
 from crm_service.scoring.runs import RUN_STATUSES
+from models.segments import CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
     "invalid": "must be a string", "null": "must not be null", "required": "required"}
@@ -276,10 +277,9 @@ class CustomerScoresSchema(Schema):
     clv_12m = fields.Float(allow_none=True)
     churn_probability = fields.Float(allow_none=True, metadata={
         "example": 0.37, "description": "P(no purchase in the next churn_horizon_days)"})
-    churn_risk = fields.String(allow_none=True, metadata={"enum": ["low", "medium", "high"]})
-    tier = fields.String(allow_none=True, metadata={
-        "enum": ["new", "active", "dormant", "high_value"]})
-    value_segment = fields.String(allow_none=True, metadata={"enum": ["low", "medium", "high"]})
+    churn_risk = fields.String(allow_none=True, metadata={"enum": list(CHURN_RISKS)})
+    tier = fields.String(allow_none=True, metadata={"enum": list(TIERS)})
+    value_segment = fields.String(allow_none=True, metadata={"enum": list(VALUE_SEGMENTS)})
     rfm_recency = fields.Integer(allow_none=True, metadata={"description": "1-5"})
     rfm_frequency = fields.Integer(allow_none=True, metadata={"description": "1-5"})
     rfm_monetary = fields.Integer(allow_none=True, metadata={"description": "1-5"})
@@ -300,7 +300,7 @@ class CustomerTierSchema(Schema):
     """A customer's tier for agents and campaign tools (from the live run)."""
 
     customer_id = fields.String(metadata={"example": "cdnow-0001"})
-    tier = fields.String(metadata={"enum": ["new", "active", "dormant", "high_value"]})
+    tier = fields.String(metadata={"enum": list(TIERS)})
     tier_since = fields.String(allow_none=True, metadata={
         "description": "as_of of the run in which the customer entered this tier"})
     value_segment = fields.String(allow_none=True)
@@ -323,12 +323,10 @@ class CustomerTierSchema(Schema):
 class AudienceQuerySchema(Schema):
     """Filters and paging of ``GET /v1/customers``."""
 
-    tier = fields.String(validate=validate.OneOf(["new", "active", "dormant", "high_value"]))
-    value_segment = fields.String(validate=validate.OneOf(["low", "medium", "high"]))
-    rfm_segment = fields.String(validate=validate.OneOf([
-        "champions", "potential_loyalist", "loyal_customers", "promising", "new_customers",
-        "cant_lose_them", "at_risk", "need_attention", "about_to_sleep", "lost", "others"]))
-    churn_risk = fields.String(validate=validate.OneOf(["low", "medium", "high"]))
+    tier = fields.String(validate=validate.OneOf(TIERS))
+    value_segment = fields.String(validate=validate.OneOf(VALUE_SEGMENTS))
+    rfm_segment = fields.String(validate=validate.OneOf(RFM_SEGMENTS))
+    churn_risk = fields.String(validate=validate.OneOf(CHURN_RISKS))
     min_clv = fields.Float(allow_nan=False)
     max_clv = fields.Float(allow_nan=False)
     min_p_alive = fields.Float(validate=validate.Range(min=0, max=1))

@@ -26,6 +26,7 @@ from crm_service.db import DatabaseError, connect, describe_dsn, redact, resolve
 from crm_service.errors import ConfigError, CrmError, ValidationError
 from crm_service.scoring import policies, runs
 from crm_service.scoring.dates import StaleScoringDateError
+from models.segments import CHURN_RISKS
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -501,7 +502,7 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
                      f"{val['btyd_baseline']['roc_auc']:.3f} (baseline)")
         click.echo(line)
         click.echo("churn risk: " + ", ".join(f"{k} {risk.get(k, 0):,}"
-                                              for k in ("low", "medium", "high")))
+                                              for k in CHURN_RISKS))
     if run.get("dry_run"):
         _print_dry_run(counts)
 

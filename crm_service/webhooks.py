@@ -39,12 +39,11 @@ from urllib.parse import urlsplit
 from crm_service import events, secretbox
 from crm_service.config import Settings
 from crm_service.errors import NotFoundError, ValidationError
+from models.segments import TIERS, VALUE_SEGMENTS
 
 if TYPE_CHECKING:
     import psycopg
 
-TIERS = ("new", "active", "dormant", "high_value")
-VALUE_SEGMENTS = ("low", "medium", "high")
 # Lifecycle events carry a tier and a value segment that filters apply to; an erasure has none
 # and goes to every subscription of customer.erased, so downstream copies are erased too.
 FILTERABLE = frozenset(events.TYPES) - {"customer.erased"}

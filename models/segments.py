@@ -27,8 +27,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+# The vocabulary, defined here once: the API's schemas, webhook filters, the console and the
+# database's CHECK constraints (tests/test_segments.py compares them) use these.
 TIERS = ("new", "active", "dormant", "high_value")
 VALUE_SEGMENTS = ("low", "medium", "high")
+CHURN_RISKS = ("low", "medium", "high")  # in rising order of risk
 # (name, recency lower/upper, frequency lower/upper, monetary lower/upper): rfm 0.3.0.
 RFM_RULES = (
     ("champions", 5, 5, 5, 5, 5, 5),

@@ -219,3 +219,27 @@ def test_tier_history_and_hysteresis_across_two_runs(cdnow_loaded, settings, cli
     assert body["tier"] == stayer[1] and body["tier_since"] == "1998-03-31"
     assert client.get("/v1/customers/nobody/tier", headers=token).status_code == 404
     assert client.get("/v1/customers/" + "y" * 300 + "/tier", headers=token).status_code == 422
+
+
+def test_the_vocabulary_is_the_databases(conn):
+    """Tiers, value segments, churn bands and event types are defined once in code, and the
+    database's CHECK constraints allow exactly those."""
+    import re
+
+    from crm_service import events
+    from models.segments import CHURN_RISKS, TIERS, VALUE_SEGMENTS
+
+    def allowed(table: str, column: str) -> set[str]:
+        rows = conn.execute(
+            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
+            " JOIN pg_class t ON t.oid = c.conrelid"
+            " WHERE t.relname = %s AND c.contype = 'c' AND pg_get_constraintdef(c.oid) ~ %s",
+            (table, rf"\m{column}\M")).fetchall()
+        conn.rollback()
+        assert len(rows) == 1, (table, column, rows)
+        return set(re.findall(r"'([^']+)'::text", rows[0][0]))
+
+    assert allowed("customer_scores", "tier") == set(TIERS)
+    assert allowed("customer_scores", "value_segment") == set(VALUE_SEGMENTS)
+    assert allowed("customer_scores", "churn_risk") == set(CHURN_RISKS)
+    assert allowed("events", "type") == set(events.TYPES)
