@@ -35,4 +35,4 @@ HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys
 # emptied at start. Writable paths: /app/data (volume) and /tmp (rate-limit buckets, metrics), so
 # the root filesystem can be read-only:
 #   docker run --read-only --tmpfs /tmp -v crm-data:/app/data -e DATABASE_URL=... IMAGE
-CMD ["sh", "-c", "rm -rf ${PROMETHEUS_MULTIPROC_DIR} && mkdir -p ${PROMETHEUS_MULTIPROC_DIR} && exec gunicorn -c python:api.gunicorn_hooks --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --threads ${CRM_THREADS} --keep-alive 5 --timeout 120 --graceful-timeout 10 --no-control-socket --worker-class api.server.ProblemKeepAliveWorker api.wsgi:app"]
+CMD ["sh", "-c", "rm -rf ${PROMETHEUS_MULTIPROC_DIR} && mkdir -p ${PROMETHEUS_MULTIPROC_DIR} && exec gunicorn -c python:api.serving.gunicorn_hooks --bind 0.0.0.0:8000 --workers ${CRM_WORKERS} --threads ${CRM_THREADS} --keep-alive 5 --timeout 120 --graceful-timeout 10 --no-control-socket --worker-class api.serving.server.ProblemKeepAliveWorker api.wsgi:app"]

@@ -15,18 +15,20 @@ import uuid
 from flask import Flask, Response, g, request, send_from_directory
 from flask_smorest import Api
 
-from api import auth, console, customers, events, health, ingestion, policy, scoring, webhooks
-from api import metrics as metrics_api
+from api import auth, console
 from api.errors import register_error_handlers
-from api.fastpath import LookupLane
 from api.openapi import CustomerIdConverter, ProblemDocsPlugin
+from api.rest import customers, events, health, ingestion, policy, scoring, webhooks
+from api.rest import metrics as metrics_api
 from api.schemas import CustomerBatchSchema, OrderBatchSchema
 from api.services import EXTENSION, Services
-from crm_service import __version__, logs, metrics, secretbox
-from crm_service.api_keys import VerifiedKeys
-from crm_service.config import Settings, load_settings
-from crm_service.db import create_pool, resolve_dsn
-from crm_service.ratelimit import RateLimiter
+from api.serving.fastpath import LookupLane
+from crm_service import __version__
+from crm_service.access.api_keys import VerifiedKeys
+from crm_service.access.ratelimit import RateLimiter
+from crm_service.platform import logs, metrics, secretbox
+from crm_service.platform.config import Settings, load_settings
+from crm_service.platform.db import create_pool, resolve_dsn
 
 # Swagger UI's assets come from the swagger-ui-bundle package and are served locally, so the docs
 # page works on machines without internet access.
@@ -98,10 +100,11 @@ def create_app(settings: Settings | None = None, *, dsn: str | None = None) -> F
     app.register_blueprint(console.bp)
     _request_log(app)  # first: a request refused by authentication is timed too
     auth.install(app)  # before the body checks in register_error_handlers
-    register_error_handlers(app)
+    register_error_handlers(app, console_error_page=console.error_page)
     _serve_swagger_assets(app)
     # GET /v1/customers/{id} and .../tier in the common case: answered before Flask
-    # (api.fastpath). CRM_LOOKUP_LANE=off leaves every request to Flask (same answers, slower).
+    # (api.serving.fastpath). CRM_LOOKUP_LANE=off leaves every request to Flask (same answers,
+    # slower).
     if settings.lookup_lane:
         app.wsgi_app = LookupLane(  # type: ignore[method-assign]
             app.extensions[EXTENSION], app.wsgi_app, log_request)

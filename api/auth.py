@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 from flask import Flask, g, request
 
 from api.errors import ApiProblem
-from api.fastpath import RATE_CHECKED
 from api.services import services
+from api.serving.fastpath import RATE_CHECKED
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +40,7 @@ def authenticate(accepted: tuple[str, ...]) -> None:
         raise ApiProblem(403, "Forbidden", f"this API key lacks the {wanted} scope",
                          slug="forbidden", required_scope=accepted[0])
     if svc.limiter is not None:
-        # The lookup fast lane (api.fastpath) may have spent this request's token already.
+        # The lookup fast lane (api.serving.fastpath) may have spent this request's token already.
         wait = request.environ.get(RATE_CHECKED)
         if wait is None:
             wait = svc.limiter.take(key.id)

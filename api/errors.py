@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from crm_service import errors as e
-from crm_service.db import DatabaseUnavailable
+from crm_service.platform.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,15 @@ def _flatten(messages: Any, path: str = "") -> list[str]:
     return [f"{path}: {messages}" if path else str(messages)]
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Route every error through :func:`problem`."""
+def register_error_handlers(
+        app: Flask, *,
+        console_error_page: Callable[[HTTPException], Any] | None = None) -> None:
+    """Route every error through :func:`problem`.
+
+    ``console_error_page`` renders the HTML page for errors under ``/console`` that the router
+    raises before the console's blueprint is known (passed in by the app factory, so this
+    module does not import the console).
+    """
 
     @app.errorhandler(ApiProblem)
     def _api_problem(exc: ApiProblem) -> Response:
@@ -102,12 +110,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
-        if request.path.startswith("/console/") or request.path == "/console":
+        if console_error_page is not None and (request.path.startswith("/console/")
+                                               or request.path == "/console"):
             # Errors the router raises before the console's blueprint is known (a method the
             # path does not allow, say): the browser gets the console's HTML page.
-            from api.console import error_page
-
-            return error_page(exc)  # type: ignore[return-value]
+            return console_error_page(exc)  # type: ignore[no-any-return]
         status = exc.code or 500
         extra: dict[str, Any] = {}
         # flask-smorest / webargs put field errors on the exception.

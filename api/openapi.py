@@ -20,8 +20,7 @@ from typing import Any
 from apispec import APISpec, BasePlugin
 from werkzeug.routing import BaseConverter
 
-from api.customers import ID_IN_PATH
-from crm_service.ingestion import MAX_ID_LENGTH
+from crm_service.customers.ids import ID_IN_PATH, MAX_ID_LENGTH
 
 PROBLEM = "application/problem+json"
 
@@ -72,7 +71,8 @@ _WEBHOOK_METHODS = {"GetWebhook": "get", "DeleteWebhook": "delete", "EnableWebho
                     "WebhookDeliveries": "get"}
 
 
-# What ``api.customers.check_customer_id`` accepts: 1-128 characters, no control characters.
+# What ``crm_service.customers.ids.check_customer_id`` accepts: 1-128 characters, no control
+# characters.
 PATH_PATTERNS = {
     "customer_id": {"pattern": f"^{ID_IN_PATH}$", "maxLength": MAX_ID_LENGTH},
     "webhook_id": {"pattern": "^[0-9]{1,18}$"},

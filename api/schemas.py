@@ -6,8 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from crm_service.audience import SORTS
-from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
+from crm_service.audiences.audience import SORTS
+from crm_service.platform.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
 from crm_service.scoring.runs import RUN_STATUSES
 from models.segments import CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
 

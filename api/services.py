@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from flask import current_app
 from psycopg_pool import ConnectionPool
 
-from crm_service.api_keys import VerifiedKeys
-from crm_service.config import Settings
-from crm_service.ratelimit import RateLimiter
+from crm_service.access.api_keys import VerifiedKeys
+from crm_service.access.ratelimit import RateLimiter
+from crm_service.platform.config import Settings
 
 EXTENSION = "crm"
 
@@ -20,7 +20,7 @@ class Services:
 
     ``pool`` is for writes (explicit transactions); ``reader`` is an autocommit pool for
     requests that only read (and for API key checks): one round trip per statement. ``lane``
-    serves the lookup lane's batched reads on a server's event loop (api.fastpath): short
+    serves the lookup lane's batched reads on a server's event loop (api.serving.fastpath): short
     timeouts, so a slow database sends lookups to the threads instead of stalling the loop.
     """
 

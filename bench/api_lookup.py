@@ -211,7 +211,7 @@ def main() -> None:
                CRM_RATE_LIMIT_PER_SECOND="1000000", CRM_RATE_LIMIT_BURST="1000000")
     import psycopg
 
-    from crm_service import api_keys
+    from crm_service.access import api_keys
 
     with psycopg.connect(dsn) as conn:
         live = conn.execute("SELECT active_run_id FROM scoring_state").fetchone()
@@ -238,7 +238,7 @@ def main() -> None:
         env["CRM_LOOKUP_LANE"] = "off"
         command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
                    str(a.workers), "--timeout", "120", "--no-control-socket", "--worker-class",
-                   "api.server.ProblemSyncWorker", "api.wsgi:app"]
+                   "api.serving.server.ProblemSyncWorker", "api.wsgi:app"]
     elif a.server == "granian":
         command = [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi",
                    "--host", "127.0.0.1", "--port", str(port), "--workers", str(a.workers),

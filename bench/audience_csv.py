@@ -38,8 +38,8 @@ def main() -> None:
     import psycopg
 
     from api import create_app
-    from crm_service import api_keys
-    from crm_service.config import load_settings
+    from crm_service.access import api_keys
+    from crm_service.platform.config import load_settings
 
     app = create_app(dataclasses.replace(load_settings(), database_url=dsn), dsn=dsn)
     with psycopg.connect(dsn) as conn:

@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import fresh_database, machine  # noqa: E402
-from crm_service.bulk_import import import_orders  # noqa: E402
-from crm_service.config import load_settings  # noqa: E402
-from crm_service.db import connect  # noqa: E402
+from crm_service.ingestion.bulk import import_orders  # noqa: E402
+from crm_service.platform.config import load_settings  # noqa: E402
+from crm_service.platform.db import connect  # noqa: E402
 from crm_service.scoring import run_scoring  # noqa: E402
 from models.churn import loads, metrics  # noqa: E402
 from models.purchase import purchase_model  # noqa: E402

@@ -10,9 +10,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from crm_service import schema
-from crm_service.embedded import start_embedded
-from crm_service.secretbox import new_key_text
+from crm_service.platform import schema
+from crm_service.platform.embedded import start_embedded
+from crm_service.platform.secretbox import new_key_text
 
 
 def fresh_database(keep: str | None = None) -> tuple[str, Path]:

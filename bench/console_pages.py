@@ -116,7 +116,7 @@ def main() -> None:
     _prepare(dsn, env, a.as_of)
     import psycopg
 
-    from crm_service import api_keys
+    from crm_service.access import api_keys
 
     with psycopg.connect(dsn) as conn:
         _, token = api_keys.create_key(conn, "bench-console", ["customers:read", "scores:read"])

@@ -50,9 +50,10 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine  # noqa: E402
-from crm_service import api_keys, schema  # noqa: E402
-from crm_service.embedded import start_embedded  # noqa: E402
-from crm_service.secretbox import new_key_text  # noqa: E402
+from crm_service.access import api_keys  # noqa: E402
+from crm_service.platform import schema  # noqa: E402
+from crm_service.platform.embedded import start_embedded  # noqa: E402
+from crm_service.platform.secretbox import new_key_text  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 BATCH = 200  # orders per REST batch

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from bench.common import fresh_database, machine  # noqa: E402
-from crm_service import api_keys  # noqa: E402
+from crm_service.access import api_keys  # noqa: E402
 
 
 def batch(b: int, size: int) -> bytes:

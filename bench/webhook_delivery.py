@@ -78,8 +78,9 @@ def main() -> None:
     a = ap.parse_args()
     import psycopg
 
-    from crm_service import secretbox, webhooks
-    from crm_service.config import load_settings
+    from crm_service.platform import secretbox
+    from crm_service.platform.config import load_settings
+    from crm_service.triggers import webhooks
 
     dsn, data_dir = fresh_database()
     key = secretbox.new_key_text()

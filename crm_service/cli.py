@@ -20,10 +20,18 @@ from typing import Any
 
 import click
 
-from crm_service import __version__, api_keys, bulk_import, schema
-from crm_service.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON, Settings, load_settings
-from crm_service.db import DatabaseError, connect, describe_dsn, redact, resolve_dsn
+from crm_service import __version__
+from crm_service.access import api_keys
 from crm_service.errors import ConfigError, CrmError, ValidationError
+from crm_service.ingestion import bulk as bulk_import
+from crm_service.platform import schema
+from crm_service.platform.config import (
+    MAX_CHURN_HORIZON,
+    MIN_CHURN_HORIZON,
+    Settings,
+    load_settings,
+)
+from crm_service.platform.db import DatabaseError, connect, describe_dsn, redact, resolve_dsn
 from crm_service.scoring import policies, runs
 from crm_service.scoring.dates import StaleScoringDateError
 from models.segments import CHURN_RISKS
@@ -176,7 +184,7 @@ pass_ctx = click.make_pass_decorator(Context, ensure=True)
 @click.version_option(__version__, prog_name="crm-service")
 def main() -> None:
     """Customer lifecycle and CRM segmentation service."""
-    from crm_service import logs
+    from crm_service.platform import logs
 
     # Commands print their results; logs (stderr) show warnings unless CRM_LOG_LEVEL says
     # otherwise. The long-running worker logs at CRM_LOG_LEVEL (default INFO).
@@ -219,7 +227,7 @@ def db_url(ctx: Context, redact_password: bool) -> None:
 @handles_errors
 def db_psql(ctx: Context, psql_args: tuple[str, ...]) -> None:
     """Open psql on the database in use; the embedded server stays up while it runs."""
-    from crm_service.embedded import psql_executable
+    from crm_service.platform.embedded import psql_executable
 
     exe = shutil.which("psql") or psql_executable()
     if exe is None:
@@ -284,7 +292,7 @@ def keys_list(ctx: Context, as_json: bool) -> None:
 @keys.command("server-key")
 def keys_server_key() -> None:
     """Print a new random server key for CRM_SECRET_KEY (encrypts webhook secrets)."""
-    from crm_service.secretbox import new_key_text
+    from crm_service.platform.secretbox import new_key_text
 
     click.echo(new_key_text())
 
@@ -331,7 +339,7 @@ def tier_policy_show(ctx: Context) -> None:
 @handles_errors
 def tier_policy_set(ctx: Context, file: Path) -> None:
     """Replace the policy from a JSON file; fields left out take their defaults."""
-    from crm_service.policy import validate_policy
+    from crm_service.scoring.tier_policy import validate_policy
 
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -540,7 +548,7 @@ def maintenance(ctx: Context, as_json: bool) -> None:
     has not received), ended webhook deliveries and attempts (CRM_DELIVERY_RETENTION_DAYS),
     expired console sessions, idempotency records, schedule slots. Prints what it deleted.
     """
-    from crm_service import housekeeping
+    from crm_service.platform import housekeeping
     from crm_service.scoring import retention
 
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
@@ -598,7 +606,7 @@ def export_() -> None:
 @handles_errors
 def export_scores(ctx: Context, horizon_days: int, out: Path | None) -> None:
     """CSV of the live scoring run, one row per customer."""
-    from crm_service.export import export_scores as write_scores
+    from crm_service.audiences.export import export_scores as write_scores
 
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
         if out is None:
@@ -621,7 +629,7 @@ def export_scores(ctx: Context, horizon_days: int, out: Path | None) -> None:
 WORKER_TIMEOUT_SECONDS = 120
 # Keep-alive connections, the lookup fast lane batched on an event loop, other requests in
 # threads; HTTP-parser errors (URL too long, bad headers) are problem+json, not HTML.
-GUNICORN_WORKER = "api.server.ProblemKeepAliveWorker"
+GUNICORN_WORKER = "api.serving.server.ProblemKeepAliveWorker"
 KEEPALIVE_SECONDS = 5
 
 
@@ -656,7 +664,7 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -
     if ctx.settings.embedded:
         # The children get DATABASE_URL, so they would count as external and refuse to run
         # without CRM_SECRET_KEY: hand them the embedded key file's key.
-        from crm_service.secretbox import server_key
+        from crm_service.platform.secretbox import server_key
 
         env["CRM_SECRET_KEY"] = base64.b64encode(server_key(ctx.settings)).decode()
         # One machine, one command: the scoring worker runs beside the API. In production run
@@ -670,7 +678,7 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
            "--keep-alive", str(KEEPALIVE_SECONDS),
            "--no-control-socket", "--worker-class", GUNICORN_WORKER,
-           "-c", "python:api.gunicorn_hooks", "api.wsgi:app"]
+           "-c", "python:api.serving.gunicorn_hooks", "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
     # it when the server exits.
     child = subprocess.Popen(cmd, env=env)  # noqa: S603 - fixed argv, no shell
@@ -703,8 +711,8 @@ def worker(ctx: Context, poll_seconds: float) -> None:
     """
     import threading
 
-    from crm_service import logs
-    from crm_service.worker import run_worker
+    from crm_service.platform import logs
+    from crm_service.platform.worker import run_worker
 
     logs.configure(ctx.settings.log_level, ctx.settings.log_format)
     stop = threading.Event()
@@ -744,7 +752,7 @@ def demo(ctx: Context, host: str | None, port: int | None, no_serve: bool) -> No
 
     Each run replaces the previous demo admin key (the old one is revoked).
     """
-    from crm_service.demo import CDNOW_AS_OF, load_cdnow_sample, load_demo_profiles
+    from crm_service.platform.demo import CDNOW_AS_OF, load_cdnow_sample, load_demo_profiles
     from crm_service.scoring import run_scoring
 
     s = ctx.settings

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from crm_service.demo import cdnow_sample_path
+from crm_service.platform.demo import cdnow_sample_path
 
 CALIBRATION_END = pd.Timestamp("1997-09-30")
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from crm_service import api_keys, schema
-from crm_service.config import Settings, load_settings
-from crm_service.embedded import ensure_database, start_embedded, with_database
+from crm_service.access import api_keys
+from crm_service.platform import schema
+from crm_service.platform.config import Settings, load_settings
+from crm_service.platform.embedded import ensure_database, start_embedded, with_database
 
 TABLES = ("idempotency_records, customer_identities, orders, customers, api_keys, customer_scores,"
           " tier_transitions, events, webhooks, webhook_deliveries, webhook_attempts,"
@@ -90,7 +91,7 @@ def client(app, conn):
 @pytest.fixture()
 def cdnow_loaded(conn: psycopg.Connection, settings: Settings) -> psycopg.Connection:
     """The CDNOW demo sample (2,357 customers) loaded through the bulk import."""
-    from crm_service.demo import load_cdnow_sample
+    from crm_service.platform.demo import load_cdnow_sample
 
     load_cdnow_sample(conn, settings)
     conn.commit()
@@ -140,7 +141,7 @@ def run_worker_until(dsn: str, settings: Settings, done, *, seconds: float = 60)
     """Run the worker loop in a thread (no webhook delivery) until ``done()`` or ``seconds``."""
     import threading
 
-    from crm_service.worker import run_worker
+    from crm_service.platform.worker import run_worker
 
     stop = threading.Event()
     worker = threading.Thread(target=run_worker, args=(lambda: psycopg.connect(dsn), settings),

@@ -203,7 +203,7 @@ def test_batches_wait_for_a_bulk_import_then_get_503(settings, dsn, conn, make_t
     import dataclasses
 
     from api import create_app
-    from crm_service.locks import lock_exclusive
+    from crm_service.storage.locks import lock_exclusive
 
     app = create_app(dataclasses.replace(settings, ingest_lock_wait_seconds=0.3), dsn=dsn)
     headers = {"Authorization": f"Bearer {make_token('orders:write')}"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from crm_service import api_keys
+from crm_service.access import api_keys
 
 # Which scopes (besides admin, which may do everything) an operation accepts.
 ALLOWED: dict[str, set[str]] = {

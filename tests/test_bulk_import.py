@@ -138,8 +138,8 @@ def test_import_large_file_streams(tmp_path, conn, cli_env):
     lines = [HEADER] + [f"O{i},C{i % 500},2024-01-{i % 28 + 1:02d},{i % 100}.5,web,paid\n"
                         for i in range(30_000)]
     f = write(tmp_path / "big.csv", "".join(lines))
-    from crm_service import bulk_import
-    from crm_service.config import load_settings
+    from crm_service.ingestion import bulk as bulk_import
+    from crm_service.platform.config import load_settings
 
     summary = bulk_import.import_orders(conn, load_settings(cli_env), f, chunk_rows=1000)
     conn.commit()
@@ -149,8 +149,8 @@ def test_import_large_file_streams(tmp_path, conn, cli_env):
 
 def test_repeats_across_and_within_chunks_keep_file_order(tmp_path, conn, cli_env):
     """Small chunks force the careful merge path: every repeat must apply in file order."""
-    from crm_service import bulk_import
-    from crm_service.config import load_settings
+    from crm_service.ingestion import bulk as bulk_import
+    from crm_service.platform.config import load_settings
 
     rows = ["O1,C1,2024-01-05,10.00,tmall,paid", "O2,C2,2024-01-05,5.00,tmall,paid",
             "O1,C1,2024-01-05,10.00,tmall,refunded", "O3,C3,2024-01-06,1.00,jd,paid",
@@ -224,8 +224,8 @@ def test_time_ordered_file_imports_like_the_customer_grouped_one(tmp_path, conn,
                                                                   refunds):
     """A marketplace export is ordered by time: each customer's orders spread over the file,
     across parse chunks. It must land exactly as the same orders grouped by customer do."""
-    from crm_service import bulk_import
-    from crm_service.config import load_settings
+    from crm_service.ingestion import bulk as bulk_import
+    from crm_service.platform.config import load_settings
 
     records = _history(300, refunds=refunds)
     grouped = write(tmp_path / "grouped.csv", HEADER + "".join(line for _, line in records))
@@ -257,8 +257,8 @@ def test_time_ordered_file_imports_like_the_customer_grouped_one(tmp_path, conn,
 
 def test_time_ordered_file_into_a_live_base(tmp_path, conn, cli_env):
     """An incremental, time-ordered import on top of existing orders and customers."""
-    from crm_service import bulk_import
-    from crm_service.config import load_settings
+    from crm_service.ingestion import bulk as bulk_import
+    from crm_service.platform.config import load_settings
 
     records = sorted(_history(200, refunds=False), key=lambda r: r[0])
     half = len(records) // 2

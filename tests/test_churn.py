@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from crm_service.audiences.export import export_scores
 from crm_service.cli import main
-from crm_service.config import ConfigError, load_settings
-from crm_service.export import export_scores
+from crm_service.platform.config import ConfigError, load_settings
 from crm_service.scoring import run_scoring
 from models import churn as churn_model
 from tests.conftest import count

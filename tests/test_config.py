@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from crm_service.config import load_settings
 from crm_service.errors import ConfigError
+from crm_service.platform.config import load_settings
 
 
 def test_defaults():

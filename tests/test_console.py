@@ -12,8 +12,8 @@ from datetime import date
 import pytest
 
 from api.console.i18n import LANGUAGES, MESSAGES, negotiate, translate
-from crm_service import api_keys
-from crm_service.demo import load_demo_profiles
+from crm_service.access import api_keys
+from crm_service.platform.demo import load_demo_profiles
 from crm_service.scoring import run_scoring
 from tests.conftest import count, q
 
@@ -221,7 +221,7 @@ def test_national_phone_numbers_with_a_country_code(scored, settings, dsn, make_
     from dataclasses import replace
 
     from api import create_app
-    from crm_service.profiles import phone_forms
+    from crm_service.customers.profiles import phone_forms
 
     assert phone_forms("+8613800138000", "86") == ["+8613800138000"]
     assert phone_forms("13800138000", "86") == ["13800138000", "+8613800138000"]
@@ -253,7 +253,7 @@ def test_several_matches_are_listed_and_none_is_a_404_page(scored, client, conn,
     assert r.status_code == 200
     assert "2 customers match" in r.text
     # The audit trail names whose contact details the page showed, as references.
-    from crm_service.erasure import customer_ref
+    from crm_service.privacy.erasure import customer_ref
 
     listed = [r.customer_refs for r in caplog.records
               if r.getMessage() == "console customers listed"]
@@ -315,7 +315,7 @@ def test_unknown_customer_is_an_html_404(scored, client, make_token):
 
 def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token, caplog,
                                                      settings):
-    from crm_service.demo import demo_profile
+    from crm_service.platform.demo import demo_profile
 
     person = demo_profile(4)
     sign_in(client, make_token("customers:read"))
@@ -326,7 +326,7 @@ def test_searches_leave_no_personal_data_in_the_logs(scored, client, make_token,
         client.get("/console/customers/cdnow-0004")
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     # The audit trail: which key viewed whom, as the customer's pseudonymous reference.
-    from crm_service.erasure import customer_ref
+    from crm_service.privacy.erasure import customer_ref
 
     viewed = [r for r in caplog.records if r.getMessage() == "console customer viewed"]
     assert [r.customer_ref for r in viewed] == [customer_ref(settings, "cdnow-0004")]
@@ -496,7 +496,7 @@ def test_order_dates_are_shown_in_the_reporting_time_zone(settings, dsn, conn, m
 
 
 def test_audit_fields_survive_the_text_log_format():
-    from crm_service.logs import TextFormatter
+    from crm_service.platform.logs import TextFormatter
 
     record = logging.LogRecord("crm.console", logging.INFO, __file__, 1, "console customer viewed",
                                None, None)

@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from crm_service import api_keys
-from crm_service.demo import load_cdnow_sample, load_demo_profiles
+from crm_service.access import api_keys
+from crm_service.platform.demo import load_cdnow_sample, load_demo_profiles
 from crm_service.scoring import run_scoring
 from tests.conftest import TABLES
 from tests.test_serve import serving

@@ -4,7 +4,7 @@ from datetime import date
 
 import pytest
 
-from crm_service import profiles
+from crm_service.customers import profiles
 from crm_service.scoring import run_scoring
 
 

@@ -7,10 +7,11 @@ from datetime import date
 import psycopg
 import pytest
 
-from crm_service import erasure, webhooks
-from crm_service.bulk_import import import_orders
-from crm_service.ingestion import SUPPRESSED
+from crm_service.ingestion.bulk import import_orders
+from crm_service.ingestion.records import SUPPRESSED
+from crm_service.privacy import erasure
 from crm_service.scoring import publishing, run_scoring
+from crm_service.triggers import webhooks
 from tests.conftest import q, write
 
 CANARY = "canary-7f3a9e"
@@ -124,7 +125,7 @@ def test_erasure_leaves_no_trace_and_suppresses_later_ingestion(
     assert summary.inserted == 1 and summary.rejected == 1
     assert SUPPRESSED in (tmp_path / "rej.csv").read_text()
     customers_csv = write(tmp_path / "c.csv", f"customer_id,email\n{CANARY},{EMAIL}\n")
-    from crm_service.bulk_import import import_customers
+    from crm_service.ingestion.bulk import import_customers
     summary = import_customers(conn, settings, customers_csv, report_path=tmp_path / "r2.csv")
     conn.commit()
     assert summary.rejected == 1 and summary.inserted == 0

@@ -1,4 +1,4 @@
-"""The lookup fast lane (api.fastpath): the same answers as the Flask views, without Flask.
+"""The lookup fast lane (api.serving.fastpath): the same answers as the Flask views, without Flask.
 
 In-process through the app (the lane wraps ``app.wsgi_app``) on the embedded PostgreSQL; the
 keep-alive worker that batches the lane's lookups is tested over real HTTP in
@@ -14,7 +14,7 @@ import pytest
 from werkzeug.test import Client, EnvironBuilder
 
 from api import create_app
-from api.fastpath import CARD, MISSING, LookupLane, lookup_of
+from api.serving.fastpath import CARD, MISSING, LookupLane, lookup_of
 from crm_service.scoring import run_scoring
 
 

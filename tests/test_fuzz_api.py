@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_service import api_keys
+from crm_service.access import api_keys
 from crm_service.scoring import run_scoring
 from tests.test_serve import call, free_port, serving
 

@@ -1,7 +1,7 @@
 """Probes and the OpenAPI document."""
 
 from api import create_app
-from crm_service.config import load_settings
+from crm_service.platform.config import load_settings
 from tests.conftest import TEST_SECRET_KEY
 
 

@@ -9,8 +9,9 @@ import json
 import psycopg
 from click.testing import CliRunner
 
-from crm_service import housekeeping, webhooks
 from crm_service.cli import main
+from crm_service.platform import housekeeping
+from crm_service.triggers import webhooks
 from tests.conftest import count, q, run_worker_until
 
 

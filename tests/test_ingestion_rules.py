@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from crm_service.config import load_settings
-from crm_service.customers import check_customer, normalize_email, normalize_phone
-from crm_service.ingestion import OrderRules, check_order
+from crm_service.customers.rules import check_customer, normalize_email, normalize_phone
+from crm_service.ingestion.records import OrderRules, check_order
+from crm_service.platform.config import load_settings
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""`crm-service serve`'s gunicorn worker (api.server.ProblemKeepAliveWorker) over real HTTP.
+"""`crm-service serve`'s gunicorn worker (api.serving.server.ProblemKeepAliveWorker) over real HTTP.
 
 Keep-alive, pipelined requests, many concurrent connections whose /tier lookups are batched,
 slow clients that must not stall the event loop, requests handed to threads (a POST) on the
@@ -239,7 +239,7 @@ def test_stops_promptly_with_idle_connections_open(served):
 def test_watchdog_cuts_a_batch_that_waits_too_long():
     """A database that stops answering (frozen host, lost network) would block the lane's read
     forever; the watchdog shuts the socket down, and the read returns."""
-    from api.fastpath import _Watchdog
+    from api.serving.fastpath import _Watchdog
 
     ours, theirs = socket.socketpair()
     with ours, theirs:

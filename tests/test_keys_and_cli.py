@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from click.testing import CliRunner
 
-from crm_service import api_keys
+from crm_service.access import api_keys
 from crm_service.cli import main
 from tests.conftest import count
 

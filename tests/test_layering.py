@@ -1,44 +1,120 @@
-"""The import rule of DESIGN.md §3: api -> crm_service -> models, never upward."""
+"""The import rules of DESIGN.md §3: api -> crm_service -> models, never upward, and no circles."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STORAGE = {"db", "embedded", "schema", "order_store", "customer_store",
-           "api_keys", "locks", "idempotency", "session", "summary", "runs", "publishing",
-           "policies", "reads", "retention", "housekeeping"}
+PACKAGES = ("api", "crm_service", "models")
+STORAGE = {"crm_service.platform.db", "crm_service.platform.embedded",
+           "crm_service.platform.schema", "crm_service.platform.housekeeping",
+           "crm_service.storage.orders", "crm_service.storage.customers",
+           "crm_service.storage.locks", "crm_service.storage.scores",
+           "crm_service.access.api_keys", "crm_service.access.idempotency",
+           "crm_service.scoring.session", "crm_service.scoring.summary",
+           "crm_service.scoring.runs", "crm_service.scoring.publishing",
+           "crm_service.scoring.policies", "crm_service.scoring.reads",
+           "crm_service.scoring.retention"}
 
 
-def runtime_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-    def visit(node, guarded=False):
+
+MODULES = {module_name(f): f for pkg in PACKAGES for f in (ROOT / pkg).rglob("*.py")}
+
+
+def imports_of(path: Path, *, first_part_only: bool = False) -> set[str]:
+    """Every module ``path`` imports at run time, at the top or inside a function.
+
+    Imports under ``if TYPE_CHECKING:`` are left out: they never run. Lazy imports inside
+    functions count: a circle held together by them is still a circle.
+    """
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
             return
         if isinstance(node, ast.Import):
-            found.update(a.name.split(".")[0] for a in node.names)
+            found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
+            # `from pkg import mod` imports the submodule when there is one.
+            subs = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            found.update(subs or {node.module})
         for child in ast.iter_child_nodes(node):
-            visit(child, guarded)
+            visit(child)
 
-    visit(tree)
-    return found
+    visit(ast.parse(path.read_text()))
+    return {m.split(".")[0] for m in found} if first_part_only else found
 
 
 def test_models_import_nothing_above():
     for f in (ROOT / "models").rglob("*.py"):
-        assert not runtime_imports(f) & {"crm_service", "api", "flask", "psycopg"}, f
+        assert not imports_of(f, first_part_only=True) & {"crm_service", "api", "flask",
+                                                         "psycopg"}, f
 
 
 def test_service_never_imports_api_flask_marshmallow():
     for f in (ROOT / "crm_service").rglob("*.py"):
-        bad = runtime_imports(f) & {"api", "flask", "marshmallow", "flask_smorest"}
+        bad = imports_of(f, first_part_only=True) & {"api", "flask", "marshmallow",
+                                                     "flask_smorest"}
         assert not bad, f"{f}: {bad}"
 
 
 def test_only_storage_modules_import_psycopg():
     for f in (ROOT / "crm_service").rglob("*.py"):
-        if "psycopg" in runtime_imports(f) or "psycopg_pool" in runtime_imports(f):
-            assert f.stem in STORAGE, f"{f.name} imports psycopg at run time"
+        if {"psycopg", "psycopg_pool"} & imports_of(f, first_part_only=True):
+            assert module_name(f) in STORAGE, f"{module_name(f)} imports psycopg at run time"
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_circles():
+    graph = {name: (imports_of(path) & MODULES.keys()) - {name}
+             for name, path in MODULES.items()}
+    assert _circles(graph) == []
+
+
+def test_the_circle_finder_finds_circles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _circles(graph) == [["a", "b", "c"]]

@@ -101,7 +101,7 @@ def test_metrics_need_the_scope(client, make_token):
 
 
 def test_webhook_delivery_outcomes_are_counted(conn, client, make_token):
-    from crm_service import metrics
+    from crm_service.platform import metrics
 
     scraper = {"Authorization": f"Bearer {make_token('metrics:read')}"}
     before = scrape(client, scraper).get("crm_webhook_delivery_attempts", [])
@@ -114,7 +114,7 @@ def test_webhook_delivery_outcomes_are_counted(conn, client, make_token):
 
 
 def test_a_database_that_is_down_still_scrapes(client, make_token, app):
-    from crm_service import metrics
+    from crm_service.platform import metrics
 
     def broken():
         raise psycopg.OperationalError("connection refused")
@@ -128,8 +128,8 @@ def test_a_database_that_is_down_still_scrapes(client, make_token, app):
 SCRIPT = textwrap.dedent("""
     import sys
     from api import create_app
-    from crm_service import api_keys
-    from crm_service.config import load_settings
+    from crm_service.access import api_keys
+    from crm_service.platform.config import load_settings
     import psycopg
 
     settings = load_settings()

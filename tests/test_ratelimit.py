@@ -6,7 +6,7 @@ import dataclasses
 import multiprocessing as mp
 
 from api import create_app
-from crm_service.ratelimit import RateLimiter
+from crm_service.access.ratelimit import RateLimiter
 
 
 def _spend(path: str, n: int, out) -> None:

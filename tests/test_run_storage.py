@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from yoyo import get_backend
 
-from crm_service import schema
 from crm_service.cli import main
+from crm_service.platform import schema
 from crm_service.scoring import reads, retention, run, runs
 from crm_service.scoring.run import run_scoring
 from tests.conftest import count, q
@@ -218,7 +218,7 @@ def test_migration_moves_unpartitioned_runs_to_partitions_without_losing_the_liv
 
 
 def _settings_for(url):
-    from crm_service.config import load_settings
+    from crm_service.platform.config import load_settings
 
     return load_settings({"DATABASE_URL": url})
 
@@ -240,7 +240,7 @@ def test_a_retired_run_says_so_over_http(cdnow_loaded, settings, client, make_to
 def test_a_long_reader_defers_one_run_and_the_next_pass_retires_it(cdnow_loaded, settings,
                                                                      dsn):
     """Review finding: a reader of an old run must not break retention (or erasure)."""
-    from crm_service import erasure
+    from crm_service.privacy import erasure
 
     ids = [run_scoring(cdnow_loaded, settings, as_of=d).run_id for d in days(3)]
     before = cdnow_loaded.execute("SHOW statement_timeout").fetchone()[0]
@@ -280,7 +280,7 @@ def test_an_erasure_that_started_before_the_run_is_not_published_again(
     import time
     import unittest.mock
 
-    from crm_service import erasure
+    from crm_service.privacy import erasure
 
     run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 29))
     holder = psycopg.connect(dsn)

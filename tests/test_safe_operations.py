@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from crm_service.cli import main
+from crm_service.platform.worker import process_one
 from crm_service.scoring import run_scoring, runs
 from crm_service.scoring.dates import StaleScoringDateError
-from crm_service.worker import process_one
 from tests.conftest import count, q
 
 NEWEST_CDNOW = "1998-06-30"  # the day of the sample's newest order
@@ -99,7 +99,7 @@ def test_an_old_local_data_folder_is_not_shadowed_by_a_new_empty_database(tmp_pa
 
 def test_the_database_line_names_an_external_database_without_its_password(cli_env, dsn):
     from crm_service.cli import describe_database
-    from crm_service.config import load_settings
+    from crm_service.platform.config import load_settings
 
     url = "postgresql://crm:s3cret@db.internal:5433/crm_prod"
     line = describe_database(load_settings({"DATABASE_URL": url}), url)
@@ -312,7 +312,7 @@ def test_dry_and_stale_flags_must_be_booleans(client, make_token):
 def test_migration_0019_upgrades_a_running_base_and_rolls_back(server_dsn):
     from yoyo import get_backend
 
-    from crm_service import schema
+    from crm_service.platform import schema
     from tests.test_schema import _fresh_db
 
     url = _fresh_db(server_dsn, "crm_mig_safe_ops")

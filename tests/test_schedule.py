@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from crm_service import schedule
-from crm_service.config import load_settings
 from crm_service.errors import ConfigError
+from crm_service.platform import schedule
+from crm_service.platform.config import load_settings
 from tests.conftest import run_worker_until
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -181,7 +181,7 @@ def test_scoring_runs_requested_over_http_are_run_by_the_worker(cdnow_loaded, se
                                                                 make_token, dsn):
     import psycopg
 
-    from crm_service.worker import process_one
+    from crm_service.platform.worker import process_one
 
     writer = {"Authorization": f"Bearer {make_token('runs:write')}"}
     reader = {"Authorization": f"Bearer {make_token('scores:read')}"}
@@ -202,7 +202,7 @@ def test_a_failing_queued_run_is_recorded_and_the_worker_goes_on(cdnow_loaded, s
                                                                   make_token, dsn):
     import psycopg
 
-    from crm_service.worker import process_one
+    from crm_service.platform.worker import process_one
 
     writer = {"Authorization": f"Bearer {make_token('runs:write', 'scores:read')}"}
     bad = client.post("/v1/scoring-runs", json={"as_of": "1997-01-03"}, headers=writer).json
@@ -338,7 +338,7 @@ def test_worker_survives_losing_the_database(settings):
     import threading
 
     from crm_service.errors import DatabaseUnavailableError
-    from crm_service.worker import run_worker
+    from crm_service.platform.worker import run_worker
 
     calls = []
     stop = threading.Event()

@@ -8,7 +8,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from crm_service.export import export_scores
+from crm_service.audiences.export import export_scores
 from crm_service.scoring import policies, run_scoring
 from models import segments
 from models.segments import PolicyError, TierPolicy
@@ -226,7 +226,7 @@ def test_the_vocabulary_is_the_databases(conn):
     database's CHECK constraints allow exactly those."""
     import re
 
-    from crm_service import events
+    from crm_service.triggers import events
     from models.segments import CHURN_RISKS, TIERS, VALUE_SEGMENTS
 
     def allowed(table: str, column: str) -> set[str]:

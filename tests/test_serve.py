@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from crm_service import api_keys
+from crm_service.access import api_keys
 from tests.conftest import TEST_SECRET_KEY
 
 

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from crm_service import webhooks
-from crm_service.delivery import Dispatcher
 from crm_service.scoring import run_scoring
+from crm_service.triggers import webhooks
+from crm_service.triggers.delivery import Dispatcher
 from tests.conftest import TEST_SECRET_KEY, q
 
 

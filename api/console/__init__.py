@@ -1,7 +1,7 @@
 """The agent console and dashboard: server-rendered pages under ``/console``.
 
 Agents sign in with an API key holding ``customers:read``; the key is checked once and a
-server-side session (``crm_service.console_sessions``) is opened. The browser holds only a
+server-side session (``crm_service.access.console_sessions``) is opened. The browser holds only a
 random session token, in an HttpOnly, SameSite=Strict cookie scoped to ``/console`` (Secure when
 the request came over HTTPS). Every POST carries a CSRF token: the session's, or before sign-in
 a double-submit token from its own cookie. Searches are POSTs too, so emails and phone numbers
@@ -38,14 +38,17 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.console.i18n import LANGUAGE_NAMES, LANGUAGES, MESSAGES, negotiate, translate
-from api.customers import check_customer_id
 from api.services import services
-from crm_service import console_sessions, dashboard, erasure, profiles
-from crm_service.console_sessions import ConsoleSession, SignInError
-from crm_service.db import DatabaseUnavailable
+from crm_service.access import console_sessions
+from crm_service.access.console_sessions import ConsoleSession, SignInError
+from crm_service.customers import profiles
+from crm_service.customers.ids import check_customer_id
 from crm_service.errors import DatabaseUnavailableError, ValidationError
-from crm_service.plots import LANGUAGES as PLOT_LANGUAGES
-from crm_service.plots import PLOTS, run_plot
+from crm_service.platform.db import DatabaseUnavailable
+from crm_service.privacy import erasure
+from crm_service.scoring import dashboard
+from crm_service.scoring.plots import LANGUAGES as PLOT_LANGUAGES
+from crm_service.scoring.plots import PLOTS, run_plot
 
 log = logging.getLogger("crm.console")
 
@@ -403,7 +406,7 @@ def dashboard_page() -> BaseResponse:
 @bp.get("/runs/<int:run_id>/plots/<name>.svg")
 @signed_in
 def plot(run_id: int, name: str) -> BaseResponse:
-    """A run's diagnostics plot (rendered when the run was published; see crm_service.plots).
+    """A run's diagnostics plot (rendered when published; see crm_service.scoring.plots).
 
     The language is in the URL (``?lang=``, else the page's), so a cached image never shows
     the other language.

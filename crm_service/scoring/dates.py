@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
-from crm_service.config import Settings
 from crm_service.errors import ValidationError
-from crm_service.order_store import newest_paid_order_day
+from crm_service.platform.config import Settings
+from crm_service.storage.orders import newest_paid_order_day
 
 if TYPE_CHECKING:
     import psycopg

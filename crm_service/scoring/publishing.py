@@ -20,9 +20,11 @@ import psycopg
 from numpy.typing import NDArray
 from psycopg import sql
 
+from crm_service.privacy.refs import ref_sql
 from crm_service.scoring.inputs import ScoredRun
 from crm_service.scoring.runs import RunTakenOverError
 from crm_service.scoring.summary import RUN_WORK_MEM, partition_name
+from crm_service.storage.scores import is_attached
 
 
 def create_partition(conn: psycopg.Connection, run_id: int) -> sql.Identifier:
@@ -54,35 +56,6 @@ def drop_unpublished_partition(conn: psycopg.Connection, run_id: int) -> None:
     name = partition_name(run_id)
     if not is_attached(conn, name):
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def is_attached(conn: psycopg.Connection, name: str) -> bool:
-    """Whether score table ``name`` is a partition of ``customer_scores`` (or half-detached)."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits"
-                       " WHERE inhrelid = to_regclass(%s))", (name,)).fetchone()
-    return bool(row and row[0])
-
-
-def score_tables(conn: psycopg.Connection) -> list[str]:
-    """Every run's score table, attached, half-detached or never attached."""
-    return [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
-        " AND c.relname ~ '^customer_scores_r[0-9]+$' ORDER BY c.relname").fetchall()]
-
-
-def erase_customer_scores(conn: psycopg.Connection, customer_id: str) -> int:
-    """Delete a customer's rows from every score table; return how many went.
-
-    Table by table rather than through the parent: a partition whose detach is pending, or a
-    run's table not attached yet, is not reached through ``customer_scores``. The caller holds
-    the ``scoring_state`` lock, so no run publishes meanwhile.
-    """
-    removed = 0
-    for name in score_tables(conn):
-        removed += conn.execute(sql.SQL("DELETE FROM {} WHERE customer_id = %s").format(
-            sql.Identifier(name)), (customer_id,)).rowcount
-    return removed
 
 
 def binary_copy(columns: dict[str, NDArray[np.float64]],
@@ -192,7 +165,7 @@ def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
 
     Customers erased since the run started are removed from the partition first. Only the
     attempt that owns the run may publish: the run row is locked first. ``ref_params``
-    (:func:`crm_service.erasure.ref_sql_params`) let events carry each ``customer_ref``.
+    (:func:`crm_service.privacy.refs.ref_sql_params`) let events carry each ``customer_ref``.
     Returns the run that was live before (None for the first run).
 
     Raises
@@ -215,7 +188,6 @@ def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
         cur.execute(sql.SQL("ALTER TABLE customer_scores ATTACH PARTITION {} FOR VALUES IN ({})")
                     .format(part, sql.Literal(int(run_id))))
         if previous_run is not None and _exists(cur, partition_name(previous_run)):
-            from crm_service.erasure import ref_sql
 
             ref = ref_sql("d.customer_id") if ref_params else "NULL::bytea"
             query = sql.SQL(_TRANSITIONS_AND_EVENTS.replace("{ref}", f"encode({ref}, 'hex')"))

@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from crm_service.config import Settings
-from crm_service.scoring.publishing import is_attached, score_tables
+from crm_service.platform.config import Settings
 from crm_service.scoring.summary import partition_name
+from crm_service.storage.scores import is_attached, score_tables
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
-from crm_service.config import Settings
-from crm_service.db import DatabaseError, TransactionStatus
 from crm_service.errors import CrmError
+from crm_service.platform.config import Settings
+from crm_service.platform.db import DatabaseError, TransactionStatus
+from crm_service.privacy.refs import ref_sql_params
 from crm_service.scoring import dates, publishing, retention, runs
 from crm_service.scoring.backtest import InsufficientHistoryError
 from crm_service.scoring.inputs import RunConfig, RunInputs, ScoredRun, Summary
@@ -208,7 +209,7 @@ def _render_plots(conn: psycopg.Connection, run_id: int) -> None:
     Best effort: the run is already live, and a plot that is missing here is rendered on its
     first request instead.
     """
-    from crm_service.plots import LANGUAGES, PLOTS, run_plot
+    from crm_service.scoring.plots import LANGUAGES, PLOTS, run_plot
 
     try:
         for name in PLOTS:
@@ -235,8 +236,6 @@ def _apply_retention(conn: psycopg.Connection, settings: Settings) -> list[int]:
 
 def _ref_params(settings: Settings) -> dict[str, bytes]:
     """Keys for each event's ``customer_ref`` (ConfigError without a server key)."""
-    from crm_service.erasure import ref_sql_params
-
     return ref_sql_params(settings)
 
 

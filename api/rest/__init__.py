@@ -1,0 +1,4 @@
+"""The REST views: one blueprint per resource, thin views over ``crm_service`` functions.
+
+Request and response shapes are in ``api.schemas``; errors map through ``api.errors``.
+"""

@@ -1,0 +1,227 @@
+"""One customer: ``GET /v1/customers/{id}`` (profile), ``/tier`` (fast path), and search."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, g
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.auth import require
+from api.schemas import (
+    CustomerProfileSchema,
+    CustomerSearchQuerySchema,
+    CustomerSearchSchema,
+    CustomerTierSchema,
+)
+from api.services import services
+from crm_service.customers import profiles
+from crm_service.customers.ids import check_customer_id
+from crm_service.errors import NotFoundError
+
+blp = Blueprint("customers", __name__, url_prefix="/v1", description="One customer")
+
+_TIER_EXAMPLE = {
+    "customer_id": "C-10023", "run_id": 12, "as_of": "2026-11-21", "provisional": False,
+    "provisional_as_of": None, "tier": "high_value", "tier_since": "2026-09-30",
+    "value_segment": "high", "rfm_segment": "champions", "recommended_action": "vip_care",
+    "churn_risk": "low", "churn_probability": 0.08, "clv_12m": 1834.2, "p_alive": 0.97,
+    "recent_transitions": [{"run_id": 9, "as_of": "2026-09-30", "from_tier": "active",
+                            "to_tier": "high_value"}]}
+
+_PROFILE_EXAMPLE = {
+    "customer_id": "C-10023", "created_at": "2025-03-02T08:11:40+00:00",
+    "updated_at": "2026-06-01T10:00:00+00:00",
+    "contact": {"email": "li.wei@example.com", "phone": "+86 138 0013 8000", "name": "Li Wei"},
+    "identities": [{"channel": "jd", "external_id": "jd_88231"}],
+    "orders_by_channel": [{"channel": "tmall", "paid_orders": 7, "refunded_orders": 1,
+                           "cancelled_orders": 0, "net_spend": 1532.4,
+                           "first_order_at": "2025-03-02T08:11:00+00:00",
+                           "last_order_at": "2026-11-01T12:30:00+00:00"}],
+    "run_id": 12, "as_of": "2026-11-21", "scored_at": "2026-11-22T02:03:11+00:00",
+    "churn_horizon_days": 90, "provisional": False, "tier": "high_value",
+    "tier_since": "2026-09-30", "value_segment": "high", "rfm_segment": "champions",
+    "recommended_action": "vip_care",
+    "scores": {"frequency": 6, "recency_days": 609, "t_days": 629, "p_alive": 0.97,
+               "clv_12m": 1834.2, "churn_probability": 0.08, "churn_risk": "low",
+               "expected_purchases_90": 0.9, "expected_next_order": "2026-12-19"},
+    "recent_transitions": [{"run_id": 9, "as_of": "2026-09-30", "from_tier": "active",
+                            "to_tier": "high_value"}]}
+
+
+_TIER_KEYS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended_action",
+              "churn_risk", "churn_probability", "clv_12m", "p_alive")
+
+
+def _run_fields(found: dict[str, Any]) -> dict[str, Any]:
+    run = found["run"] or {}
+    return {"run_id": run.get("run_id"),
+            "as_of": run["as_of"].isoformat() if run.get("as_of") else None,
+            "scored_at": run["scored_at"].isoformat() if run.get("scored_at") else None,
+            "churn_horizon_days": run.get("churn_horizon_days")}
+
+
+@blp.route("/customers/<customer_id:customer_id>/tier")
+class CustomerTier(MethodView):
+    """The small, fast answer for agents and campaign tools."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, CustomerTierSchema, example=_TIER_EXAMPLE)
+    @blp.alt_response(404, description="no run published yet, or the customer has no paid "
+                                       "order")
+    @blp.alt_response(422, description="not a valid customer id")
+    @require("scores:read")
+    def get(self, customer_id: str):
+        """Tier and since when, value and RFM segment, action, churn risk, latest changes.
+
+        From the live run; when the customer's orders changed after that run started, the
+        answer is recomputed from the run's models and policy and flagged ``provisional``.
+        """
+        check_customer_id(customer_id)
+        with services().reader.connection() as conn:
+            found = profiles.lookup(conn, customer_id)
+        if found is None:
+            raise NotFoundError("no scoring run has been published yet")
+        scores = found["scores"]
+        if scores is None or scores.get("tier") is None:
+            run = found["run"]
+            raise NotFoundError(f"customer {customer_id!r} has no tier in the live run "
+                                f"(run {run['run_id']} as of {run['as_of']}) and no paid "
+                                "order since")
+        run = _run_fields(found)
+        body = {"customer_id": customer_id, "run_id": run["run_id"], "as_of": run["as_of"],
+                "provisional": found["provisional"],
+                "provisional_as_of": scores.get("provisional_as_of"),
+                **{k: scores.get(k) for k in _TIER_KEYS},
+                "recent_transitions": found["recent_transitions"]}
+        # The hot path for agents and tools: the body is already plain JSON values, so it is
+        # encoded directly (CustomerTierSchema documents it; tests check the two agree).
+        return current_app.response_class(json.dumps(body, separators=(",", ":")),
+                                          mimetype="application/json")
+
+
+@blp.route("/customers/<customer_id:customer_id>")
+class CustomerProfile(MethodView):
+    """Everything about one customer."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, CustomerProfileSchema, example=_PROFILE_EXAMPLE)
+    @blp.alt_response(404, description="no such customer")
+    @blp.alt_response(422, description="not a valid customer id")
+    @require("scores:read", "customers:read")
+    def get(self, customer_id: str):
+        """Profile, orders per channel, every score, tier, segments, action and history.
+
+        Needs ``scores:read`` or ``customers:read``. Contact details (email, phone, name) and
+        channel identities are personal data: they are included only for a key with
+        ``customers:read`` (or admin), and are null otherwise. Scores come from the live run,
+        or are provisional (recomputed now) when the customer's orders changed since it.
+        """
+        check_customer_id(customer_id)
+        with services().reader.connection() as conn:
+            found = profiles.lookup(conn, customer_id, profile=True)
+        if found is None:
+            raise NotFoundError(f"no customer {customer_id!r}")
+        pii = g.api_key.allows("customers:read")
+        customer, scores = found["customer"], found["scores"]
+        return {
+            "customer_id": customer_id,
+            "created_at": customer["created_at"], "updated_at": customer["updated_at"],
+            "contact": {k: customer[k] for k in ("email", "phone", "name")} if pii else None,
+            "identities": found["identities"] if pii else None,
+            "orders_by_channel": found["orders_by_channel"],
+            **_run_fields(found),
+            "provisional": found["provisional"],
+            **{k: (scores or {}).get(k) for k in (
+                "tier", "tier_since", "value_segment", "rfm_segment", "recommended_action")},
+            "scores": scores,
+            "recent_transitions": found["recent_transitions"],
+        }
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, example={
+        "customer_ref": "3f1c9a0d5e...", "event_id": "1044",
+        "removed": {"orders": 7, "identities": 2, "profile": 1, "scores": 5,
+                    "tier_transitions": 3, "webhook_deliveries": 2, "events": 4,
+                    "idempotency_records": 1}})
+    @blp.alt_response(404, description="nothing is held about this customer id")
+    @blp.alt_response(422, description="not a valid customer id")
+    @require("admin")
+    def delete(self, customer_id: str):
+        """Erase the customer (GDPR Art. 17): scope ``admin``.
+
+        In one transaction: profile, identities, orders, scores of every run, tier history,
+        lifecycle events (and their queued webhook deliveries) and stored Idempotency-Key
+        responses that mention the customer are deleted. The id is kept only as a keyed hash
+        (``customer_ref``) on a suppression list: later orders or profiles for it are rejected.
+        A ``customer.erased`` event carrying just ``customer_ref`` (the reference every
+        lifecycle event and the export carry) lets downstream tools erase their copies.
+        """
+        from crm_service.privacy import erasure
+
+        check_customer_id(customer_id)
+        with services().pool.connection() as conn:
+            return erasure.erase(conn, services().settings, customer_id)
+
+
+@blp.route("/customers/<customer_id:customer_id>/export")
+class CustomerExport(MethodView):
+    """Everything held about one customer (GDPR Art. 20)."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, example={
+        "customer_id": "C-10023", "customer_ref": "3f1c9a0d5e...",
+        "profile": {"email": "li.na@example.com", "phone": "+8613800138000", "name": "Li Na",
+                    "created_at": "2026-01-05T10:00:00+00:00",
+                    "updated_at": "2026-03-01T08:00:00+00:00"},
+        "identities": [{"channel": "tmall", "external_id": "tb_88231",
+                        "linked_at": "2026-01-05T10:00:00+00:00"}],
+        "orders": [{"channel": "tmall", "order_id": "T-1", "ordered_at":
+                    "2026-01-05T02:30:00+00:00", "amount": "129.90", "currency": "CNY",
+                    "status": "paid", "received_at": "2026-01-05T10:00:00+00:00",
+                    "updated_at": "2026-01-05T10:00:00+00:00"}],
+        "scores": [{"run_id": 12, "tier": "active", "clv_12m": 310.5}],
+        "tier_history": [{"run_id": 12, "from_tier": "new", "to_tier": "active"}],
+        "events": [{"id": "1043", "type": "tier.changed", "run_id": 12,
+                    "occurred_at": "2026-11-22T02:00:07+00:00", "data": {}}]})
+    @blp.alt_response(404, description="nothing is held about this customer id")
+    @require("customers:read")
+    def get(self, customer_id: str):
+        """All data held about the customer, as JSON: scope ``customers:read``.
+
+        Profile and contact details, channel identities, every order, the scores of every
+        run, tier history and lifecycle events.
+        """
+        from crm_service.privacy import erasure
+
+        check_customer_id(customer_id)
+        with services().reader.connection() as conn:
+            return erasure.export(conn, services().settings, customer_id)
+
+
+@blp.route("/customers/search")
+class CustomerSearch(MethodView):
+    """Find a customer by contact or channel account."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(CustomerSearchQuerySchema, location="query")
+    @blp.response(200, CustomerSearchSchema, example={"matches": [{
+        "customer_id": "C-10023", "email": "li.wei@example.com", "phone": "+86 138 0013 8000",
+        "name": "Li Wei", "tier": "high_value", "value_segment": "high",
+        "recommended_action": "vip_care"}]})
+    @blp.alt_response(422, description="not exactly one of email, phone, channel+external_id; "
+                                       "or a value that cannot be an email or phone")
+    @require("customers:read")
+    def get(self, query):
+        """Exact match after normalisation: ``?email=``, ``?phone=`` or ``?channel=&external_id=``.
+
+        Emails match case-insensitively; phones by their digits ("+86 138-0013-8000" finds
+        "+8613800138000"; with CRM_PHONE_COUNTRY_CODE=86, "138 0013 8000" finds it too); a
+        channel identity by channel and external id. An empty list when nothing matches. Needs
+        ``customers:read`` (the query is personal data).
+        """
+        with services().reader.connection() as conn:
+            return {"matches": profiles.search(
+                conn, **query, country_code=services().settings.phone_country_code)}

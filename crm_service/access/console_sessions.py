@@ -1,0 +1,111 @@
+"""Server-side sessions of the agent console.
+
+Signing in with an API key opens a session: a random token goes to the browser in a cookie, and
+only its SHA-256 is stored, with the key it was opened with and the session's CSRF token. The
+key itself is never stored again, shown, or put in a URL.
+
+Every request re-reads the session joined with its key, so revoking a key ends its sessions at
+once (there is no cache here, unlike bearer-token checks). A session ends when it has been idle
+for ``CRM_CONSOLE_IDLE_MINUTES`` or is ``CRM_CONSOLE_SESSION_HOURS`` old, whichever is first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from crm_service.access.api_keys import ApiKey, verify_token
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from crm_service.platform.config import Settings
+
+# The console's scope: agents look customers up by contact details, which are personal data.
+CONSOLE_SCOPE = "customers:read"
+# last_seen_at is written at most this often per session (seconds): a page view is a read.
+TOUCH_EVERY = 60
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    """A live session: who is signed in (the key's id and name) and the CSRF token."""
+
+    key_id: str
+    key_name: str
+    scopes: tuple[str, ...]
+    csrf_token: str
+    expires_at: datetime
+
+    def allows(self, scope: str) -> bool:
+        """Whether the key holds ``scope`` (``admin`` holds every scope)."""
+        return "admin" in self.scopes or scope in self.scopes
+
+
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class SignInError(Exception):
+    """The key cannot open a console session; ``reason`` is ``invalid`` or ``scope``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sign_in(conn: psycopg.Connection, settings: Settings, api_key: str) -> tuple[str, ApiKey]:
+    """Open a session for an active key with the console scope; return (token, key).
+
+    Raises :class:`SignInError` (``invalid``: unknown, malformed or revoked key; ``scope``: the
+    key lacks ``customers:read``). Expired sessions are swept here, so the table stays small.
+    """
+    key = verify_token(conn, api_key.strip())
+    if key is None:
+        raise SignInError("invalid")
+    if not key.allows(CONSOLE_SCOPE):
+        raise SignInError("scope")
+    token = secrets.token_urlsafe(32)
+    with conn.transaction():
+        conn.execute("DELETE FROM console_sessions WHERE expires_at < now()"
+                     " OR last_seen_at < now() - make_interval(mins => %s)",
+                     (settings.console_idle_minutes,))
+        conn.execute(
+            "INSERT INTO console_sessions (token_hash, key_id, csrf_token, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(hours => %s))",
+            (_hash(token), key.id, secrets.token_urlsafe(32), settings.console_session_hours))
+    return token, key
+
+
+def resolve(conn: psycopg.Connection, settings: Settings, token: str) -> ConsoleSession | None:
+    """The live session behind a cookie's token, or None (unknown, expired, idle, key revoked).
+
+    Marks the session seen (at most once a minute). ``conn`` may be in autocommit mode.
+    """
+    if not token or len(token) > 100:
+        return None
+    row = conn.execute(
+        "SELECT k.id, k.name, k.scopes, s.csrf_token, s.expires_at,"
+        " s.last_seen_at < now() - make_interval(secs => %s)"
+        " FROM console_sessions s JOIN api_keys k ON k.id = s.key_id"
+        " WHERE s.token_hash = %s AND s.expires_at > now() AND k.revoked_at IS NULL"
+        " AND s.last_seen_at > now() - make_interval(mins => %s)",
+        (TOUCH_EVERY, _hash(token), settings.console_idle_minutes)).fetchone()
+    if row is None:
+        return None
+    key_id, name, scopes, csrf, expires, stale = row
+    session = ConsoleSession(key_id, name, tuple(scopes), csrf, expires)
+    if not session.allows(CONSOLE_SCOPE):  # the key's scopes changed since sign-in
+        return None
+    if stale:
+        conn.execute("UPDATE console_sessions SET last_seen_at = now() WHERE token_hash = %s",
+                     (_hash(token),))
+    return session
+
+
+def sign_out(conn: psycopg.Connection, token: str) -> None:
+    """End the session behind ``token`` (no error if there is none)."""
+    conn.execute("DELETE FROM console_sessions WHERE token_hash = %s", (_hash(token),))
