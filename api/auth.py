@@ -18,6 +18,7 @@ from flask import Flask, g, request
 from api.errors import ApiProblem
 from api.services import services
 from api.serving.fastpath import RATE_CHECKED
+from crm_service.vocabulary import SCOPES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +62,9 @@ def require(scope: str, *alternatives: str) -> Callable[[F], F]:
     ``g.api_key.allows(...)`` for what depends on which.
     """
     accepted = (scope, *alternatives)
+    unknown = [s for s in accepted if s not in SCOPES]
+    if unknown:  # at import time: a misspelt scope would otherwise lock every key out
+        raise ValueError(f"unknown scope(s) {unknown}: see crm_service.vocabulary.SCOPES")
 
     def decorate(view: F) -> F:
         @wraps(view)

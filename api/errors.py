@@ -17,17 +17,6 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 TYPE_BASE = "https://crm-service.dev/problems/"
 
-_STATUS: list[tuple[type[e.CrmError], int, str]] = [
-    (e.BatchTooLargeError, 413, "batch-too-large"),
-    (e.IdempotencyConflictError, 409, "idempotency-in-progress"),
-    (e.IdempotencyMismatchError, 422, "idempotency-key-reused"),
-    (e.NotFoundError, 404, "not-found"),
-    (e.ValidationError, 422, "invalid-input"),
-    (e.DatabaseUnavailableError, 503, "database-unavailable"),
-    (e.IngestionBusyError, 503, "ingestion-busy"),
-]
-
-
 def problem(status: int, title: str, detail: str | None = None, *, slug: str | None = None,
             **extra: Any) -> Response:
     """Build a problem+json response."""
@@ -87,16 +76,16 @@ def register_error_handlers(
 
     @app.errorhandler(e.CrmError)
     def _domain(exc: e.CrmError) -> Response:
-        for cls, status, slug in _STATUS:
-            if isinstance(exc, cls):
-                extra = dict(exc.extra)
-                retry_after = extra.pop("retry_after", 5 if status == 503 else None)
-                resp = problem(status, exc.title, exc.detail, slug=slug, **extra)
-                if retry_after is not None:
-                    resp.headers["Retry-After"] = str(retry_after)
-                return resp
-        log.exception("unmapped service error")
-        return problem(500, "Internal error", "an unexpected error occurred")
+        # One mapping for every domain error: the class says its status and problem type.
+        if exc.problem is None:
+            log.exception("internal service error: %s", type(exc).__name__)
+            return problem(500, "Internal error", "an unexpected error occurred")
+        extra = dict(exc.extra)
+        retry_after = extra.pop("retry_after", exc.retry_after)
+        resp = problem(exc.status, exc.title, exc.detail, slug=exc.problem, **extra)
+        if retry_after is not None:
+            resp.headers["Retry-After"] = str(retry_after)
+        return resp
 
     @app.before_request
     def _json_bodies_only() -> None:

@@ -9,7 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from crm_service.audiences.audience import SORTS
 from crm_service.platform.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
 from crm_service.scoring.runs import RUN_STATUSES
-from models.segments import CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
+from crm_service.vocabulary import CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
     "invalid": "must be a string", "null": "must not be null", "required": "required"}

@@ -34,7 +34,7 @@ from crm_service.platform.config import (
 from crm_service.platform.db import DatabaseError, connect, describe_dsn, redact, resolve_dsn
 from crm_service.scoring import policies, runs
 from crm_service.scoring.dates import StaleScoringDateError
-from models.segments import CHURN_RISKS
+from crm_service.vocabulary import CHURN_RISKS, SCOPES
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -246,7 +246,7 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--scopes", required=True,
-              help="Comma-separated: " + ", ".join(api_keys.SCOPES))
+              help="Comma-separated: " + ", ".join(SCOPES))
 @click.option("--json", "as_json", is_flag=True, help='Print {"id": ..., "key": ...}.')
 @pass_ctx
 @handles_errors

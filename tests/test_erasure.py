@@ -12,6 +12,7 @@ from crm_service.ingestion.records import SUPPRESSED
 from crm_service.privacy import erasure
 from crm_service.scoring import publishing, run_scoring
 from crm_service.triggers import webhooks
+from crm_service.vocabulary import EVENT_TYPES
 from tests.conftest import q, write
 
 CANARY = "canary-7f3a9e"
@@ -70,7 +71,7 @@ def test_erasure_leaves_no_trace_and_suppresses_later_ingestion(
     plant(client, admin)
     run_scoring(conn, settings, as_of=date(1997, 9, 30))
     hook = webhooks.create(conn, settings, url="http://127.0.0.1:9/h",
-                           types=list(webhooks.events.TYPES), filters={"tiers": ["dormant"]})
+                           types=list(EVENT_TYPES), filters={"tiers": ["dormant"]})
     conn.commit()
     run_scoring(conn, settings, as_of=date(1998, 6, 30))
     webhooks.fan_out(conn)

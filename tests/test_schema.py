@@ -27,7 +27,8 @@ def test_upgrade_is_idempotent(server_dsn):
 
 def test_two_processes_upgrading_at_once(server_dsn):
     url = _fresh_db(server_dsn, "crm_mig_b")
-    code = "import sys; from crm_service.platform import schema; print(len(schema.upgrade(sys.argv[1])))"
+    code = ("import sys; from crm_service.platform import schema;"
+            " print(len(schema.upgrade(sys.argv[1])))")
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]

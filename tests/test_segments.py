@@ -226,8 +226,7 @@ def test_the_vocabulary_is_the_databases(conn):
     database's CHECK constraints allow exactly those."""
     import re
 
-    from crm_service.triggers import events
-    from models.segments import CHURN_RISKS, TIERS, VALUE_SEGMENTS
+    from crm_service.vocabulary import CHURN_RISKS, EVENT_TYPES, TIERS, VALUE_SEGMENTS
 
     def allowed(table: str, column: str) -> set[str]:
         rows = conn.execute(
@@ -242,4 +241,33 @@ def test_the_vocabulary_is_the_databases(conn):
     assert allowed("customer_scores", "tier") == set(TIERS)
     assert allowed("customer_scores", "value_segment") == set(VALUE_SEGMENTS)
     assert allowed("customer_scores", "churn_risk") == set(CHURN_RISKS)
-    assert allowed("events", "type") == set(events.TYPES)
+    assert allowed("events", "type") == set(EVENT_TYPES)
+
+
+def test_every_surface_takes_the_one_vocabulary():
+    """The publish SQL writes exactly the run's event types, the console has words for every
+    term in both languages, and a view cannot ask for a scope that does not exist."""
+    import re
+
+    from api.auth import require
+    from api.console.i18n import MESSAGES
+    from crm_service.scoring import publishing
+    from crm_service.vocabulary import (
+        ACTIONS,
+        CHURN_RISKS,
+        EVENT_TYPES,
+        RFM_SEGMENTS,
+        RUN_EVENT_TYPES,
+        TIERS,
+        VALUE_SEGMENTS,
+    )
+
+    assert re.findall(r"\('([a-z_.]+)',", publishing._EVENT_TYPES) == list(RUN_EVENT_TYPES)
+    assert set(EVENT_TYPES) - set(RUN_EVENT_TYPES) == {"customer.erased"}
+    for prefix, terms in (("tier", TIERS), ("value", VALUE_SEGMENTS), ("risk", CHURN_RISKS),
+                          ("rfm", RFM_SEGMENTS), ("action", ACTIONS), ("script", ACTIONS)):
+        for term in terms:
+            english, chinese = MESSAGES[f"{prefix}.{term}"]
+            assert english and chinese, (prefix, term)
+    with pytest.raises(ValueError, match="unknown scope"):
+        require("score:read")

@@ -21,6 +21,7 @@ import pytest
 from crm_service.scoring import run_scoring
 from crm_service.triggers import webhooks
 from crm_service.triggers.delivery import Dispatcher
+from crm_service.vocabulary import EVENT_TYPES
 from tests.conftest import TEST_SECRET_KEY, q
 
 
@@ -230,7 +231,7 @@ def test_two_scoring_runs_are_delivered_signed_and_filtered(
         client, cdnow_loaded, settings, fast, hooks_auth, receiver, dispatch):
     run_scoring(cdnow_loaded, settings, as_of=date(1998, 3, 31))
     everything, vip_winback = receiver(), receiver()
-    all_hook = subscribe(client, hooks_auth, everything.url, events=list(webhooks.events.TYPES))
+    all_hook = subscribe(client, hooks_auth, everything.url, events=list(EVENT_TYPES))
     vip_hook = subscribe(client, hooks_auth, vip_winback.url, events=["dormant.entered"],
                          filters={"value_segments": ["high"]})
     second = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))

@@ -40,10 +40,10 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.console.i18n import LANGUAGE_NAMES, LANGUAGES, MESSAGES, negotiate, translate
 from api.services import services
 from crm_service.access import console_sessions
-from crm_service.access.console_sessions import ConsoleSession, SignInError
+from crm_service.access.console_sessions import ConsoleSession
 from crm_service.customers import profiles
 from crm_service.customers.ids import check_customer_id
-from crm_service.errors import DatabaseUnavailableError, ValidationError
+from crm_service.errors import DatabaseUnavailableError, SignInError, ValidationError
 from crm_service.platform.db import DatabaseUnavailable
 from crm_service.privacy import erasure
 from crm_service.scoring import dashboard

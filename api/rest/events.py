@@ -9,6 +9,7 @@ from marshmallow import Schema, fields, validate
 from api.auth import require
 from api.services import services
 from crm_service.triggers import events
+from crm_service.vocabulary import EVENT_TYPES
 
 blp = Blueprint("events", __name__, url_prefix="/v1", description="Lifecycle events")
 
@@ -20,7 +21,7 @@ class EventQuerySchema(Schema):
         "description": "next_cursor of the previous answer; empty or absent: from the start",
         "example": "1042"})
     types = fields.String(validate=validate.Length(max=200), metadata={
-        "description": "comma-separated: " + ", ".join(events.TYPES),
+        "description": "comma-separated: " + ", ".join(EVENT_TYPES),
         "example": "vip.entered,dormant.entered"})
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
@@ -29,7 +30,7 @@ class EventSchema(Schema):
     """One lifecycle event."""
 
     id = fields.String(metadata={"example": "1043"})
-    type = fields.String(metadata={"enum": list(events.TYPES)})
+    type = fields.String(metadata={"enum": list(EVENT_TYPES)})
     customer_id = fields.String(allow_none=True)
     run_id = fields.Integer(allow_none=True)
     occurred_at = fields.String()

@@ -11,7 +11,8 @@ from marshmallow import Schema, fields, validate
 
 from api.auth import require
 from api.services import services
-from crm_service.triggers import events, webhooks
+from crm_service.triggers import webhooks
+from crm_service.vocabulary import EVENT_TYPES
 
 blp = Blueprint("webhooks", __name__, url_prefix="/v1", description="Webhooks")
 
@@ -34,8 +35,8 @@ class WebhookCreateSchema(Schema):
                         metadata={"pattern": "^https?://",
                                   "description": "https URL of the receiver (http and private "
                                                  "addresses only for CRM_WEBHOOK_ALLOW_HOSTS)"})
-    events = fields.List(fields.String(validate=validate.OneOf(events.TYPES)), required=True,
-                         validate=validate.Length(min=1, max=len(events.TYPES)))
+    events = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), required=True,
+                         validate=validate.Length(min=1, max=len(EVENT_TYPES)))
     filters = fields.Nested(FiltersSchema, load_default=None)
     description = fields.String(load_default=None, allow_none=True,
                                 validate=validate.Length(max=200))

@@ -21,17 +21,8 @@ import psycopg
 from psycopg.rows import class_row
 
 from crm_service.errors import ApiKeyNotFoundError, ValidationError
+from crm_service.vocabulary import SCOPES
 
-SCOPES = (
-    "orders:write",
-    "customers:read",
-    "customers:write",
-    "scores:read",
-    "runs:write",
-    "webhooks:write",
-    "metrics:read",
-    "admin",
-)
 PREFIX = "crm"
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from crm_service.access.api_keys import ApiKey, verify_token
+from crm_service.errors import SignInError
 
 if TYPE_CHECKING:
     import psycopg
@@ -47,14 +48,6 @@ class ConsoleSession:
 
 def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
-
-
-class SignInError(Exception):
-    """The key cannot open a console session; ``reason`` is ``invalid`` or ``scope``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def sign_in(conn: psycopg.Connection, settings: Settings, api_key: str) -> tuple[str, ApiKey]:

@@ -20,11 +20,13 @@ import psycopg
 from numpy.typing import NDArray
 from psycopg import sql
 
+from crm_service.errors import RunAlreadyPublishedError
 from crm_service.privacy.refs import ref_sql
 from crm_service.scoring.inputs import ScoredRun
 from crm_service.scoring.runs import RunTakenOverError
 from crm_service.scoring.summary import RUN_WORK_MEM, partition_name
 from crm_service.storage.scores import is_attached
+from crm_service.vocabulary import CHURN_RISKS
 
 
 def create_partition(conn: psycopg.Connection, run_id: int) -> sql.Identifier:
@@ -35,7 +37,7 @@ def create_partition(conn: psycopg.Connection, run_id: int) -> sql.Identifier:
     """
     part = sql.Identifier(partition_name(run_id))
     if is_attached(conn, partition_name(run_id)):
-        raise RuntimeError(f"run {run_id} already has a published partition")
+        raise RunAlreadyPublishedError(f"run {run_id} already has a published partition")
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(part))
     conn.execute(sql.SQL("CREATE TABLE {part} (LIKE customer_scores INCLUDING DEFAULTS"
                          " INCLUDING CONSTRAINTS, CHECK (run_id = {run}))").format(
@@ -93,17 +95,18 @@ d AS MATERIALIZED (
     FROM {new} n LEFT JOIN {live} p USING (customer_id)
     WHERE n.tier IS DISTINCT FROM p.tier OR n.churn_risk IS DISTINCT FROM p.churn_risk
 )"""
+# The bands in rising order of risk, from the one vocabulary (constants, not input).
+_BANDS = "ARRAY[" + ", ".join(f"'{band}'" for band in CHURN_RISKS) + "]::text[]"
 _EVENT_TYPES = """
 CROSS JOIN LATERAL (VALUES
     ('tier.changed', d.tier IS DISTINCT FROM d.from_tier),
     ('vip.entered', d.tier = 'high_value' AND d.from_tier IS DISTINCT FROM 'high_value'),
     ('vip.lost', d.from_tier = 'high_value' AND d.tier IS DISTINCT FROM 'high_value'),
     ('dormant.entered', d.tier = 'dormant' AND d.from_tier IS DISTINCT FROM 'dormant'),
-    ('churn_risk.raised', array_position(ARRAY['low', 'medium', 'high'], d.churn_risk)
-                          > array_position(ARRAY['low', 'medium', 'high'],
-                                           d.previous_churn_risk))
+    ('churn_risk.raised', array_position({bands}, d.churn_risk)
+                          > array_position({bands}, d.previous_churn_risk))
 ) AS e (type, hit)
-WHERE e.hit"""
+WHERE e.hit""".replace("{bands}", _BANDS)
 _TRANSITIONS_AND_EVENTS = "WITH" + _CHANGED + """,
 history AS (
     INSERT INTO tier_transitions (customer_id, run_id, from_tier, to_tier)

@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 
+from crm_service.errors import CrmError
+
 RUN_OWNER_LOCK = 0x43524D  # the two-int advisory lock space; other locks use one bigint
 DIED = ("the process running it stopped before it finished (killed, crashed or lost the "
         "database); nothing of it was published and the previous run stays live")
@@ -69,8 +71,10 @@ def create_run(conn: psycopg.Connection, as_of: date, timezone: str, *,
     return int(row[0])
 
 
-class RunTakenOverError(RuntimeError):
+class RunTakenOverError(CrmError):
     """The run is no longer this attempt's (marked failed or finished by someone else)."""
+
+    title = "Run taken over"
 
 
 def claim_queued_run(conn: psycopg.Connection) -> tuple[int, date, int] | None:

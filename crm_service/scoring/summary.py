@@ -25,7 +25,7 @@ from psycopg import sql
 
 from crm_service.scoring.inputs import PreviousTiers
 from crm_service.scoring.occasions import EPOCH, Occasions
-from models.segments import TIERS
+from crm_service.vocabulary import TIERS
 
 # The (customer, day) aggregation and both windows share one sort of the occasions: the
 # customer numbering's order (customer_id) is a prefix of the windows' (customer_id, day).

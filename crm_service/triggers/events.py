@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from crm_service.errors import ValidationError
+from crm_service.vocabulary import EVENT_TYPES
 
 if TYPE_CHECKING:
     import psycopg
 
-TYPES = ("tier.changed", "vip.entered", "vip.lost", "dormant.entered", "churn_risk.raised",
-         "customer.erased")
 MAX_LIMIT = 1000
 
 
@@ -39,10 +38,10 @@ def parse_types(text: str | None) -> list[str] | None:
     if not text:
         return None
     wanted = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in wanted if t not in TYPES]
+    unknown = [t for t in wanted if t not in EVENT_TYPES]
     if unknown or not wanted:
         raise ValidationError(f"types: unknown {', '.join(unknown) or '(empty)'}; "
-                              f"known: {', '.join(TYPES)}")
+                              f"known: {', '.join(EVENT_TYPES)}")
     return wanted
 
 

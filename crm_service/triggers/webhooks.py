@@ -39,15 +39,14 @@ from urllib.parse import urlsplit
 from crm_service.errors import NotFoundError, ValidationError
 from crm_service.platform import secretbox
 from crm_service.platform.config import Settings
-from crm_service.triggers import events
-from models.segments import TIERS, VALUE_SEGMENTS
+from crm_service.vocabulary import EVENT_TYPES, TIERS, VALUE_SEGMENTS
 
 if TYPE_CHECKING:
     import psycopg
 
 # Lifecycle events carry a tier and a value segment that filters apply to; an erasure has none
 # and goes to every subscription of customer.erased, so downstream copies are erased too.
-FILTERABLE = frozenset(events.TYPES) - {"customer.erased"}
+FILTERABLE = frozenset(EVENT_TYPES) - {"customer.erased"}
 MAX_SUBSCRIPTIONS = 100
 MAX_URL = 2048
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
@@ -131,11 +130,11 @@ def check_url(url: str, allow_hosts: frozenset[str], *,
 def _validate_types(types: list[str]) -> list[str]:
     if not types:
         raise ValidationError("events: at least one event type")
-    unknown = sorted(set(types) - set(events.TYPES))
+    unknown = sorted(set(types) - set(EVENT_TYPES))
     if unknown:
         raise ValidationError(f"events: unknown {', '.join(unknown)}; known: "
-                              f"{', '.join(events.TYPES)}")
-    return sorted(set(types), key=events.TYPES.index)
+                              f"{', '.join(EVENT_TYPES)}")
+    return sorted(set(types), key=EVENT_TYPES.index)
 
 
 def _validate_filters(filters: dict[str, Any] | None) -> dict[str, list[str]]:
