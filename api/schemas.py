@@ -8,7 +8,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from crm_service.audiences.audience import SORTS
 from crm_service.platform.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
-from crm_service.scoring.runs import RUN_STATUSES
+from crm_service.storage.runs import RUN_STATUSES
 from crm_service.vocabulary import CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {

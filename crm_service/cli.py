@@ -32,8 +32,8 @@ from crm_service.platform.config import (
     load_settings,
 )
 from crm_service.platform.db import DatabaseError, connect, describe_dsn, redact, resolve_dsn
-from crm_service.scoring import policies, runs
 from crm_service.scoring.dates import StaleScoringDateError
+from crm_service.storage import policies, runs
 from crm_service.vocabulary import CHURN_RISKS, SCOPES
 
 
@@ -548,8 +548,7 @@ def maintenance(ctx: Context, as_json: bool) -> None:
     has not received), ended webhook deliveries and attempts (CRM_DELIVERY_RETENTION_DAYS),
     expired console sessions, idempotency records, schedule slots. Prints what it deleted.
     """
-    from crm_service.platform import housekeeping
-    from crm_service.scoring import retention
+    from crm_service.storage import housekeeping, retention
 
     with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
         report = retention.apply_retention(conn, ctx.settings)

@@ -39,7 +39,7 @@ def cdnow_rfm() -> dict[str, np.ndarray]:
 def cdnow_summary(as_of: str = "1997-09-30", holdout_share: float = 0.25):
     """The run summary of DESIGN.md §2 as of ``as_of``, built with pandas (no database).
 
-    The same definitions as the SQL of ``crm_service.scoring.summary``: occasions are calendar
+    The same definitions as the SQL of ``crm_service.storage.summary``: occasions are calendar
     days, the calibration end is ``as_of`` minus ``holdout_share`` of the span.
     """
     from crm_service.scoring.inputs import RFM, Summary

@@ -10,7 +10,8 @@ import pytest
 from crm_service.ingestion.bulk import import_orders
 from crm_service.ingestion.records import SUPPRESSED
 from crm_service.privacy import erasure
-from crm_service.scoring import publishing, run_scoring
+from crm_service.scoring import run_scoring
+from crm_service.storage import publishing
 from crm_service.triggers import webhooks
 from crm_service.vocabulary import EVENT_TYPES
 from tests.conftest import q, write

@@ -10,7 +10,7 @@ import psycopg
 from click.testing import CliRunner
 
 from crm_service.cli import main
-from crm_service.platform import housekeeping
+from crm_service.storage import housekeeping
 from crm_service.triggers import webhooks
 from tests.conftest import count, q, run_worker_until
 
@@ -157,7 +157,7 @@ def test_a_failing_pass_never_keeps_the_worker_from_its_runs(cdnow_loaded, setti
                                                              monkeypatch):
     from datetime import date
 
-    from crm_service.scoring import runs
+    from crm_service.storage import runs
 
     def failing(*_args, **_kwargs):
         raise RuntimeError("statement timeout, say")

@@ -35,7 +35,7 @@ def test_same_key_different_body_is_422(client, auth, conn):
 def test_same_key_while_running_is_409(client, auth, conn, app):
     import json as _json
 
-    from crm_service.access import idempotency
+    from crm_service.storage import idempotency
 
     key_id = auth["Authorization"].split("_")[1]
     body = _json.dumps({"orders": [order(1)]}).encode()
@@ -96,7 +96,7 @@ def test_failed_request_does_not_burn_the_key(client, auth):
 
 
 def test_expired_records_are_purged(client, auth, conn):
-    from crm_service.access import idempotency
+    from crm_service.storage import idempotency
 
     key_id = auth["Authorization"].split("_")[1]
     conn.execute(

@@ -12,8 +12,10 @@ from yoyo import get_backend
 
 from crm_service.cli import main
 from crm_service.platform import schema
-from crm_service.scoring import reads, retention, run, runs
+from crm_service.scoring import run
 from crm_service.scoring.run import run_scoring
+from crm_service.storage import retention, runs
+from crm_service.storage import score_reads as reads
 from tests.conftest import count, q
 from tests.test_schema import _fresh_db
 
@@ -295,7 +297,7 @@ def test_an_erasure_that_started_before_the_run_is_not_published_again(
     t = threading.Thread(target=erase)
     t.start()
     time.sleep(0.5)  # the erasure has started and waits for the lock
-    from crm_service.scoring.session import LocalRunSession
+    from crm_service.storage.run_session import LocalRunSession
 
     real_write = LocalRunSession.write_scores
 

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from crm_service.cli import main
 from crm_service.platform.worker import process_one
-from crm_service.scoring import run_scoring, runs
+from crm_service.scoring import run_scoring
 from crm_service.scoring.dates import StaleScoringDateError
+from crm_service.storage import runs
 from tests.conftest import count, q
 
 NEWEST_CDNOW = "1998-06-30"  # the day of the sample's newest order

@@ -18,7 +18,8 @@ from tests.conftest import TEST_SECRET_KEY, count, q
 
 def test_summary_in_sql_matches_the_definition(cdnow_loaded, settings):
     """Calibration summary computed in PostgreSQL equals the pandas one (same definition)."""
-    from crm_service.scoring import occasions, summary
+    from crm_service.scoring import occasions
+    from crm_service.storage import summary
 
     with cdnow_loaded.transaction():
         n, rows = summary.collect_occasions(cdnow_loaded, date(1997, 9, 30), settings.timezone)
@@ -219,7 +220,7 @@ def test_a_failing_queued_run_is_recorded_and_the_worker_goes_on(cdnow_loaded, s
 def test_two_workers_never_take_the_same_run(conn, settings, dsn):
     import psycopg
 
-    from crm_service.scoring import runs
+    from crm_service.storage import runs
 
     run_id = runs.create_run(conn, date(2024, 1, 1), "UTC", status="queued")
     with psycopg.connect(dsn) as a, psycopg.connect(dsn) as b:
@@ -250,7 +251,7 @@ def test_worker_command_runs_queued_runs_and_stops_on_sigterm(cdnow_loaded, sett
     import sys
     import time
 
-    from crm_service.scoring import runs
+    from crm_service.storage import runs
 
     run_id = runs.create_run(cdnow_loaded, date(1997, 9, 30), "UTC", status="queued")
     env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(tmp_path),
@@ -313,7 +314,7 @@ def test_a_run_whose_process_died_is_marked_failed(cdnow_loaded, settings, dsn):
     """The session running a run owns it; when that session dies the run is marked failed."""
     import psycopg
 
-    from crm_service.scoring import runs
+    from crm_service.storage import runs
 
     live = run_scoring(cdnow_loaded, settings, as_of=date(1997, 9, 30)).run_id
     other = psycopg.connect(dsn)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from crm_service.audiences.export import export_scores
-from crm_service.scoring import policies, run_scoring
+from crm_service.scoring import run_scoring
+from crm_service.storage import policies
 from models import segments
 from models.segments import PolicyError, TierPolicy
 
@@ -251,7 +252,7 @@ def test_every_surface_takes_the_one_vocabulary():
 
     from api.auth import require
     from api.console.i18n import MESSAGES
-    from crm_service.scoring import publishing
+    from crm_service.storage import publishing
     from crm_service.vocabulary import (
         ACTIONS,
         CHURN_RISKS,

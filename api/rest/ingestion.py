@@ -18,8 +18,8 @@ from api.auth import require
 from api.errors import ApiProblem
 from api.schemas import BatchResultSchema, CustomerInSchema, OrderInSchema
 from api.services import services
-from crm_service.access import idempotency
 from crm_service.ingestion.records import BatchResult, ingest_customer_batch, ingest_order_batch
+from crm_service.storage import idempotency
 
 blp = Blueprint("ingestion", __name__, url_prefix="/v1", description="Order and profile ingestion")
 

@@ -10,8 +10,8 @@ from flask_smorest import Blueprint
 
 from api.auth import require
 from api.services import services
-from crm_service.scoring import policies
 from crm_service.scoring.tier_policy import validate_policy
+from crm_service.storage import policies
 from models.segments import TierPolicy
 
 blp = Blueprint("policy", __name__, url_prefix="/v1", description="Tier policy")
@@ -34,7 +34,6 @@ class Policy(MethodView):
         """The policy in force (the next scoring run uses it); ``version`` is stored per run."""
         with services().pool.connection() as conn:
             version, policy = policies.current_tier_policy(conn)
-            conn.commit()
         return _policy(version, policy)
 
     @blp.doc(security=[{"bearerAuth": []}], requestBody={

@@ -26,9 +26,11 @@ from api.services import services
 from crm_service.audiences import audience
 from crm_service.customers.ids import check_customer_id
 from crm_service.errors import NotFoundError, ValidationError
-from crm_service.scoring import dates, reads, runs
+from crm_service.scoring import dates
 from crm_service.scoring.plots import PLOTS, run_plot
 from crm_service.scoring.predictions import predict
+from crm_service.storage import runs
+from crm_service.storage import score_reads as reads
 
 blp = Blueprint("scoring", __name__, url_prefix="/v1", description="Scoring runs and models")
 

@@ -8,7 +8,8 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from crm_service.errors import NotFoundError
-from crm_service.scoring import reads, runs
+from crm_service.storage import runs
+from crm_service.storage import score_reads as reads
 from models.purchase import purchase_model
 
 if TYPE_CHECKING:

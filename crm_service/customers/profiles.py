@@ -25,7 +25,7 @@ import numpy as np
 from crm_service.audiences.audience import jsonable
 from crm_service.customers.rules import normalize_email, normalize_phone
 from crm_service.errors import ValidationError
-from crm_service.scoring.reads import SCORE_COLUMNS
+from crm_service.storage.score_reads import SCORE_COLUMNS
 from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model

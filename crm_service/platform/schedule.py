@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from crm_service.platform.config import Settings
-from crm_service.scoring import runs
+from crm_service.storage import runs
 
 if TYPE_CHECKING:
     import psycopg

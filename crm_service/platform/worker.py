@@ -6,7 +6,7 @@
 - The schedule (:mod:`crm_service.platform.schedule`) queues the daily run.
 - Webhook delivery (:mod:`crm_service.triggers.delivery`) runs in its own threads, so a slow
   receiver never holds up scoring.
-- Housekeeping (:mod:`crm_service.platform.housekeeping`): the operational tables' retention, at
+- Housekeeping (:mod:`crm_service.storage.housekeeping`): the operational tables' retention, at
   start and every ``CRM_MAINTENANCE_INTERVAL_MINUTES``.
 
 In embedded mode ``serve`` starts one worker beside the API.
@@ -21,10 +21,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from crm_service.errors import CrmError, DatabaseUnavailableError
-from crm_service.platform import housekeeping, schedule
+from crm_service.platform import schedule
 from crm_service.platform.config import Settings
 from crm_service.platform.db import DatabaseError
-from crm_service.scoring import run_scoring, runs
+from crm_service.scoring import run_scoring
+from crm_service.storage import housekeeping, runs
 
 if TYPE_CHECKING:
     import psycopg
@@ -52,7 +53,7 @@ def process_one(conn: psycopg.Connection, settings: Settings) -> int | None:
 
 
 def housekeep(conn: psycopg.Connection, settings: Settings) -> None:
-    """One retention pass over the operational tables (:mod:`crm_service.platform.housekeeping`).
+    """One retention pass over the operational tables (:mod:`crm_service.storage.housekeeping`).
 
     A failure is logged and the pass left for the next interval (the connection is reset if
     the failure left it in a transaction); a lost database is the loop's to handle.

@@ -9,7 +9,7 @@ suppressed, and emits ``customer.erased`` carrying only that hash (``customer_re
 reference every lifecycle event carries, so downstream tools can erase their copies.
 
 A scoring run that started before the erasure and publishes after it leaves the customer out
-(:func:`crm_service.scoring.publishing.publish` drops customers that no longer exist).
+(:func:`crm_service.storage.publishing.publish` drops customers that no longer exist).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crm_service.scoring import runs
+from crm_service.storage import runs
 
 if TYPE_CHECKING:
     import psycopg

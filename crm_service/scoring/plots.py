@@ -56,7 +56,7 @@ def run_plot(conn: psycopg.Connection, run_id: int, name: str,
 
     ``conn`` should be in autocommit mode, or the caller commits.
     """
-    from crm_service.scoring import reads
+    from crm_service.storage import score_reads as reads
 
     svg = reads.stored_plot(conn, run_id, name, lang)
     if svg is not None:

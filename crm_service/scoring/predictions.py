@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crm_service.errors import NotFoundError, ValidationError
-from crm_service.scoring import runs
+from crm_service.storage import runs
 from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model

@@ -18,11 +18,12 @@ from crm_service.errors import CrmError
 from crm_service.platform.config import Settings
 from crm_service.platform.db import DatabaseError, TransactionStatus
 from crm_service.privacy.refs import ref_sql_params
-from crm_service.scoring import dates, publishing, retention, runs
+from crm_service.scoring import dates
 from crm_service.scoring.backtest import InsufficientHistoryError
 from crm_service.scoring.inputs import RunConfig, RunInputs, ScoredRun, Summary
 from crm_service.scoring.pipeline import score_base
-from crm_service.scoring.session import LocalRunSession
+from crm_service.storage import publishing, retention, runs
+from crm_service.storage.run_session import LocalRunSession
 from models._fitting import ConvergenceError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class ScoringFailedError(CrmError):
 class RunEngine(Protocol):
     """Where a run's inputs come from and where its scores go (DESIGN.md §3, the two seams).
 
-    :class:`~crm_service.scoring.session.LocalRunSession` reads PostgreSQL and writes the
+    :class:`~crm_service.storage.run_session.LocalRunSession` reads PostgreSQL and writes the
     run's partition from this process; an engine on Apache Spark implements the same three
     calls. Everything between them is :func:`~crm_service.scoring.pipeline.score_base`.
     """

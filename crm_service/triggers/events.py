@@ -3,7 +3,7 @@
 Types (DESIGN.md §5, issue 6): ``tier.changed`` (from, to), ``vip.entered``, ``vip.lost``,
 ``dormant.entered`` (with the value segment, so a VIP win-back can fire), ``churn_risk.raised``
 (the band went up), and later ``customer.erased``. Events of a run are inserted in its publishing
-transaction (:mod:`crm_service.scoring.publishing`), against the run that was live until then; the
+transaction (:mod:`crm_service.storage.publishing`), against the run that was live until then; the
 first run of a database emits none.
 
 The feed pages by event id. Publishing holds a lock on ``scoring_state`` while it writes, so ids

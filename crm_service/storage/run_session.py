@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from crm_service.scoring import churn, occasions, policies, publishing, runs, summary
+from crm_service.scoring import churn, occasions
 from crm_service.scoring.inputs import (
     COMPUTED,
     RunConfig,
@@ -26,7 +26,8 @@ from crm_service.scoring.inputs import (
     ScoredRun,
     Summary,
 )
-from crm_service.scoring.reads import SCORE_COLUMNS
+from crm_service.storage import policies, publishing, runs, summary
+from crm_service.storage.score_reads import SCORE_COLUMNS
 from models.segments import TierPolicy
 
 TEMP_TABLES = ("run_occasions", "run_customers", "run_computed")

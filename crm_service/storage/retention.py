@@ -24,8 +24,8 @@ import psycopg
 from psycopg import sql
 
 from crm_service.platform.config import Settings
-from crm_service.scoring.summary import partition_name
 from crm_service.storage.scores import is_attached, score_tables
+from crm_service.storage.summary import partition_name
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ partition's primary key, so attaching it needs no scan. Publishing is one transa
 attaches the partition, writes tier history and lifecycle events against the live run's
 partition, records the run and switches the ``scoring_state`` pointer. Readers switch at
 commit and never see a mix of runs; retention later drops whole partitions
-(:mod:`crm_service.scoring.retention`).
+(:mod:`crm_service.storage.retention`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from psycopg import sql
 from crm_service.errors import RunAlreadyPublishedError
 from crm_service.privacy.refs import ref_sql
 from crm_service.scoring.inputs import ScoredRun
-from crm_service.scoring.runs import RunTakenOverError
-from crm_service.scoring.summary import RUN_WORK_MEM, partition_name
+from crm_service.storage.runs import RunTakenOverError
 from crm_service.storage.scores import is_attached
+from crm_service.storage.summary import RUN_WORK_MEM, partition_name
 from crm_service.vocabulary import CHURN_RISKS
 
 

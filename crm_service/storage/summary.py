@@ -10,7 +10,7 @@ back to the id, so arrays computed in numpy come back by index and customer ids 
 Python. The occasions leave PostgreSQL once, packed in binary, and
 :mod:`crm_service.scoring.occasions` computes the summary and the churn aggregates from them.
 The temporary tables' names and lifetime belong to
-:class:`crm_service.scoring.session.LocalRunSession`.
+:class:`crm_service.storage.run_session.LocalRunSession`.
 """
 
 from __future__ import annotations
