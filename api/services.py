@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app
-from psycopg_pool import ConnectionPool
 
 from crm_service.access.api_keys import VerifiedKeys
 from crm_service.access.ratelimit import RateLimiter
 from crm_service.platform.config import Settings
+from crm_service.platform.db import Pool
 
 EXTENSION = "crm"
 
@@ -25,11 +25,11 @@ class Services:
     """
 
     settings: Settings
-    pool: ConnectionPool
-    reader: ConnectionPool
+    pool: Pool
+    reader: Pool
     keys: VerifiedKeys
     limiter: RateLimiter | None = None
-    lane: ConnectionPool | None = None
+    lane: Pool | None = None
 
 
 def services() -> Services:

@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 from api.errors import ApiProblem
 from api.schemas import HealthSchema
 from api.services import services
+from crm_service.platform import db
 
 blp = Blueprint("health", __name__, description="Probes for load balancers and orchestrators")
 
@@ -31,8 +32,7 @@ class Ready(MethodView):
     def get(self):
         """Ready to serve: PostgreSQL answers within 2 s."""
         try:
-            with services().pool.connection(timeout=2.0) as conn:
-                conn.execute("SELECT 1")
+            db.ping(services().pool, timeout=2.0)
         except Exception as exc:  # any failure means "not ready"
             raise ApiProblem(503, "Not ready", f"database unreachable: {type(exc).__name__}",
                              slug="not-ready", headers={"Retry-After": "5"}) from None

@@ -20,6 +20,8 @@ TransactionStatus = psycopg.pq.TransactionStatus
 # The database is down, restarting, unreachable, or a statement hit its timeout
 # (QueryCanceled is an OperationalError): the request may succeed if retried later.
 DatabaseUnavailable = (psycopg.OperationalError, PoolTimeout)
+# The pool type the API holds, so modules above need not import psycopg_pool themselves.
+Pool = ConnectionPool
 
 
 def resolve_dsn(settings: Settings) -> str:
@@ -145,3 +147,9 @@ def redact(dsn: str) -> str:
     if info.get("password"):
         info["password"] = "***"  # noqa: S105 - a mask, not a secret
     return psycopg.conninfo.make_conninfo("", **info)
+
+
+def ping(pool: ConnectionPool, timeout: float) -> None:
+    """Raise unless PostgreSQL answers a trivial query within ``timeout`` seconds (readiness)."""
+    with pool.connection(timeout=timeout) as conn:
+        conn.execute("SELECT 1")

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from crm_service.platform.config import Settings
 from crm_service.storage import runs
+from crm_service.storage import schedule_slots as slots
 
 if TYPE_CHECKING:
     import psycopg
@@ -58,21 +59,18 @@ def tick(conn: psycopg.Connection, settings: Settings, now: datetime | None = No
     now = now or datetime.now(UTC)
     slot = latest_slot(now, settings.score_schedule, settings.zone)
     with conn.transaction():
-        conn.execute("LOCK TABLE schedule_slots IN SHARE ROW EXCLUSIVE MODE")
-        if conn.execute("SELECT 1 FROM schedule_slots WHERE slot = %s", (slot,)).fetchone():
+        slots.lock_slots(conn)
+        if slots.slot_taken(conn, slot):
             return None
-        first = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM schedule_slots)").fetchone()
-        if first and first[0]:
-            conn.execute("INSERT INTO schedule_slots (slot, note) VALUES (%s, %s)",
-                         (slot, "schedule started; the next slot runs"))
+        if slots.no_slot_yet(conn):
+            slots.record_slot(conn, slot, "schedule started; the next slot runs")
             log.info("score schedule %s %s starts; next run after the next slot",
                      settings.score_schedule, settings.timezone)
             return None
         as_of = slot.astimezone(settings.zone).date() - timedelta(days=1)
         run_id = runs.create_run(conn, as_of, settings.timezone, status="queued",
-                                        churn_horizon_days=settings.churn_horizon_days)
-        conn.execute("INSERT INTO schedule_slots (slot, run_id, note) VALUES (%s, %s, %s)",
-                     (slot, run_id, "queued"))
+                                 churn_horizon_days=settings.churn_horizon_days)
+        slots.record_slot(conn, slot, "queued", run_id)
     log.info("scheduled scoring run %s queued as of %s (slot %s)", run_id, as_of,
              slot.isoformat())
     return run_id

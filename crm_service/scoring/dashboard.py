@@ -16,21 +16,14 @@ if TYPE_CHECKING:
 
 RUN_HISTORY = 15
 
-_LIVE = """
-SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, r.counts, r.models,
-       r.diagnostics IS NOT NULL
-FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id
-"""
-
 def overview(conn: psycopg.Connection) -> dict[str, Any]:
     """The live run (or None) and the latest runs, newest first, in two statements."""
-    row = conn.execute(_LIVE).fetchone()
+    run = runs.live_run(conn)
     live = None
-    if row is not None:
-        run_id, as_of, finished, horizon, counts, models, has_plots = row
-        live = {"run_id": run_id, "as_of": as_of, "scored_at": finished,
-                "churn_horizon_days": horizon, "counts": counts or {}, "models": models or {},
-                "has_diagnostics": bool(has_plots)}
+    if run is not None:
+        live = {"run_id": run.run_id, "as_of": run.as_of, "scored_at": run.scored_at,
+                "churn_horizon_days": run.churn_horizon_days, "counts": run.counts,
+                "models": run.models, "has_diagnostics": run.has_diagnostics}
     history = [_history_row(r) for r in runs.list_runs(conn, limit=RUN_HISTORY)]
     return {"live": live, "runs": history}
 
@@ -51,9 +44,8 @@ def _history_row(run: dict[str, Any]) -> dict[str, Any]:
 
 def live_brief(conn: psycopg.Connection) -> dict[str, Any] | None:
     """Which run the scores come from (id, as_of, scored_at, customers), or None before one."""
-    row = conn.execute(
-        "SELECT r.id, r.as_of, r.finished_at, (r.counts ->> 'customers')::bigint"
-        " FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id").fetchone()
-    if row is None:
+    run = runs.live_run(conn)
+    if run is None:
         return None
-    return dict(zip(("run_id", "as_of", "scored_at", "customers"), row, strict=True))
+    return {"run_id": run.run_id, "as_of": run.as_of, "scored_at": run.scored_at,
+            "customers": run.customers}

@@ -9,10 +9,12 @@ releases it when that session ends, however it ends (kill -9, crash, lost connec
 from __future__ import annotations
 
 import json
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
 from crm_service.errors import CrmError
 
@@ -186,3 +188,28 @@ def list_runs(conn: psycopg.Connection, *, status: str | None = None,
                                  "limit": limit})
     names = [d.name for d in cur.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """The published run the scores come from."""
+
+    run_id: int
+    as_of: date
+    scored_at: datetime | None
+    churn_horizon_days: int
+    counts: dict[str, Any]
+    models: dict[str, Any]
+    has_diagnostics: bool
+    customers: int | None
+
+
+def live_run(conn: psycopg.Connection) -> LiveRun | None:
+    """The live run's record, or None before the first publish."""
+    with conn.cursor(row_factory=class_row(LiveRun)) as cur:
+        return cur.execute(
+            "SELECT r.id AS run_id, r.as_of, r.finished_at AS scored_at, r.churn_horizon_days,"
+            " coalesce(r.counts, '{}') AS counts, coalesce(r.models, '{}') AS models,"
+            " r.diagnostics IS NOT NULL AS has_diagnostics,"
+            " (r.counts ->> 'customers')::bigint AS customers"
+            " FROM scoring_state st JOIN scoring_runs r ON r.id = st.active_run_id").fetchone()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from crm_service.errors import ValidationError
+from crm_service.storage.events import events_after
 from crm_service.vocabulary import EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -54,14 +55,11 @@ def feed(conn: psycopg.Connection, *, after: int = 0, types: list[str] | None = 
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"limit: 1-{MAX_LIMIT}")
-    rows = conn.execute(
-        "SELECT id, type, customer_id, run_id, data, created_at FROM events"
-        " WHERE id > %(after)s AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s))"
-        " ORDER BY id LIMIT %(limit)s",
-        {"after": after, "types": types, "limit": limit + 1}).fetchall()
+    rows = events_after(conn, after, types, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [{"id": str(r[0]), "type": r[1], "customer_id": r[2], "run_id": r[3],
-              "occurred_at": r[5].isoformat(), "data": r[4]} for r in rows]
-    last = rows[-1][0] if rows else after
+    items = [{"id": str(e.id), "type": e.type, "customer_id": e.customer_id,
+              "run_id": e.run_id, "occurred_at": e.created_at.isoformat(), "data": e.data}
+             for e in rows]
+    last = rows[-1].id if rows else after
     return {"events": items, "next_cursor": str(last), "has_more": more}
