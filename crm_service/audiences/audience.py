@@ -11,73 +11,23 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from crm_service.errors import NotFoundError, ValidationError
+from crm_service.storage import runs
+from crm_service.storage.audiences import (
+    COLUMNS,
+    SORTS,
+    AudienceFilter,
+    audience_page,
+    audience_stream,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
 MAX_LIMIT = 1000
-COLUMNS = ("customer_id", "tier", "tier_since", "value_segment", "rfm_segment",
-           "recommended_action", "churn_probability", "churn_risk", "clv_12m", "p_alive",
-           "expected_purchases_90", "frequency", "last_purchase", "historic_spend")
-
-
-@dataclass(frozen=True)
-class AudienceFilter:
-    """Filters of an audience; None means no filter."""
-
-    tier: str | None = None
-    value_segment: str | None = None
-    rfm_segment: str | None = None
-    churn_risk: str | None = None
-    min_clv: float | None = None
-    max_clv: float | None = None
-    min_p_alive: float | None = None
-    last_purchase_before: date | None = None
-    last_purchase_after: date | None = None
-
-    def where(self) -> tuple[str, dict[str, Any]]:
-        """SQL conditions on ``s`` (customer_scores) and their parameters."""
-        conds, params = [], {}
-        for name in ("tier", "value_segment", "rfm_segment", "churn_risk"):
-            value = getattr(self, name)
-            if value is not None:
-                conds.append(f"s.{name} = %({name})s")
-                params[name] = value
-        for name, sql in (("min_clv", "s.clv_12m >= %(min_clv)s"),
-                          ("max_clv", "s.clv_12m <= %(max_clv)s"),
-                          ("min_p_alive", "s.p_alive >= %(min_p_alive)s"),
-                          ("last_purchase_before", "s.last_purchase < %(last_purchase_before)s"),
-                          ("last_purchase_after", "s.last_purchase > %(last_purchase_after)s")):
-            value = getattr(self, name)
-            if value is not None:
-                conds.append(sql)
-                params[name] = value
-        return (" AND ".join(conds) or "true"), params
-
-
-# Orders of an audience: column -> SQL type of its key. Floats are never NULL in a published
-# run except churn_probability of a run without churn; coalesce keeps keyset comparisons total.
-_SORT_KEYS = {"customer_id": None, "clv_12m": "float8", "churn_probability": "float8",
-              "p_alive": "float8", "historic_spend": "numeric", "last_purchase": "date"}
-SORTS = tuple(["customer_id"] + [f"{sign}{name}" for name in _SORT_KEYS if name != "customer_id"
-                                 for sign in ("", "-")])
-
-
-def _order(sort: str) -> tuple[str, str | None, bool]:
-    """(key SQL, cast, descending) of a sort name from :data:`SORTS`."""
-    if sort not in SORTS:
-        raise ValidationError(f"sort: one of {', '.join(SORTS)}")
-    descending = sort.startswith("-")
-    name = sort.lstrip("-")
-    cast = _SORT_KEYS[name]
-    if cast == "float8":
-        return f"coalesce(s.{name}, '-Infinity'::float8)", cast, descending
-    return f"s.{name}", cast, descending
 
 
 def encode_cursor(run_id: int, customer_id: str, sort: str = "customer_id",
@@ -113,30 +63,16 @@ def decode_cursor(cursor: str) -> tuple[int, str, str, str | None]:
     return run_id, customer_id, sort, value
 
 
+def _check_sort(sort: str) -> None:
+    if sort not in SORTS:
+        raise ValidationError(f"sort: one of {', '.join(SORTS)}")
+
+
 def _live_run(conn: psycopg.Connection) -> tuple[int, date]:
-    row = conn.execute("SELECT r.id, r.as_of FROM scoring_state st"
-                       " JOIN scoring_runs r ON r.id = st.active_run_id").fetchone()
-    if row is None:
+    live = runs.live_run(conn)
+    if live is None:
         raise NotFoundError("no scoring run has been published yet")
-    return int(row[0]), row[1]
-
-
-def _select(where: str, sort: str = "customer_id", *, after: bool = False) -> str:
-    """The audience query in ``sort`` order; with ``after``, only rows past the cursor."""
-    cols = ", ".join(f"s.{c}" for c in COLUMNS)
-    key, cast, desc = _order(sort)
-    direction = "DESC" if desc else "ASC"
-    past = "<" if desc else ">"
-    if sort == "customer_id":
-        keyset = f"s.customer_id {past} %(after)s"
-        order = "s.customer_id"
-    else:
-        keyset = f"({key}, s.customer_id) {past} (%(value)s::{cast}, %(after)s)"
-        order = f"{key} {direction}, s.customer_id {direction}"
-    if not after:
-        keyset = "true"
-    return (f"SELECT {cols}, {key} FROM customer_scores s WHERE s.run_id = %(run_id)s"
-            f" AND {where} AND {keyset} ORDER BY {order}")
+    return live.run_id, live.as_of
 
 
 def page(conn: psycopg.Connection, filters: AudienceFilter, *, limit: int = 100,
@@ -149,21 +85,19 @@ def page(conn: psycopg.Connection, filters: AudienceFilter, *, limit: int = 100,
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"limit: 1-{MAX_LIMIT}")
-    _order(sort)
+    _check_sort(sort)
     run_id, as_of = _live_run(conn)
-    after, value = "", None
+    after = None
     if cursor is not None:
-        cursor_run, after, cursor_sort, value = decode_cursor(cursor)
+        cursor_run, customer, cursor_sort, value = decode_cursor(cursor)
+        after = (customer, value)
         if cursor_run != run_id:
             raise ValidationError(f"cursor: it belongs to run {cursor_run}, and run {run_id} "
                                   "is live now; start again without a cursor")
         if cursor_sort != sort:
             raise ValidationError(f"cursor: it was made for sort={cursor_sort}; pass the same "
                                   "sort, or start again without a cursor")
-    where, params = filters.where()
-    rows = conn.execute(_select(where, sort, after=cursor is not None) + " LIMIT %(limit)s",
-                        {**params, "run_id": run_id, "after": after, "value": value,
-                         "limit": limit + 1}).fetchall()
+    rows = audience_page(conn, filters, sort, run_id, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     items = [jsonable(dict(zip(COLUMNS, r, strict=False))) for r in rows]
@@ -177,22 +111,18 @@ def page(conn: psycopg.Connection, filters: AudienceFilter, *, limit: int = 100,
 def stream_csv(conn: psycopg.Connection, filters: AudienceFilter, sort: str = "customer_id",
                batch: int = 10_000) -> Iterator[str]:
     """The whole audience as CSV text chunks (a server-side cursor: bounded memory)."""
-    _order(sort)
+    _check_sort(sort)
     run_id, _ = _live_run(conn)
-    where, params = filters.where()
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(COLUMNS)
     yield buf.getvalue()
     width = len(COLUMNS)
-    with conn.transaction(), conn.cursor(name="audience") as cur:
-        cur.itersize = batch
-        cur.execute(_select(where, sort), {**params, "run_id": run_id})
-        while rows := cur.fetchmany(batch):
-            buf.seek(0)
-            buf.truncate()
-            writer.writerows(r[:width] for r in rows)
-            yield buf.getvalue()
+    for rows in audience_stream(conn, filters, sort, run_id, batch):
+        buf.seek(0)
+        buf.truncate()
+        writer.writerows(r[:width] for r in rows)
+        yield buf.getvalue()
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from crm_service.ingestion.records import SUPPRESSED, OrderRules, iter_checked
 from crm_service.platform.config import Settings
 from crm_service.privacy import erasure
 from crm_service.storage import customers as customer_store
+from crm_service.storage import erasure as erasure_store
 from crm_service.storage import orders as order_store
 from crm_service.storage.locks import lock_exclusive
 
@@ -384,7 +385,7 @@ class _Erased:
         self.verdicts: dict[str, bool] = {}
 
     def load(self, conn: psycopg.Connection) -> None:
-        self.hashes = {bytes(r[0]) for r in conn.execute("SELECT id_hash FROM erased_customers")}
+        self.hashes = erasure_store.erased_digests(conn)
         if self.hashes:
             from crm_service.platform import secretbox
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from crm_service.ingestion.bulk import ImportSummary, import_orders
 from crm_service.ingestion.records import ingest_customer_batch
 from crm_service.platform.config import Settings
+from crm_service.storage import customers as customer_store
 
 if TYPE_CHECKING:
     import psycopg
@@ -77,9 +78,8 @@ def demo_profile(number: int) -> dict[str, Any]:
 
 def load_demo_profiles(conn: psycopg.Connection, settings: Settings) -> int:
     """Give each demo customer a made-up profile (idempotent); return how many changed."""
-    numbers = [int(cid.removeprefix("cdnow-")) for (cid,) in conn.execute(
-        "SELECT customer_id FROM customers WHERE customer_id LIKE 'cdnow-%%'"
-        " AND email IS NULL ORDER BY customer_id").fetchall()]
+    numbers = [int(cid.removeprefix("cdnow-"))
+               for cid in customer_store.ids_without_email(conn, "cdnow-")]
     changed = 0
     for start in range(0, len(numbers), settings.max_batch_orders):
         batch: list[Mapping[str, Any]] = [

@@ -160,3 +160,10 @@ def add_identities(conn: psycopg.Connection, links: list[tuple[str, str, str]]) 
             ([c for c, _, _ in links], [e for _, e, _ in links], [k for _, _, k in links]),
         )
         return cur.rowcount
+
+
+def ids_without_email(conn: psycopg.Connection, prefix: str) -> list[str]:
+    """Customer ids starting with ``prefix`` whose profile has no email yet, in id order."""
+    return [r[0] for r in conn.execute(
+        "SELECT customer_id FROM customers WHERE starts_with(customer_id, %s)"
+        " AND email IS NULL ORDER BY customer_id", (prefix,)).fetchall()]
