@@ -14,31 +14,20 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from datetime import datetime
-
-import psycopg
-from psycopg.rows import class_row
+from typing import TYPE_CHECKING
 
 from crm_service.errors import ApiKeyNotFoundError, ValidationError
+from crm_service.storage import keys as store
+from crm_service.storage.keys import ApiKey
 from crm_service.vocabulary import SCOPES
 
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["ApiKey", "VerifiedKeys", "create_key", "list_keys", "parse_scopes", "revoke_key",
+           "verify_token"]
+
 PREFIX = "crm"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """A stored key, without its secret."""
-
-    id: str
-    name: str
-    scopes: list[str]
-    created_at: datetime
-    revoked_at: datetime | None
-
-    def allows(self, scope: str) -> bool:
-        """True when the key holds ``scope`` or ``admin``."""
-        return scope in self.scopes or "admin" in self.scopes
 
 
 def _digest(secret: str) -> bytes:
@@ -65,36 +54,18 @@ def create_key(conn: psycopg.Connection, name: str, scopes: list[str]) -> tuple[
         raise ValidationError("key name must be 1-100 characters")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
-        cur.execute(
-            "INSERT INTO api_keys (id, name, secret_hash, scopes) VALUES (%s, %s, %s, %s)"
-            " RETURNING id, name, scopes, created_at, revoked_at",
-            (key_id, name, _digest(secret), scopes),
-        )
-        key = cur.fetchone()
-    assert key is not None
+    key = store.insert_key(conn, key_id, name, _digest(secret), scopes)
     return key, f"{PREFIX}_{key_id}_{secret}"
 
 
 def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
     """All keys, newest first (revoked ones included)."""
-    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
-        cur.execute(
-            "SELECT id, name, scopes, created_at, revoked_at FROM api_keys"
-            " ORDER BY created_at DESC, id"
-        )
-        return cur.fetchall()
+    return store.all_keys(conn)
 
 
 def revoke_key(conn: psycopg.Connection, key_id: str) -> ApiKey:
     """Revoke a key; revoking twice keeps the first revocation time."""
-    with conn.cursor(row_factory=class_row(ApiKey)) as cur:
-        cur.execute(
-            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s"
-            " RETURNING id, name, scopes, created_at, revoked_at",
-            (key_id,),
-        )
-        key = cur.fetchone()
+    key = store.mark_revoked(conn, key_id)
     if key is None:
         raise ApiKeyNotFoundError(f"no API key with id {key_id!r}")
     return key
@@ -105,16 +76,12 @@ def verify_token(conn: psycopg.Connection, token: str) -> ApiKey | None:
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         return None
-    row = conn.execute(
-        "SELECT id, name, scopes, created_at, revoked_at, secret_hash FROM api_keys"
-        " WHERE id = %s",
-        (parts[1],),
-    ).fetchone()
-    if row is None or row[4] is not None:
+    stored = store.stored_key(conn, parts[1])
+    if stored is None or stored.key.revoked_at is not None:
         return None
-    if not hmac.compare_digest(bytes(row[5]), _digest(parts[2])):
+    if not hmac.compare_digest(stored.secret_hash, _digest(parts[2])):
         return None
-    return ApiKey(row[0], row[1], list(row[2]), row[3], row[4])
+    return stored.key
 
 
 class VerifiedKeys:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from crm_service.access.api_keys import ApiKey, verify_token
 from crm_service.errors import SignInError
+from crm_service.storage import sessions as store
 
 if TYPE_CHECKING:
     import psycopg
@@ -63,13 +64,9 @@ def sign_in(conn: psycopg.Connection, settings: Settings, api_key: str) -> tuple
         raise SignInError("scope")
     token = secrets.token_urlsafe(32)
     with conn.transaction():
-        conn.execute("DELETE FROM console_sessions WHERE expires_at < now()"
-                     " OR last_seen_at < now() - make_interval(mins => %s)",
-                     (settings.console_idle_minutes,))
-        conn.execute(
-            "INSERT INTO console_sessions (token_hash, key_id, csrf_token, expires_at)"
-            " VALUES (%s, %s, %s, now() + make_interval(hours => %s))",
-            (_hash(token), key.id, secrets.token_urlsafe(32), settings.console_session_hours))
+        store.open_session(conn, _hash(token), key.id, secrets.token_urlsafe(32),
+                           hours=settings.console_session_hours,
+                           idle_minutes=settings.console_idle_minutes)
     return token, key
 
 
@@ -80,25 +77,19 @@ def resolve(conn: psycopg.Connection, settings: Settings, token: str) -> Console
     """
     if not token or len(token) > 100:
         return None
-    row = conn.execute(
-        "SELECT k.id, k.name, k.scopes, s.csrf_token, s.expires_at,"
-        " s.last_seen_at < now() - make_interval(secs => %s)"
-        " FROM console_sessions s JOIN api_keys k ON k.id = s.key_id"
-        " WHERE s.token_hash = %s AND s.expires_at > now() AND k.revoked_at IS NULL"
-        " AND s.last_seen_at > now() - make_interval(mins => %s)",
-        (TOUCH_EVERY, _hash(token), settings.console_idle_minutes)).fetchone()
-    if row is None:
+    live = store.live_session(conn, _hash(token), idle_minutes=settings.console_idle_minutes,
+                              touch_seconds=TOUCH_EVERY)
+    if live is None:
         return None
-    key_id, name, scopes, csrf, expires, stale = row
-    session = ConsoleSession(key_id, name, tuple(scopes), csrf, expires)
+    session = ConsoleSession(live.key_id, live.key_name, tuple(live.scopes), live.csrf_token,
+                             live.expires_at)
     if not session.allows(CONSOLE_SCOPE):  # the key's scopes changed since sign-in
         return None
-    if stale:
-        conn.execute("UPDATE console_sessions SET last_seen_at = now() WHERE token_hash = %s",
-                     (_hash(token),))
+    if live.stale:
+        store.touch_session(conn, _hash(token))
     return session
 
 
 def sign_out(conn: psycopg.Connection, token: str) -> None:
     """End the session behind ``token`` (no error if there is none)."""
-    conn.execute("DELETE FROM console_sessions WHERE token_hash = %s", (_hash(token),))
+    store.close_session(conn, _hash(token))

@@ -37,6 +37,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from crm_service.storage.gauges import read_gauges
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -137,40 +139,11 @@ def mark_process_dead(pid: int) -> None:
 
 # --- read at scrape ----------------------------------------------------------------------------
 
-_RUNS = "SELECT status, dry_run, count(*) FROM scoring_runs GROUP BY status, dry_run"
-_LAST_PUBLISHED = """
-SELECT counts -> 'stage_seconds', extract(epoch FROM finished_at)::float8,
-       extract(epoch FROM finished_at - started_at)::float8
-FROM scoring_runs WHERE status = 'succeeded' AND NOT dry_run AND finished_at IS NOT NULL
-ORDER BY id DESC LIMIT 1
-"""
-_LIVE = """
-SELECT r.id, extract(epoch FROM r.as_of::timestamp)::float8, (r.counts ->> 'customers')::bigint,
-       r.counts -> 'tiers', r.counts -> 'churn_risk'
-FROM scoring_state s JOIN scoring_runs r ON r.id = s.active_run_id
-"""
-_QUEUE = """
-SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
-       (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM webhook_deliveries
-        WHERE status = 'pending'),
-       (SELECT count(*) FROM events
-        WHERE id > (SELECT min(event_cursor) FROM webhooks WHERE status = 'active')),
-       (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM events
-        WHERE id > (SELECT min(event_cursor) FROM webhooks WHERE status = 'active'))
-"""
-_HOOKS = "SELECT status, count(*) FROM webhooks GROUP BY status"
-
-
 def read_database(conn: psycopg.Connection) -> list[Metric]:
     """The metrics PostgreSQL holds, read in one short read-only transaction."""
-    with conn.transaction():
-        conn.execute("SET LOCAL statement_timeout = '5s'")
-        conn.execute("SET TRANSACTION READ ONLY")
-        runs = conn.execute(_RUNS).fetchall()
-        last = conn.execute(_LAST_PUBLISHED).fetchone()
-        live = conn.execute(_LIVE).fetchone()
-        queue = conn.execute(_QUEUE).fetchone()
-        hooks = conn.execute(_HOOKS).fetchall()
+    found = read_gauges(conn)
+    runs, last, live, queue, hooks = (found.runs, found.last_published, found.live, found.queue,
+                                      found.hooks)
     out: list[Metric] = []
     g = GaugeMetricFamily("crm_scoring_runs", "Scoring runs recorded, by status and kind.",
                           labels=["status", "kind"])
