@@ -1,7 +1,7 @@
 """One customer as agents and campaign tools see them: tier, profile, search, provisional tiers.
 
-Reads only. Each lookup is one SQL statement, so scores, tier history and the live run always
-come from the same snapshot, and a lookup is one round trip.
+Reads only, through :mod:`crm_service.storage.lookups` (one statement per lookup, so scores,
+tier history and the live run always come from the same snapshot).
 
 **Provisional tiers.** A run scores customers as of its ``as_of``. A customer whose orders
 arrived after the run started (a new customer, a dormant one who bought again, a refund) would
@@ -25,7 +25,7 @@ import numpy as np
 from crm_service.audiences.audience import jsonable
 from crm_service.customers.rules import normalize_email, normalize_phone
 from crm_service.errors import ValidationError
-from crm_service.storage.score_reads import SCORE_COLUMNS
+from crm_service.storage import lookups as store
 from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model
@@ -35,114 +35,7 @@ if TYPE_CHECKING:
     import psycopg
 
 MAX_SEARCH_RESULTS = 20
-HISTORY = 5  # tier transitions shown
-
-# Pieces of both kinds of lookup below, for the customer ``{c}`` in the live run ``r``. Lists are
-# array_to_json(array_agg(...)): compact, where json_agg would put line breaks between elements.
-# Stale: an order of the customer changed after the run started, or falls after its as_of.
-_STALE = """EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = {c}
-               AND (o.updated_at > r.started_at
-                    OR (o.status = 'paid'
-                        AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))"""
-_TRANSITIONS = """(SELECT coalesce(array_to_json(array_agg(h ORDER BY h.run_id DESC)), '[]') FROM (
-            SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
-            JOIN scoring_runs sr ON sr.id = t.run_id
-            WHERE t.customer_id = {c} AND t.run_id <= r.id
-            ORDER BY t.run_id DESC LIMIT %(n)s) h)"""
-_IDENTITIES = """(SELECT coalesce(array_to_json(array_agg(
-            idn ORDER BY idn.channel, idn.external_id)), '[]') FROM (
-            SELECT i.channel, i.external_id FROM customer_identities i
-            WHERE i.customer_id = {c}) idn)"""
-_CHANNELS = """(SELECT coalesce(array_to_json(array_agg(ch ORDER BY ch.channel)), '[]') FROM (
-            SELECT o.channel,
-                   count(*) FILTER (WHERE o.status = 'paid')      AS paid_orders,
-                   count(*) FILTER (WHERE o.status = 'refunded')  AS refunded_orders,
-                   count(*) FILTER (WHERE o.status = 'cancelled') AS cancelled_orders,
-                   coalesce(sum(o.amount) FILTER (WHERE o.status = 'paid'), 0)::float8
-                       AS net_spend,
-                   min(o.ordered_at) FILTER (WHERE o.status = 'paid') AS first_order_at,
-                   max(o.ordered_at) FILTER (WHERE o.status = 'paid') AS last_order_at
-            FROM orders o WHERE o.customer_id = {c} GROUP BY o.channel) ch)"""
-
-# One customer: the live run, their row in it, their latest tier changes, and whether the row
-# is stale.
-_LOOKUP = """
-SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, s.customer_id IS NOT NULL,
-       {{cols}}, {transitions}, {stale} {{extra}}
-FROM scoring_runs r
-LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s
-WHERE r.id = (SELECT active_run_id FROM scoring_state)
-""".format(transitions=_TRANSITIONS.format(c="%(c)s"), stale=_STALE.format(c="%(c)s"))
-
-# With the profile: the customer row, identities and the order summary per channel.
-_PROFILE_EXTRA = """,
-       (SELECT json_build_object('email', c.email, 'phone', c.phone, 'name', c.name,
-                                 'created_at', c.created_at, 'updated_at', c.updated_at)
-        FROM customers c WHERE c.customer_id = %(c)s),
-       {identities}, {channels}
-""".format(identities=_IDENTITIES.format(c="%(c)s"), channels=_CHANNELS.format(c="%(c)s"))
-
-# The answers of GET /v1/customers/{id}/tier and GET /v1/customers/{id}, built as JSON text by
-# PostgreSQL, for many customers in one round trip (see cards()). Only customers whose live-run
-# row is current and complete: scored with a tier, finite numbers (PostgreSQL would write NaN as
-# a string), and not stale (those get a provisional answer from lookup()).
-_CARD_FROM = """
-FROM unnest(%(ids)s::text[]) AS c(id)
-JOIN scoring_runs r ON r.id = (SELECT active_run_id FROM scoring_state)
-JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = c.id
-{{join}}
-WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
-  AND (s.clv_12m IS NULL OR s.clv_12m < 'Infinity')
-  AND (s.churn_probability IS NULL OR s.churn_probability < 'Infinity')
-  AND (s.expected_spend IS NULL OR s.expected_spend < 'Infinity')
-  AND NOT {stale}
-""".format(stale=_STALE.format(c="c.id"))
-
-_TIER_CARDS = """
-SELECT c.id, (SELECT row_to_json(card) FROM (
-           SELECT c.id AS customer_id, r.id AS run_id, r.as_of, false AS provisional,
-                  NULL::date AS provisional_as_of, s.tier, s.tier_since, s.value_segment,
-                  s.rfm_segment, s.recommended_action, s.churn_risk, s.churn_probability,
-                  s.clv_12m, s.p_alive, {transitions} AS recent_transitions) card)::text
-""".format(transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(join="")
-
-# Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
-_ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
-            " || CASE WHEN date_part('microseconds', {t})::int %% 1000000 = 0 THEN ''"
-            " ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00'")
-
-_PROFILE_CARDS = """
-SELECT c.id, (SELECT row_to_json(card) FROM (
-           SELECT c.id AS customer_id, cu.created_at, cu.updated_at,
-                  CASE WHEN %(pii)s THEN (SELECT row_to_json(ct) FROM (
-                      SELECT cu.email, cu.phone, cu.name) ct) END AS contact,
-                  CASE WHEN %(pii)s THEN {identities} END AS identities,
-                  {channels} AS orders_by_channel,
-                  r.id AS run_id, r.as_of, {scored_at} AS scored_at, r.churn_horizon_days,
-                  false AS provisional, s.tier, s.tier_since, s.value_segment, s.rfm_segment,
-                  s.recommended_action,
-                  (SELECT row_to_json(sc) FROM (SELECT {{scores}}) sc) AS scores,
-                  {transitions} AS recent_transitions) card)::text
-""".format(identities=_IDENTITIES.format(c="c.id"), channels=_CHANNELS.format(c="c.id"),
-           scored_at=_ISO_UTC.format(t="r.finished_at"),
-           transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(
-    join="JOIN customers cu ON cu.customer_id = c.id")
-
-# Without a live run the profile still answers (scores null).
-_PROFILE_ONLY = "SELECT NULL, NULL, NULL, NULL, false, {nulls}, '[]'::json, false {extra}"
-
-_OCCASIONS = """
-SELECT (ordered_at AT TIME ZONE %(tz)s)::date AS day, sum(amount)::float8
-FROM orders WHERE customer_id = %(c)s AND status = 'paid'
-GROUP BY day ORDER BY day
-"""
-
-_SCORES = tuple(c for c in SCORE_COLUMNS if c != "customer_id")
-# numeric columns as float8, as the Flask view's jsonable() gives them
-_PROFILE_CARDS = _PROFILE_CARDS.format(scores=", ".join(
-    f"s.{c}::float8 AS {c}" if c in ("monetary_value", "historic_spend") else f"s.{c}"
-    for c in _SCORES))
-_TIER_FIELDS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended_action")
+HISTORY = store.HISTORY  # tier transitions shown
 
 
 @dataclass(frozen=True)
@@ -168,13 +61,11 @@ def _run_context(conn: psycopg.Connection, run_id: int) -> _RunContext:
         found = _contexts.get(run_id)
     if found is not None:
         return found
-    row = conn.execute(
-        "SELECT r.models, r.counts -> 'cutoffs', r.timezone, r.churn_horizon_days, p.policy"
-        " FROM scoring_runs r LEFT JOIN tier_policies p ON p.version = r.tier_policy_version"
-        " WHERE r.id = %s", (run_id,)).fetchone()
-    if row is None:
+    run = store.run_models(conn, run_id)
+    if run is None:
         raise LookupError(f"scoring run {run_id} does not exist")
-    models, cutoffs, tz, horizon, policy = row
+    models, cutoffs, tz, horizon, policy = (run.models, run.cutoffs, run.timezone,
+                                            run.churn_horizon_days, run.policy)
     thresholds = (models.get("churn") or {}).get("risk_thresholds") or {}
     context = _RunContext(
         model=purchase_model(models["selected"], models[models["selected"]]["params"]),
@@ -193,7 +84,7 @@ def _provisional(conn: psycopg.Connection, customer_id: str, run_id: int, as_of:
                  scored: dict[str, Any] | None) -> dict[str, Any] | None:
     """Scores and tier recomputed from the customer's orders now; None if they have none."""
     ctx = _run_context(conn, run_id)
-    days = conn.execute(_OCCASIONS, {"tz": ctx.timezone, "c": customer_id}).fetchall()
+    days = store.occasion_days(conn, customer_id, ctx.timezone)
     if not days:
         return None
     first, last = days[0][0], days[-1][0]
@@ -251,32 +142,20 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
     ``recent_transitions`` and, with ``profile``, ``customer``, ``identities`` and
     ``orders_by_channel``.
     """
-    cols = ", ".join(f"s.{c}" for c in _SCORES)
-    extra = _PROFILE_EXTRA if profile else ""
-    params = {"c": customer_id, "n": HISTORY}
-    row = conn.execute(_LOOKUP.format(cols=cols, extra=extra), params).fetchone()
-    if row is None:
-        if not profile:
-            return None
-        nulls = ", ".join("NULL" for _ in _SCORES)
-        row = conn.execute(_PROFILE_ONLY.format(nulls=nulls, extra=extra), params).fetchone()
-        assert row is not None  # a SELECT without FROM has one row
-    run_id, as_of, scored_at, horizon, has_scores = row[:5]
-    n = len(_SCORES)
-    scores = dict(zip(_SCORES, row[5:5 + n], strict=True)) if has_scores else None
-    transitions, stale = row[5 + n], row[6 + n]
+    found = store.live_lookup(conn, customer_id, profile=profile)
+    if found is None or (profile and found.customer is None):
+        return None
+    run_id, as_of, scores = found.run_id, found.as_of, found.scores
     out: dict[str, Any] = {
         "run": None if run_id is None else {"run_id": run_id, "as_of": as_of,
-                                            "scored_at": scored_at,
-                                            "churn_horizon_days": horizon},
-        "scores": scores, "provisional": False, "recent_transitions": transitions,
+                                            "scored_at": found.scored_at,
+                                            "churn_horizon_days": found.churn_horizon_days},
+        "scores": scores, "provisional": False, "recent_transitions": found.transitions,
     }
     if profile:
-        customer, identities, channels = row[7 + n:]
-        if customer is None:
-            return None
-        out.update(customer=customer, identities=identities, orders_by_channel=channels)
-    if stale and run_id is not None:
+        out.update(customer=found.customer, identities=found.identities,
+                   orders_by_channel=found.orders_by_channel)
+    if found.stale and run_id is not None and as_of is not None:
         # None when every paid order was refunded or cancelled since the run.
         out["scores"] = _provisional(conn, customer_id, run_id, as_of, scores)
         out["provisional"] = True
@@ -298,9 +177,7 @@ def cards(conn: psycopg.Connection, customer_ids: list[str], *, profile: bool = 
     """
     if not customer_ids:
         return {}
-    sql = _PROFILE_CARDS if profile else _TIER_CARDS
-    rows = conn.execute(sql, {"ids": customer_ids, "n": HISTORY, "pii": contact}).fetchall()
-    return {customer_id: card.encode() for customer_id, card in rows}
+    return store.card_json(conn, customer_ids, profile=profile, contact=contact)
 
 
 def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | None = None,
@@ -319,21 +196,17 @@ def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | N
         norm = normalize_email(email or "")
         if norm is None:
             raise ValidationError("email: not an email address")
-        where, value = "c.email_normalized = %(v)s", norm
-        return _search(conn, where, {"v": value})
+        return _search(conn, "email", norm)
     if given == ["phone"]:
         norm = normalize_phone(phone or "")
         if norm is None:
             raise ValidationError("phone: not a phone number (5-15 digits, optional leading +)")
-        return _search(conn, "c.phone_normalized = ANY(%(v)s)",
-                       {"v": phone_forms(norm, country_code)})
+        return _search(conn, "phones", phone_forms(norm, country_code))
     if given == ["channel", "external_id"]:
         chan, ext = (channel or "").strip().lower(), (external_id or "").strip()
         if not chan or not ext:
             raise ValidationError("channel and external_id must not be empty")
-        where = ("c.customer_id IN (SELECT customer_id FROM customer_identities"
-                 " WHERE channel = %(ch)s AND external_id = %(v)s)")
-        return _search(conn, where, {"v": ext, "ch": chan})
+        return _search(conn, "identity", ext, channel=chan)
     raise ValidationError("search by exactly one of: email, phone, or channel with external_id")
 
 
@@ -368,44 +241,19 @@ def find(conn: psycopg.Connection, text: str, *, country_code: str | None = None
     text = text.strip()
     if not text or len(text) > 254 or any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         return []
-    arms = ["SELECT customer_id, 'customer_id' AS how FROM customers WHERE customer_id = %(q)s",
-            "SELECT customer_id, 'external_id' FROM customer_identities WHERE external_id = %(q)s"]
-    params: dict[str, Any] = {"q": text}
-    if (email := normalize_email(text)) is not None:
-        arms.append("SELECT customer_id, 'email' FROM customers WHERE email_normalized = %(e)s")
-        params["e"] = email
-    if (phone := normalize_phone(text)) is not None:
-        arms.append("SELECT customer_id, 'phone' FROM customers"
-                    " WHERE phone_normalized = ANY(%(p)s)")
-        params["p"] = phone_forms(phone, country_code)
+    email = normalize_email(text)
+    phone = normalize_phone(text)
     channel, slash, external = text.partition("/")
-    if slash and channel.strip() and external.strip():
-        arms.append("SELECT customer_id, 'channel_identity' FROM customer_identities"
-                    " WHERE channel = %(ch)s AND external_id = %(x)s")
-        params.update(ch=channel.strip().lower(), x=external.strip())
-    rows = conn.execute(
-        "WITH hits AS (" + " UNION ALL ".join(f"({arm} LIMIT %(n)s)" for arm in arms) + "),"
-        " found AS (SELECT customer_id, array_agg(DISTINCT how ORDER BY how) AS how"
-        "           FROM hits GROUP BY customer_id ORDER BY customer_id LIMIT %(n)s)"
-        " SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"
-        " s.recommended_action, f.how FROM found f JOIN customers c USING (customer_id)"
-        " LEFT JOIN scoring_state st ON true"
-        " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
-        "  AND s.customer_id = c.customer_id ORDER BY c.customer_id",
-        {**params, "n": limit}).fetchall()
-    keys = ("customer_id", "email", "phone", "name", "tier", "value_segment",
-            "recommended_action", "matched_by")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    identity = (channel.strip().lower(), external.strip()) \
+        if slash and channel.strip() and external.strip() else None
+    found = store.find_matches(
+        conn, text, email=email,
+        phones=phone_forms(phone, country_code) if phone is not None else None,
+        identity=identity, limit=limit)
+    return [m.__dict__ for m in found]
 
 
-def _search(conn: psycopg.Connection, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"
-        " s.recommended_action FROM customers c"
-        " LEFT JOIN scoring_state st ON true"
-        " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
-        f" AND s.customer_id = c.customer_id WHERE {where}"
-        " ORDER BY c.customer_id LIMIT %(n)s", {**params, "n": MAX_SEARCH_RESULTS}).fetchall()
-    keys = ("customer_id", "email", "phone", "name", "tier", "value_segment",
-            "recommended_action")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+def _search(conn: psycopg.Connection, by: str, value: Any, *,
+            channel: str | None = None) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.__dict__.items() if k != "matched_by"}
+            for m in store.matches(conn, by, value, MAX_SEARCH_RESULTS, channel=channel)]

@@ -1,0 +1,276 @@
+"""Customer lookups (SQL): one customer's live scores, profile and history, cards, search.
+
+Each lookup is one statement, so scores, tier history and the live run always come from the same
+snapshot, and a lookup is one round trip. :mod:`crm_service.customers.profiles` adds the
+provisional maths and the search rules on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from crm_service.storage.score_reads import SCORE_COLUMNS
+
+HISTORY = 5  # tier transitions shown
+
+# Pieces of both kinds of lookup below, for the customer ``{c}`` in the live run ``r``. Lists are
+# array_to_json(array_agg(...)): compact, where json_agg would put line breaks between elements.
+# Stale: an order of the customer changed after the run started, or falls after its as_of.
+_STALE = """EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = {c}
+               AND (o.updated_at > r.started_at
+                    OR (o.status = 'paid'
+                        AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))"""
+_TRANSITIONS = """(SELECT coalesce(array_to_json(array_agg(h ORDER BY h.run_id DESC)), '[]') FROM (
+            SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
+            JOIN scoring_runs sr ON sr.id = t.run_id
+            WHERE t.customer_id = {c} AND t.run_id <= r.id
+            ORDER BY t.run_id DESC LIMIT %(n)s) h)"""
+_IDENTITIES = """(SELECT coalesce(array_to_json(array_agg(
+            idn ORDER BY idn.channel, idn.external_id)), '[]') FROM (
+            SELECT i.channel, i.external_id FROM customer_identities i
+            WHERE i.customer_id = {c}) idn)"""
+_CHANNELS = """(SELECT coalesce(array_to_json(array_agg(ch ORDER BY ch.channel)), '[]') FROM (
+            SELECT o.channel,
+                   count(*) FILTER (WHERE o.status = 'paid')      AS paid_orders,
+                   count(*) FILTER (WHERE o.status = 'refunded')  AS refunded_orders,
+                   count(*) FILTER (WHERE o.status = 'cancelled') AS cancelled_orders,
+                   coalesce(sum(o.amount) FILTER (WHERE o.status = 'paid'), 0)::float8
+                       AS net_spend,
+                   min(o.ordered_at) FILTER (WHERE o.status = 'paid') AS first_order_at,
+                   max(o.ordered_at) FILTER (WHERE o.status = 'paid') AS last_order_at
+            FROM orders o WHERE o.customer_id = {c} GROUP BY o.channel) ch)"""
+
+# One customer: the live run, their row in it, their latest tier changes, and whether the row
+# is stale.
+_LOOKUP = """
+SELECT r.id, r.as_of, r.finished_at, r.churn_horizon_days, s.customer_id IS NOT NULL,
+       {{cols}}, {transitions}, {stale} {{extra}}
+FROM scoring_runs r
+LEFT JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = %(c)s
+WHERE r.id = (SELECT active_run_id FROM scoring_state)
+""".format(transitions=_TRANSITIONS.format(c="%(c)s"), stale=_STALE.format(c="%(c)s"))
+
+# With the profile: the customer row, identities and the order summary per channel.
+_PROFILE_EXTRA = """,
+       (SELECT json_build_object('email', c.email, 'phone', c.phone, 'name', c.name,
+                                 'created_at', c.created_at, 'updated_at', c.updated_at)
+        FROM customers c WHERE c.customer_id = %(c)s),
+       {identities}, {channels}
+""".format(identities=_IDENTITIES.format(c="%(c)s"), channels=_CHANNELS.format(c="%(c)s"))
+
+# The answers of GET /v1/customers/{id}/tier and GET /v1/customers/{id}, built as JSON text by
+# PostgreSQL, for many customers in one round trip (see cards()). Only customers whose live-run
+# row is current and complete: scored with a tier, finite numbers (PostgreSQL would write NaN as
+# a string), and not stale (those get a provisional answer from lookup()).
+_CARD_FROM = """
+FROM unnest(%(ids)s::text[]) AS c(id)
+JOIN scoring_runs r ON r.id = (SELECT active_run_id FROM scoring_state)
+JOIN customer_scores s ON s.run_id = r.id AND s.customer_id = c.id
+{{join}}
+WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
+  AND (s.clv_12m IS NULL OR s.clv_12m < 'Infinity')
+  AND (s.churn_probability IS NULL OR s.churn_probability < 'Infinity')
+  AND (s.expected_spend IS NULL OR s.expected_spend < 'Infinity')
+  AND NOT {stale}
+""".format(stale=_STALE.format(c="c.id"))
+
+_TIER_CARDS = """
+SELECT c.id, (SELECT row_to_json(card) FROM (
+           SELECT c.id AS customer_id, r.id AS run_id, r.as_of, false AS provisional,
+                  NULL::date AS provisional_as_of, s.tier, s.tier_since, s.value_segment,
+                  s.rfm_segment, s.recommended_action, s.churn_risk, s.churn_probability,
+                  s.clv_12m, s.p_alive, {transitions} AS recent_transitions) card)::text
+""".format(transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(join="")
+
+# Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
+_ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+            " || CASE WHEN date_part('microseconds', {t})::int %% 1000000 = 0 THEN ''"
+            " ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00'")
+
+_PROFILE_CARDS = """
+SELECT c.id, (SELECT row_to_json(card) FROM (
+           SELECT c.id AS customer_id, cu.created_at, cu.updated_at,
+                  CASE WHEN %(pii)s THEN (SELECT row_to_json(ct) FROM (
+                      SELECT cu.email, cu.phone, cu.name) ct) END AS contact,
+                  CASE WHEN %(pii)s THEN {identities} END AS identities,
+                  {channels} AS orders_by_channel,
+                  r.id AS run_id, r.as_of, {scored_at} AS scored_at, r.churn_horizon_days,
+                  false AS provisional, s.tier, s.tier_since, s.value_segment, s.rfm_segment,
+                  s.recommended_action,
+                  (SELECT row_to_json(sc) FROM (SELECT {{scores}}) sc) AS scores,
+                  {transitions} AS recent_transitions) card)::text
+""".format(identities=_IDENTITIES.format(c="c.id"), channels=_CHANNELS.format(c="c.id"),
+           scored_at=_ISO_UTC.format(t="r.finished_at"),
+           transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(
+    join="JOIN customers cu ON cu.customer_id = c.id")
+
+# Without a live run the profile still answers (scores null).
+_PROFILE_ONLY = "SELECT NULL, NULL, NULL, NULL, false, {nulls}, '[]'::json, false {extra}"
+
+_OCCASIONS = """
+SELECT (ordered_at AT TIME ZONE %(tz)s)::date AS day, sum(amount)::float8
+FROM orders WHERE customer_id = %(c)s AND status = 'paid'
+GROUP BY day ORDER BY day
+"""
+
+SCORES = tuple(c for c in SCORE_COLUMNS if c != "customer_id")
+# numeric columns as float8, as the Flask view's jsonable() gives them
+_PROFILE_CARDS = _PROFILE_CARDS.format(scores=", ".join(
+    f"s.{c}::float8 AS {c}" if c in ("monetary_value", "historic_spend") else f"s.{c}"
+    for c in SCORES))
+
+
+@dataclass(frozen=True)
+class LiveLookup:
+    """One customer in the live run: the run, their scores, tier changes and profile."""
+
+    run_id: int | None
+    as_of: date | None
+    scored_at: datetime | None
+    churn_horizon_days: int | None
+    scores: dict[str, Any] | None  # None: not scored in the live run
+    transitions: list[dict[str, Any]]
+    stale: bool  # an order changed after the run started, or falls after its as_of
+    customer: dict[str, Any] | None = None  # with the profile only
+    identities: list[dict[str, Any]] | None = None
+    orders_by_channel: list[dict[str, Any]] | None = None
+
+
+def live_lookup(conn: psycopg.Connection, customer_id: str, *,
+                profile: bool = False) -> LiveLookup | None:
+    """The customer in the live run; None when no run is live.
+
+    With ``profile``, the profile comes back without scores when no run is live.
+    """
+    cols = ", ".join(f"s.{c}" for c in SCORES)
+    extra = _PROFILE_EXTRA if profile else ""
+    params = {"c": customer_id, "n": HISTORY}
+    row = conn.execute(_LOOKUP.format(cols=cols, extra=extra), params).fetchone()
+    if row is None:
+        if not profile:
+            return None
+        nulls = ", ".join("NULL" for _ in SCORES)
+        row = conn.execute(_PROFILE_ONLY.format(nulls=nulls, extra=extra), params).fetchone()
+        assert row is not None  # a SELECT without FROM has one row
+    n = len(SCORES)
+    found = LiveLookup(
+        run_id=row[0], as_of=row[1], scored_at=row[2], churn_horizon_days=row[3],
+        scores=dict(zip(SCORES, row[5:5 + n], strict=True)) if row[4] else None,
+        transitions=row[5 + n], stale=bool(row[6 + n]))
+    if profile:
+        customer, identities, channels = row[7 + n:]
+        return LiveLookup(**{**found.__dict__, "customer": customer, "identities": identities,
+                             "orders_by_channel": channels})
+    return found
+
+
+@dataclass(frozen=True)
+class RunModels:
+    """What a provisional answer needs from a run's record."""
+
+    models: dict[str, Any]
+    cutoffs: dict[str, Any] | None
+    timezone: str
+    churn_horizon_days: int
+    policy: dict[str, Any] | None
+
+
+def run_models(conn: psycopg.Connection, run_id: int) -> RunModels | None:
+    """The run's fitted models, rank cut-offs, time zone, horizon and tier policy."""
+    with conn.cursor(row_factory=class_row(RunModels)) as cur:
+        return cur.execute(
+            "SELECT r.models, r.counts -> 'cutoffs' AS cutoffs, r.timezone,"
+            " r.churn_horizon_days, p.policy FROM scoring_runs r"
+            " LEFT JOIN tier_policies p ON p.version = r.tier_policy_version"
+            " WHERE r.id = %s", (run_id,)).fetchone()
+
+
+def occasion_days(conn: psycopg.Connection, customer_id: str,
+                  timezone: str) -> list[tuple[date, float]]:
+    """The customer's purchase occasions (day in ``timezone``, amount), oldest first."""
+    return conn.execute(_OCCASIONS, {"tz": timezone, "c": customer_id}).fetchall()
+
+
+def card_json(conn: psycopg.Connection, customer_ids: list[str], *, profile: bool,
+              contact: bool) -> dict[str, bytes]:
+    """The ``/tier`` (or profile) answers PostgreSQL can build alone, as JSON, by customer."""
+    sql = _PROFILE_CARDS if profile else _TIER_CARDS
+    rows = conn.execute(sql, {"ids": customer_ids, "n": HISTORY, "pii": contact}).fetchall()
+    return {customer_id: card.encode() for customer_id, card in rows}
+
+
+@dataclass(frozen=True)
+class Match:
+    """A customer found by a search, with their live tier (None when not scored)."""
+
+    customer_id: str
+    email: str | None
+    phone: str | None
+    name: str | None
+    tier: str | None
+    value_segment: str | None
+    recommended_action: str | None
+    matched_by: list[str] | None = None
+
+
+_MATCH = ("SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"
+          " s.recommended_action FROM customers c"
+          " LEFT JOIN scoring_state st ON true"
+          " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
+          " AND s.customer_id = c.customer_id WHERE {where}"
+          " ORDER BY c.customer_id LIMIT %(n)s")
+_WHERE = {"email": "c.email_normalized = %(v)s",
+          "phones": "c.phone_normalized = ANY(%(v)s)",
+          "identity": "c.customer_id IN (SELECT customer_id FROM customer_identities"
+                      " WHERE channel = %(ch)s AND external_id = %(v)s)"}
+
+
+def matches(conn: psycopg.Connection, by: str, value: Any, limit: int, *,
+            channel: str | None = None) -> list[Match]:
+    """Customers matching ``value`` by ``email``, ``phones`` or ``identity``, by customer id.
+
+    ``email``: the normalised email; ``phones``: any of the phone forms; ``identity``: the
+    external id on ``channel``.
+    """
+    with conn.cursor(row_factory=class_row(Match)) as cur:
+        return cur.execute(_MATCH.format(where=_WHERE[by]),
+                           {"v": value, "ch": channel, "n": limit}).fetchall()
+
+
+def find_matches(conn: psycopg.Connection, text: str, *, email: str | None,
+                 phones: list[str] | None, identity: tuple[str, str] | None,
+                 limit: int) -> list[Match]:
+    """Customers matching ``text`` as an id or external id, or any given form, by customer id.
+
+    One statement; ``matched_by`` says how each matched.
+    """
+    arms = ["SELECT customer_id, 'customer_id' AS how FROM customers WHERE customer_id = %(q)s",
+            "SELECT customer_id, 'external_id' FROM customer_identities WHERE external_id = %(q)s"]
+    params: dict[str, Any] = {"q": text, "n": limit}
+    if email is not None:
+        arms.append("SELECT customer_id, 'email' FROM customers WHERE email_normalized = %(e)s")
+        params["e"] = email
+    if phones is not None:
+        arms.append("SELECT customer_id, 'phone' FROM customers"
+                    " WHERE phone_normalized = ANY(%(p)s)")
+        params["p"] = phones
+    if identity is not None:
+        arms.append("SELECT customer_id, 'channel_identity' FROM customer_identities"
+                    " WHERE channel = %(ch)s AND external_id = %(x)s")
+        params.update(ch=identity[0], x=identity[1])
+    with conn.cursor(row_factory=class_row(Match)) as cur:
+        return cur.execute(
+            "WITH hits AS (" + " UNION ALL ".join(f"({arm} LIMIT %(n)s)" for arm in arms) + "),"
+            " found AS (SELECT customer_id, array_agg(DISTINCT how ORDER BY how) AS how"
+            "           FROM hits GROUP BY customer_id ORDER BY customer_id LIMIT %(n)s)"
+            " SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"
+            " s.recommended_action, f.how AS matched_by FROM found f"
+            " JOIN customers c USING (customer_id)"
+            " LEFT JOIN scoring_state st ON true"
+            " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
+            "  AND s.customer_id = c.customer_id ORDER BY c.customer_id", params).fetchall()
