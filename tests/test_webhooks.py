@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from crm_service.scoring import run_scoring
-from crm_service.triggers import webhooks
+from crm_service.triggers import signing, webhooks
 from crm_service.triggers.delivery import Dispatcher
 from crm_service.vocabulary import EVENT_TYPES
 from tests.conftest import TEST_SECRET_KEY, q
@@ -209,13 +209,13 @@ def test_scopes(client, make_token):
 def test_sign_and_verify():
     secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw8yQQAl5R7Q8="
     body = b'{"id":"1","type":"vip.entered"}'
-    sig = webhooks.sign(secret, "msg_1", 1_700_000_000, body)
+    sig = signing.sign(secret, "msg_1", 1_700_000_000, body)
     headers = {"webhook-id": "msg_1", "webhook-timestamp": "1700000000",
                "webhook-signature": sig}
-    assert webhooks.verify(secret, headers, body, now=1_700_000_100)
-    assert not webhooks.verify(secret, headers, body + b" ", now=1_700_000_100)
-    assert not webhooks.verify(secret, headers, body, now=1_700_000_000 + 301)  # replay
-    assert not webhooks.verify(secret, {**headers, "webhook-id": "msg_2"}, body,
+    assert signing.verify(secret, headers, body, now=1_700_000_100)
+    assert not signing.verify(secret, headers, body + b" ", now=1_700_000_100)
+    assert not signing.verify(secret, headers, body, now=1_700_000_000 + 301)  # replay
+    assert not signing.verify(secret, {**headers, "webhook-id": "msg_2"}, body,
                                now=1_700_000_100)
     # An independent computation of the documented scheme (README, "Webhooks").
     import base64
@@ -246,8 +246,8 @@ def test_two_scoring_runs_are_delivered_signed_and_filtered(
     for rec, hook in ((everything, all_hook), (vip_winback, vip_hook)):
         ids = set()
         for headers, body in rec.received:
-            assert webhooks.verify(hook["secret"], headers, body)
-            assert not webhooks.verify(all_hook["secret"] if rec is vip_winback
+            assert signing.verify(hook["secret"], headers, body)
+            assert not signing.verify(all_hook["secret"] if rec is vip_winback
                                        else vip_hook["secret"], headers, body)
             event = json.loads(body)
             assert headers["crm-event-type"] == event["type"]

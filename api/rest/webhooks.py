@@ -12,6 +12,7 @@ from marshmallow import Schema, fields, validate
 from api.auth import require
 from api.services import services
 from crm_service.triggers import webhooks
+from crm_service.triggers.ssrf import MAX_URL
 from crm_service.vocabulary import EVENT_TYPES
 
 blp = Blueprint("webhooks", __name__, url_prefix="/v1", description="Webhooks")
@@ -31,7 +32,7 @@ class FiltersSchema(Schema):
 class WebhookCreateSchema(Schema):
     """A subscription request."""
 
-    url = fields.String(required=True, validate=validate.Length(min=1, max=webhooks.MAX_URL),
+    url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL),
                         metadata={"pattern": "^https?://",
                                   "description": "https URL of the receiver (http and private "
                                                  "addresses only for CRM_WEBHOOK_ALLOW_HOSTS)"})

@@ -2,4 +2,5 @@
 
 ``server`` (worker classes whose own error answers are problem+json), ``fastpath`` (the
 batched lane for ``/tier`` and the profile), ``gunicorn_hooks`` (gunicorn settings module).
+May import ``crm_service``; nothing in ``api`` imports it but the factory and ``api.auth``.
 """

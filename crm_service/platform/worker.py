@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from crm_service.errors import CrmError, DatabaseUnavailableError
+from crm_service.errors import CrmError, DatabaseUnavailableError, RunAlreadyPublishedError
 from crm_service.platform import schedule
 from crm_service.platform.config import Settings
 from crm_service.platform.db import DatabaseError
@@ -43,6 +43,8 @@ def process_one(conn: psycopg.Connection, settings: Settings) -> int | None:
         run_scoring(conn, settings, as_of=as_of, run_id=run_id, attempt=attempt)
     except runs.RunTakenOverError:
         log.warning("scoring run %s was taken over by another worker; dropped", run_id)
+    except RunAlreadyPublishedError:  # a bug, not bad data: keep the stack
+        log.exception("scoring run %s was published already", run_id)
     except CrmError as exc:  # recorded on the run by run_scoring; keep serving
         log.warning("scoring run %s failed: %s", run_id, exc.detail)
     except DatabaseError:

@@ -27,7 +27,10 @@ from crm_service.errors import CrmError, DatabaseUnavailableError, ValidationErr
 from crm_service.platform import metrics, secretbox
 from crm_service.platform.config import Settings
 from crm_service.platform.db import DatabaseError
+from crm_service.storage import webhooks as webhook_store
 from crm_service.triggers import webhooks
+from crm_service.triggers.signing import payload, sign
+from crm_service.triggers.ssrf import Target, check_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -65,13 +68,13 @@ class Sender:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conns: dict[tuple[str, str, int, str], _PinnedHTTP] = {}
-        self._targets: dict[str, tuple[float, webhooks.Target]] = {}
+        self._targets: dict[str, tuple[float, Target]] = {}
 
-    def _target(self, url: str) -> webhooks.Target:
+    def _target(self, url: str) -> Target:
         cached = self._targets.get(url)
         if cached and time.monotonic() - cached[0] < 60:
             return cached[1]
-        target = webhooks.check_url(url, self.settings.webhook_allow_hosts)
+        target = check_url(url, self.settings.webhook_allow_hosts)
         self._targets[url] = (time.monotonic(), target)
         return target
 
@@ -87,12 +90,12 @@ class Sender:
             target = self._target(job.url)
         except ValidationError as exc:
             return None, exc.detail
-        body = webhooks.payload(job)
+        body = payload(job.event)
         stamp = int(time.time())
         headers = {
             "Content-Type": "application/json", "User-Agent": USER_AGENT,
             "webhook-id": job.delivery_id, "webhook-timestamp": str(stamp),
-            "webhook-signature": webhooks.sign(job.secret, job.delivery_id, stamp, body),
+            "webhook-signature": sign(job.secret, job.delivery_id, stamp, body),
             "crm-event-type": job.event["type"], "crm-event-id": job.event["id"],
             "crm-delivery-attempt": str(job.attempt),
         }
@@ -177,7 +180,7 @@ class Dispatcher:
                 # COMMIT round trips. A lease or outcome lost in a crash only means one more
                 # delivery (at least once), so commits need not wait for the WAL flush.
                 conn.autocommit = True
-                conn.execute("SET synchronous_commit = off")
+                webhook_store.without_waiting_for_flush(conn)
                 loop(conn)
             except (DatabaseError, DatabaseUnavailableError) as exc:
                 log.warning("webhook dispatcher lost the database (%s); retrying", exc)
