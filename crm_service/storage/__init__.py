@@ -22,5 +22,6 @@ docstrings: the local engine's session (``run_session``) and run ownership (``ru
 ``retention`` and ``housekeeping`` passes. May import ``crm_service.platform``,
 ``crm_service.errors``, ``crm_service.vocabulary``, ``models`` and the plain record types and
 pure helpers of the capabilities it stores (``customers.rules.Profile``, ``scoring.inputs`` and
-``scoring.occasions``, ``scoring.churn.wanted``, ``privacy.refs``); never a service's workflow, and never ``api``.
+``scoring.occasions``, ``scoring.churn.wanted``, ``privacy.refs``); never a service's
+workflow, and never ``api``.
 """
