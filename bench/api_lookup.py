@@ -2,18 +2,25 @@
 
 Serves the API the way production does (`crm-service serve`: gunicorn with the keep-alive worker
 and the lookup lane, request log on) against a database of about a million scored customers, and
-drives it with wrk (Debian package `wrk`)
-from the same machine: closed loop (each connection sends its next request when the previous
-answer arrives) at 64 and 16 connections, random customer ids drawn from the live run. In a
-closed loop mean latency is connections / throughput (Little's law), so at 64 connections it
-measures capacity, and at 16 the latency of a busy but not queued-up server.
+drives it with wrk (Debian package `wrk`) from the same machine: closed loop (each connection
+sends its next request when the previous answer arrives) at 64 and 16 connections. In a closed
+loop mean latency is connections / throughput (Little's law), so at 64 connections it measures
+capacity, and at 16 the latency of a busy but not queued-up server.
+
+Which customers: every request draws one uniformly from *all* customers of the live run (the
+whole id list is handed to wrk), as agents and tools looking up arbitrary customers do; the
+``hot`` mix sends most requests to a small set (a campaign's audience being worked, an agent
+queue), reported separately.
 
     apt-get install -y wrk
-    python bench/api_lookup.py --keep /tmp/benchdb --csv bench/out/orders_1m.csv
+    python bench/api_lookup.py --keep /tmp/benchdb --csv bench/out/orders_1m_time.csv
+    python bench/api_lookup.py --keep /tmp/benchdb --endpoints tier --mixes uniform \
+        --connections 64 --after-publish 6 --seconds 20
 
 With ``--keep DIR`` the database in DIR is reused (imported and scored on first use).
-``--server reference`` serves it as before the lookup lane (sync workers, every request through
-Flask), so the two can be compared on the same machine and database.
+``--after-publish N`` then publishes a new run while the server is up and measures ``/tier``
+in the N windows right after it. ``--server`` serves it other ways for comparison (the
+reference before the lookup lane; granian, alone or with a micro-batcher).
 Prints requests/s, latency percentiles, non-2xx responses and socket errors per endpoint.
 """
 
@@ -39,12 +46,19 @@ from bench.common import fresh_database, machine  # noqa: E402
 LUA = """
 local ids = {}
 for line in io.lines("%(ids)s") do ids[#ids + 1] = line end
+local hot = {}
+for line in io.lines("%(hot)s") do hot[#hot + 1] = line end
+local hot_share = %(hot_share)s
 local headers = {["Authorization"] = "Bearer %(token)s"}
-local n = 0
 setup = function(thread) end
 init = function(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
 request = function()
-    local id = ids[math.random(#ids)]
+    local id
+    if hot_share > 0 and math.random() < hot_share then
+        id = hot[math.random(#hot)]
+    else
+        id = ids[math.random(#ids)]
+    end
     return wrk.format("GET", "/v1/customers/" .. id .. "%(suffix)s", headers)
 end
 """
@@ -153,7 +167,7 @@ def _export(port: int, token: str, seconds: int, work: Path) -> None:
     wall, rows, size = _download(port, token, "value_segment=high")
     print(f"export value_segment=high over HTTP: {rows} customers, {size / 1e6:.1f} MB, "
           f"{wall:.2f} s")
-    script = work / "tier.lua"
+    script = work / "tier-uniform.lua"
     if not script.exists():
         return
     stop = threading.Event()
@@ -182,11 +196,37 @@ def _report(label: str, r: dict) -> None:
           f"socket errors {r['socket_errors']}")
 
 
+def _publish(env: dict[str, str], as_of: str) -> float:
+    """Run and publish a new scoring run (the server keeps serving); its wall time."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "crm_service", "score", "--as-of", as_of], env=env,
+                   check=True, capture_output=True)
+    return time.perf_counter() - began
+
+
+def _server_command(kind: str, port: int, workers: int, threads: int,
+                    env: dict[str, str]) -> list[str]:
+    if kind == "reference":
+        env["CRM_LOOKUP_LANE"] = "off"
+        return [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
+                str(workers), "--timeout", "120", "--no-control-socket", "--worker-class",
+                "api.serving.server.ProblemSyncWorker", "api.wsgi:app"]
+    if kind in ("granian", "granian-batched"):
+        target = "api.wsgi:app" if kind == "granian" else "bench.granian_batched:app"
+        return [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                "--blocking-threads", str(max(threads, 8 if kind == "granian-batched" else 1)),
+                "--no-ws", "--log-level", "warning", target]
+    return [sys.executable, "-m", "crm_service", "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--threads", str(threads),
+            "--http-worker", "threads" if kind == "gthread" else "keepalive"]
+
+
 def main() -> None:
     """Entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", help="reuse (or create) the database in this directory")
-    ap.add_argument("--csv", default="bench/out/orders_1m.csv")
+    ap.add_argument("--csv", default="bench/out/orders_1m_time.csv")
     ap.add_argument("--as-of", default="2024-12-31")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4,
@@ -197,18 +237,33 @@ def main() -> None:
     ap.add_argument("--endpoints", default="tier,profile,export",
                     help="tier, profile (wrk), export (a CSV audience over HTTP, and /tier "
                          "under wrk while exports stream)")
-    ap.add_argument("--server", choices=("gunicorn", "reference", "granian"), default="gunicorn",
-                    help="gunicorn: `crm-service serve` as shipped; reference: how it served "
+    ap.add_argument("--mixes", default="uniform,hot",
+                    help="uniform: every request a customer drawn uniformly from the whole live "
+                         "run; hot: --hot-share of the requests go to --hot-customers customers "
+                         "(drawn uniformly once), the rest uniform. Reported separately")
+    ap.add_argument("--hot-customers", type=int, default=1000)
+    ap.add_argument("--hot-share", type=float, default=0.9)
+    ap.add_argument("--after-publish", type=int, default=0, metavar="N",
+                    help="then publish a new run (crm-service score, the server up) and measure "
+                         "/tier (uniform, 64 connections) in N windows of --seconds right after")
+    ap.add_argument("--server", default="gunicorn",
+                    choices=("gunicorn", "gthread", "reference", "granian", "granian-batched"),
+                    help="gunicorn: `crm-service serve` as shipped; gthread: `serve "
+                         "--http-worker threads` (the exit plan); reference: how it served "
                          "before the lookup lane (gunicorn sync workers, every request through "
                          "Flask: CRM_LOOKUP_LANE=off); granian: the same app under granian's "
-                         "Rust HTTP server (an experiment: `pip install granian`)")
+                         "Rust HTTP server, each lookup alone; granian-batched: granian with "
+                         "the micro-batcher of bench/granian_batched.py (experiments: `pip "
+                         "install granian`)")
     ap.add_argument("--cpu-split", action="store_true",
-                    help="also print CPU time per request in gunicorn, PostgreSQL and wrk")
+                    help="also print CPU time per request in the API server, PostgreSQL and wrk")
     a = ap.parse_args()
     dsn, data_dir = fresh_database(a.keep)
     # The limiter stays on (its cost is part of the measurement), with a limit wrk never meets.
     env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir),
                CRM_RATE_LIMIT_PER_SECOND="1000000", CRM_RATE_LIMIT_BURST="1000000")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                      env.get("PYTHONPATH")]))
     import psycopg
 
     from crm_service.access import api_keys
@@ -224,57 +279,63 @@ def main() -> None:
     atexit.register(shutil.rmtree, work, True)
     with psycopg.connect(dsn) as conn:
         _, token = api_keys.create_key(conn, "bench-wrk", ["scores:read", "customers:read"])
-        customers = conn.execute("SELECT count(*) FROM customer_scores s JOIN scoring_state st"
-                                 " ON s.run_id = st.active_run_id").fetchone()[0]
+        # Every customer of the live run: wrk draws uniformly among all of them per request.
         ids = [r[0] for r in conn.execute(
-            # Uniform over the whole live run (a TABLESAMPLE SYSTEM page sample is not).
+            "SELECT s.customer_id FROM customer_scores s"
+            " JOIN scoring_state st ON s.run_id = st.active_run_id").fetchall()]
+        hot = [r[0] for r in conn.execute(
             "SELECT s.customer_id FROM customer_scores s"
             " JOIN scoring_state st ON s.run_id = st.active_run_id"
-            " ORDER BY random() LIMIT 50000").fetchall()]
+            " ORDER BY random() LIMIT %s", (a.hot_customers,)).fetchall()]
         conn.commit()
     (work / "ids.txt").write_text("\n".join(ids) + "\n")
+    (work / "hot.txt").write_text("\n".join(hot) + "\n")
     port = _free_port()
-    if a.server == "reference":
-        env["CRM_LOOKUP_LANE"] = "off"
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
-                   str(a.workers), "--timeout", "120", "--no-control-socket", "--worker-class",
-                   "api.serving.server.ProblemSyncWorker", "api.wsgi:app"]
-    elif a.server == "granian":
-        command = [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi",
-                   "--host", "127.0.0.1", "--port", str(port), "--workers", str(a.workers),
-                   "--blocking-threads", str(a.threads), "--no-ws", "api.wsgi:app"]
-    else:
-        command = [sys.executable, "-m", "crm_service", "serve", "--host", "127.0.0.1",
-                   "--port", str(port), "--workers", str(a.workers), "--threads", str(a.threads)]
+    command = _server_command(a.server, port, a.workers, a.threads, env)
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     # The database's postmaster: its PID is the first line of postmaster.pid.
     pid_file = next(Path(data_dir).rglob("postmaster.pid"), None)
     postmaster = int(pid_file.read_text().split()[0]) if pid_file else -1
     print(f"machine: {machine()}")
-    print(f"live run: {customers} customers; {len(ids)} random ids; {a.server} {a.workers} "
+    print(f"live run: {len(ids)} customers, every one a possible draw; hot mix: "
+          f"{a.hot_share:.0%} of requests to {len(hot)} customers; {a.server} {a.workers} "
           f"workers x {a.threads} threads; wrk -t2 -d{a.seconds}s, closed loop")
+
+    def script_for(name: str, mix: str) -> Path:
+        script = work / f"{name}-{mix}.lua"
+        script.write_text(LUA % {"ids": work / "ids.txt", "hot": work / "hot.txt",
+                                 "hot_share": a.hot_share if mix == "hot" else 0,
+                                 "token": token, "suffix": {"tier": "/tier", "profile": ""}[name]})
+        return script
+
     try:
         _wait_ready(port)
         for name in a.endpoints.split(","):
             if name == "export":
                 _export(port, token, a.seconds, work)
                 continue
-            suffix = {"tier": "/tier", "profile": ""}[name]
-            script = work / f"{name}.lua"
-            script.write_text(LUA % {"ids": work / "ids.txt", "token": token,
-                                     "suffix": suffix})
-            _wrk(port, script, 5, 64, 2)  # warm-up: caches, connections
-            for connections in a.connections:
-                import resource
+            for mix in a.mixes.split(","):
+                script = script_for(name, mix)
+                _wrk(port, script, 5, 64, 2)  # warm-up: caches, connections
+                for connections in a.connections:
+                    import resource
 
-                ticks = _cpu_ticks(server.pid, postmaster)
-                usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-                r = _wrk(port, script, a.seconds, connections, 2)
-                _report(f"{name}, {connections} connections", r)
-                if a.cpu_split:
-                    print("  " + _cpu_split(ticks, _cpu_ticks(server.pid, postmaster),
-                                            usage.ru_utime + usage.ru_stime, r["requests"]))
+                    ticks = _cpu_ticks(server.pid, postmaster)
+                    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    r = _wrk(port, script, a.seconds, connections, 2)
+                    _report(f"{name}, {mix}, {connections} connections", r)
+                    if a.cpu_split:
+                        print("  " + _cpu_split(ticks, _cpu_ticks(server.pid, postmaster),
+                                                usage.ru_utime + usage.ru_stime, r["requests"]))
+        if a.after_publish:
+            wall = _publish(env, a.as_of)
+            print(f"published a new run ({wall:.0f} s, server up); /tier right after:")
+            script = script_for("tier", "uniform")
+            for window in range(a.after_publish):
+                r = _wrk(port, script, a.seconds, 64, 2)
+                _report(f"  tier, uniform, 64 connections, {window * a.seconds}-"
+                        f"{(window + 1) * a.seconds} s after the publish", r)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

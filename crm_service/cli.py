@@ -629,6 +629,9 @@ WORKER_TIMEOUT_SECONDS = 120
 # Keep-alive connections, the lookup fast lane batched on an event loop, other requests in
 # threads; HTTP-parser errors (URL too long, bad headers) are problem+json, not HTML.
 GUNICORN_WORKER = "api.serving.server.ProblemKeepAliveWorker"
+# The exit plan of api/serving/gunicorn_adapter.py: gunicorn's gthread worker (public API only;
+# lookups answered one at a time, without batching).
+HTTP_WORKERS = {"keepalive": GUNICORN_WORKER, "threads": "api.serving.server.ProblemThreadWorker"}
 KEEPALIVE_SECONDS = 5
 
 
@@ -644,7 +647,8 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -> int:
+def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4,
+           http_worker: str = "keepalive") -> int:
     _check_port_free(host, port)
     dsn = ctx.upgraded_dsn(create=True)
     env = dict(os.environ, DATABASE_URL=dsn, **{SERVE_CHILD: "1"})
@@ -676,7 +680,7 @@ def _serve(ctx: Context, host: str, port: int, workers: int, threads: int = 4) -
            str(workers), "--threads", str(threads),
            "--timeout", str(WORKER_TIMEOUT_SECONDS), "--graceful-timeout", "10",
            "--keep-alive", str(KEEPALIVE_SECONDS),
-           "--no-control-socket", "--worker-class", GUNICORN_WORKER,
+           "--no-control-socket", "--worker-class", HTTP_WORKERS[http_worker],
            "-c", "python:api.serving.gunicorn_hooks", "api.wsgi:app"]
     # gunicorn runs as a child: this process keeps the embedded PostgreSQL's handle and stops
     # it when the server exits.
@@ -730,14 +734,20 @@ def worker(ctx: Context, poll_seconds: float) -> None:
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
               help="threads per worker for requests other than customer lookups (CRM_THREADS, "
                    "default 4).")
+@click.option("--http-worker", type=click.Choice(sorted(HTTP_WORKERS)), default="keepalive",
+              envvar="CRM_HTTP_WORKER", show_default=True,
+              help="keepalive: lookups batched on an event loop (needs gunicorn 27's internals, "
+                   "checked at start); threads: gunicorn's gthread worker, public API only, "
+                   "lookups one at a time (the fallback if a gunicorn upgrade breaks the "
+                   "first; CRM_HTTP_WORKER).")
 @pass_ctx
 @handles_errors
 def serve(ctx: Context, host: str | None, port: int | None, workers: int | None,
-          threads: int | None) -> None:
+          threads: int | None, http_worker: str) -> None:
     """Run the HTTP API with gunicorn (migrations are applied first)."""
     s = ctx.settings
     sys.exit(_serve(ctx, host or s.host, port or s.port, workers or s.workers,
-                    threads or s.threads))
+                    threads or s.threads, http_worker))
 
 
 @main.command()

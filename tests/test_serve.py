@@ -311,3 +311,24 @@ def test_metrics_count_every_gunicorn_worker(dsn, conn, tmp_path):
                   and s.labels.get("route") == "/v1/segments" and s.labels["status"] == "404")
     assert counted == sent
     assert not os.path.exists(folder)
+
+
+def test_the_fallback_http_worker_serves_the_same_lookups(dsn, cdnow_loaded, settings,
+                                                          tmp_path):
+    """`serve --http-worker threads` (CRM_HTTP_WORKER): the exit plan of the gunicorn adapter,
+    gunicorn's gthread worker with public API only, gives the same answers."""
+    from datetime import date
+
+    from crm_service.scoring import run_scoring
+
+    run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
+    _, token = api_keys.create_key(cdnow_loaded, "gthread", ["admin"])
+    cdnow_loaded.commit()
+    paths = [f"/v1/customers/cdnow-{n:04d}{tail}" for n in (1, 42, 777)
+             for tail in ("/tier", "")] + ["/v1/customers/nobody/tier"]
+    with serving(dsn, tmp_path) as (base, _):
+        keepalive = {p: call(base + p, token=token) for p in paths}
+    with serving(dsn, tmp_path, CRM_HTTP_WORKER="threads") as (base, _):
+        threads = {p: call(base + p, token=token) for p in paths}
+    assert threads == keepalive
+    assert [keepalive[p][0] for p in paths] == [200] * 6 + [404]

@@ -17,7 +17,7 @@ from api.schemas import (
     CustomerTierSchema,
 )
 from api.services import services
-from crm_service.customers import profiles
+from crm_service.customers import cards, profiles
 from crm_service.customers.ids import check_customer_id
 from crm_service.errors import NotFoundError
 
@@ -51,8 +51,9 @@ _PROFILE_EXAMPLE = {
                             "to_tier": "high_value"}]}
 
 
-_TIER_KEYS = ("tier", "tier_since", "value_segment", "rfm_segment", "recommended_action",
-              "churn_risk", "churn_probability", "clv_12m", "p_alive")
+# The answers' fields, in order, from their one definition (crm_service.customers.cards).
+_TIER_FIELDS = cards.names(cards.TIER_CARD)
+_PROFILE_FIELDS = cards.names(cards.PROFILE_CARD)
 
 
 def _run_fields(found: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +92,11 @@ class CustomerTier(MethodView):
                                 f"(run {run['run_id']} as of {run['as_of']}) and no paid "
                                 "order since")
         run = _run_fields(found)
-        body = {"customer_id": customer_id, "run_id": run["run_id"], "as_of": run["as_of"],
-                "provisional": found["provisional"],
-                "provisional_as_of": scores.get("provisional_as_of"),
-                **{k: scores.get(k) for k in _TIER_KEYS},
-                "recent_transitions": found["recent_transitions"]}
+        own = {"customer_id": customer_id, "run_id": run["run_id"], "as_of": run["as_of"],
+               "provisional": found["provisional"],
+               "recent_transitions": found["recent_transitions"]}
+        # Every other field of the card is the score of that name.
+        body = {k: own[k] if k in own else scores.get(k) for k in _TIER_FIELDS}
         # The hot path for agents and tools: the body is already plain JSON values, so it is
         # encoded directly (CustomerTierSchema documents it; tests check the two agree).
         return current_app.response_class(json.dumps(body, separators=(",", ":")),
@@ -126,7 +127,7 @@ class CustomerProfile(MethodView):
             raise NotFoundError(f"no customer {customer_id!r}")
         pii = g.api_key.allows("customers:read")
         customer, scores = found["customer"], found["scores"]
-        return {
+        own = {
             "customer_id": customer_id,
             "created_at": customer["created_at"], "updated_at": customer["updated_at"],
             "contact": {k: customer[k] for k in ("email", "phone", "name")} if pii else None,
@@ -134,11 +135,11 @@ class CustomerProfile(MethodView):
             "orders_by_channel": found["orders_by_channel"],
             **_run_fields(found),
             "provisional": found["provisional"],
-            **{k: (scores or {}).get(k) for k in (
-                "tier", "tier_since", "value_segment", "rfm_segment", "recommended_action")},
             "scores": scores,
             "recent_transitions": found["recent_transitions"],
         }
+        # The segments of the card are the scores of that name.
+        return {k: own[k] if k in own else (scores or {}).get(k) for k in _PROFILE_FIELDS}
 
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.response(200, example={

@@ -36,12 +36,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from crm_service.customers import profiles
 from crm_service.customers.ids import valid_customer_id
+from crm_service.storage import lookups
 
 if TYPE_CHECKING:
     from api.services import Services
@@ -67,6 +66,26 @@ RATE_CHECKED = "crm.rate_limit_wait"  # the rate limiter was consulted: seconds 
 MISSING = b""
 
 StartResponse = Callable[..., Any]
+
+
+@runtime_checkable
+class BatchingLane(Protocol):
+    """What a server that batches lookups needs of the app's lane (the app's ``wsgi_app``).
+
+    A server calls :meth:`inline` for each parsed request, :meth:`prefetch` once for all the
+    requests it accepted that arrived together, then :meth:`answer` for each; a None from
+    ``answer`` means the full app must answer (in a thread: it may use the database).
+    """
+
+    def inline(self, environ: dict[str, Any]) -> bool:
+        """Whether ``environ`` may take part in a batch."""
+
+    def prefetch(self, environs: list[dict[str, Any]]) -> None:
+        """Look the batch up together, leaving each answer in its environ."""
+
+    def answer(self, environ: dict[str, Any],
+               start_response: StartResponse) -> Iterable[bytes] | None:
+        """The answer, or None (nothing started) when the full app must answer."""
 
 
 class _Watchdog:
@@ -229,30 +248,14 @@ class LookupLane:
 
     def _fetch(self, groups: dict[tuple[str, bool], dict[str, list[dict[str, Any]]]],
                ) -> dict[tuple[str, bool], dict[str, bytes]]:
-        """One statement per group, each watched.
-
-        A connection that breaks at once (left over from before a database restart) is retried
-        once on another.
-        """
+        """One statement per group, each watched (see :func:`lookups.watched_cards`)."""
         pool = self.services.lane or self.services.reader
-        for attempt in (1, 2):
-            began = time.monotonic()
-            try:
-                with pool.connection() as conn:
-                    answers = {}
-                    for (kind, contact), wanted in groups.items():
-                        self.watchdog.arm(conn.pgconn.socket)
-                        try:
-                            answers[kind, contact] = profiles.cards(
-                                conn, list(wanted), profile=kind == "profile", contact=contact)
-                        finally:
-                            if self.watchdog.disarm():
-                                conn.close()  # cut: the pool must not hand it out again
-                    return answers
-            except psycopg.OperationalError:
-                if attempt == 2 or time.monotonic() - began > STALE_SECONDS:
-                    raise
-        raise AssertionError("unreachable")
+        asked = [(kind, contact, list(wanted)) for (kind, contact), wanted in groups.items()]
+        found = lookups.watched_cards(pool, [(ids, kind == "profile", contact)
+                                             for kind, contact, ids in asked],
+                                      self.watchdog, stale_seconds=STALE_SECONDS)
+        return {(kind, contact): cards for (kind, contact, _), cards in zip(asked, found,
+                                                                             strict=True)}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Answer a plain lookup here when the live run has it; else ask Flask."""

@@ -25,22 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from gunicorn import http, util
-from gunicorn.http import errors as http_errors
-from gunicorn.http import wsgi
-from gunicorn.workers import base
-from gunicorn.workers.gthread import ThreadWorker
-from gunicorn.workers.sync import SyncWorker
-
-from api.serving.fastpath import CARD
+from api.serving import gunicorn_adapter as gu
+from api.serving.fastpath import CARD, BatchingLane
 
 log = logging.getLogger("crm.request")
 
 _STATUS: list[tuple[type[BaseException], int, str, str]] = [
-    (http_errors.LimitRequestLine, 414, "URI Too Long", "request-line-too-long"),
-    (http_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large",
-     "headers-too-large"),
-    (http_errors.ParseException, 400, "Bad Request", "malformed-request"),
+    (gu.LimitRequestLine, 414, "URI Too Long", "request-line-too-long"),
+    (gu.LimitRequestHeaders, 431, "Request Header Fields Too Large", "headers-too-large"),
+    (gu.ParseException, 400, "Bad Request", "malformed-request"),
 ]
 
 
@@ -78,16 +71,16 @@ class _ProblemErrors:
         else:
             log.info("request refused by the HTTP parser: %s (%d)", type(exc).__name__, status)
         try:
-            util.write_nonblock(client, problem_bytes(status, reason, slug, detail))
+            gu.write_nonblock(client, problem_bytes(status, reason, slug, detail))
         except Exception:  # noqa: BLE001 - the client may be gone; nothing left to do
             log.debug("could not send the error answer")
 
 
-class ProblemSyncWorker(_ProblemErrors, SyncWorker):
+class ProblemSyncWorker(_ProblemErrors, gu.BlockingWorker):
     """gunicorn's sync worker with problem+json parser errors."""
 
 
-class ProblemThreadWorker(_ProblemErrors, ThreadWorker):
+class ProblemThreadWorker(_ProblemErrors, gu.GthreadWorker):
     """gunicorn's gthread worker with problem+json parser errors."""
 
 
@@ -122,14 +115,14 @@ class _Conn:
 
     def __init__(self, sock: socket.socket, addr: Any, server: Any, cfg: Any) -> None:
         self.sock, self.addr, self.server = sock, addr, server
-        self.parser = http.get_parser(cfg, sock, addr)
+        self.parser = gu.new_parser(cfg, sock, addr)
         self.deadline = 0.0
         self.head_by = 0.0  # when a begun request head must be complete (0: none begun)
         self.watched = False
 
     def buffered(self) -> bool:
         """Whether the parser already holds bytes of a next request."""
-        return bool(self.parser.unreader.buf.getvalue())
+        return bool(gu.buffered(self.parser))
 
     def fill(self) -> bool | None:
         """Read what the client has sent, without waiting, into the parser's buffer.
@@ -137,8 +130,7 @@ class _Conn:
         True when a whole request head is buffered (or more than :data:`MAX_HEAD` bytes, which
         the parser will refuse), False while it is still arriving, None if the client closed.
         """
-        buf = self.parser.unreader.buf
-        data = buf.getvalue()
+        data = gu.buffered(self.parser)
         while not _head_ends(data) and len(data) <= MAX_HEAD:
             try:
                 chunk = self.sock.recv(MAX_HEAD, socket.MSG_DONTWAIT)
@@ -148,8 +140,7 @@ class _Conn:
                 return None
             if not chunk:
                 return None
-            buf.seek(0, os.SEEK_END)
-            buf.write(chunk)
+            gu.append(self.parser, chunk)
             data += chunk
         return True
 
@@ -170,7 +161,7 @@ class _Gather:
         self.parts.append(bytes(data))
 
 
-class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
+class ProblemKeepAliveWorker(_ProblemErrors, gu.Worker):
     """Keep-alive connections on one event loop; cheap lookups answered inline and batched.
 
     gunicorn's sync worker closes the connection after every answer and serves one request at
@@ -199,7 +190,12 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
     alive: bool  # gunicorn's base worker sets it
 
     def init_process(self) -> None:
-        """Set up the selector, thread pool and wake-up pipe, then run (gunicorn's base)."""
+        """Set up the selector, thread pool and wake-up pipe, then run (gunicorn's base).
+
+        First checks that the installed gunicorn has every internal this worker uses
+        (:func:`api.serving.gunicorn_adapter.check`): the worker refuses to start otherwise.
+        """
+        gu.check()
         if self.cfg.is_ssl:
             raise RuntimeError("ProblemKeepAliveWorker does not terminate TLS: put a TLS proxy "
                                "in front (or use api.serving.server.ProblemThreadWorker)")
@@ -220,11 +216,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
     def run(self) -> None:
         """Serve until told to stop, then finish what threads hold and close the rest."""
         lane = getattr(self.wsgi, "wsgi_app", None)  # Flask's middleware slot
-        self.inline = getattr(lane, "inline", None)
-        self.prefetch = getattr(lane, "prefetch", None)
-        self.answer = getattr(lane, "answer", None)
-        if self.answer is None:
-            self.inline = None
+        self.lane: BatchingLane | None = lane if isinstance(lane, BatchingLane) else None
         for listener in self.sockets:
             listener.setblocking(False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, _WAKE)
@@ -292,7 +284,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                     return
                 raise
             client.setblocking(True)
-            util.close_on_exec(client)
+            gu.close_on_exec(client)
             conn = _Conn(client, addr, listener.getsockname(), self.cfg)
             self.conns[client.fileno()] = conn
             self._watch(conn)
@@ -311,7 +303,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
     def _close(self, conn: _Conn) -> None:
         self._unwatch(conn)
         self.conns.pop(conn.sock.fileno(), None)
-        util.close(conn.sock)
+        gu.close(conn.sock)
 
     @staticmethod
     def _drain(fd: int) -> None:
@@ -342,18 +334,18 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                     conn.deadline = max(conn.deadline, conn.head_by)
                 continue
             conn.head_by = 0.0
-            if not _head_ends(conn.parser.unreader.buf.getvalue()):  # over MAX_HEAD bytes
-                self.handle_error(None, conn.sock, conn.addr, http_errors.LimitRequestHeaders(
+            if not _head_ends(gu.buffered(conn.parser)):  # over MAX_HEAD bytes
+                self.handle_error(None, conn.sock, conn.addr, gu.LimitRequestHeaders(
                     f"request head over {MAX_HEAD} bytes"))
                 self._close(conn)
                 continue
             try:
                 req = next(conn.parser)
-                if req._expected_100_continue:  # gunicorn answers "100 Continue" blocking
+                if gu.expects_continue(req):  # gunicorn answers "100 Continue" blocking
                     self._to_thread(conn, (req, None, {}))
                     continue
-                resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
-            except (StopIteration, http_errors.NoMoreData, OSError):
+                resp, environ = gu.create(req, conn.sock, conn.addr, conn.server, self.cfg)
+            except (StopIteration, gu.NoMoreData, OSError):
                 self._close(conn)
                 continue
             except Exception as exc:  # noqa: BLE001 - an unparseable request: problem+json
@@ -361,22 +353,23 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                 self._close(conn)
                 continue
             environ["wsgi.multithread"] = True
-            if self.inline is not None and environ.get("CONTENT_LENGTH") in (None, "", "0") \
-                    and "HTTP_TRANSFER_ENCODING" not in environ and self.inline(environ):
+            if self.lane is not None and environ.get("CONTENT_LENGTH") in (None, "", "0") \
+                    and "HTTP_TRANSFER_ENCODING" not in environ and self.lane.inline(environ):
                 inline.append((conn, req, resp, environ))
             else:
                 self._to_thread(conn, (req, resp, environ))
-        if inline and self.prefetch is not None:
-            self.prefetch([item[3] for item in inline])
+        if inline and self.lane is not None:
+            self.lane.prefetch([item[3] for item in inline])
         more: list[_Conn] = []
         for conn, req, resp, environ in inline:
             if not environ.get(CARD):  # no answer from the batch: the app needs a thread
                 self._to_thread(conn, (req, resp, environ))
                 continue
-            resp.sock = gather = _Gather()
-            keep = self._respond(conn, req, resp, environ, self.answer)
+            gather = _Gather()
+            gu.redirect(resp, gather)
+            keep = self._respond(conn, req, resp, environ, self.lane and self.lane.answer)
             if keep is None:  # the lane declined (e.g. 429): Flask answers, in a thread
-                resp.sock = conn.sock
+                gu.redirect(resp, conn.sock)
                 self._to_thread(conn, (req, resp, environ))
                 continue
             out = b"".join(gather.parts)
@@ -412,10 +405,10 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
         try:
             conn.sock.settimeout(READ_TIMEOUT_SECONDS)
             if resp is None:
-                resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
+                resp, environ = gu.create(req, conn.sock, conn.addr, conn.server, self.cfg)
                 environ["wsgi.multithread"] = True
             keep = bool(self._respond(conn, req, resp, environ))
-        except (http_errors.NoMoreData, OSError):
+        except (gu.NoMoreData, OSError):
             keep = False
         except Exception as exc:  # noqa: BLE001 - e.g. a malformed header: problem+json
             self.handle_error(req, conn.sock, conn.addr, exc)
@@ -492,7 +485,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, base.Worker):
                     body.close()
             if resp.should_close():
                 return False
-            return bool(conn.parser.finish_body(deadline=time.monotonic() + BODY_DRAIN_SECONDS))
+            return gu.finish_body(conn.parser, time.monotonic() + BODY_DRAIN_SECONDS)
         except OSError:
             return False
         except Exception as exc:  # noqa: BLE001 - the app's errors are its own; this is ours

@@ -7,13 +7,15 @@ provisional maths and the search rules on top.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import class_row
 
+from crm_service.customers import cards
 from crm_service.storage.score_reads import SCORE_COLUMNS
 
 HISTORY = 5  # tier transitions shown
@@ -79,35 +81,56 @@ WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
   AND NOT {stale}
 """.format(stale=_STALE.format(c="c.id"))
 
-_TIER_CARDS = """
-SELECT c.id, (SELECT row_to_json(card) FROM (
-           SELECT c.id AS customer_id, r.id AS run_id, r.as_of, false AS provisional,
-                  NULL::date AS provisional_as_of, s.tier, s.tier_since, s.value_segment,
-                  s.rfm_segment, s.recommended_action, s.churn_risk, s.churn_probability,
-                  s.clv_12m, s.p_alive, {transitions} AS recent_transitions) card)::text
-""".format(transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(join="")
+def _select(card: tuple[cards.Field, ...], exprs: dict[str, str]) -> str:
+    """The select list of a card: each field of the card's definition, by its expression here."""
+    missing = [f.name for f in card if f.name not in exprs]
+    extra = set(exprs) - set(cards.names(card))
+    if missing or extra:
+        raise RuntimeError(f"the SQL card and its definition disagree: no expression for "
+                           f"{missing}, expressions for no field {sorted(extra)}")
+    return ", ".join(f"{exprs[f.name]} AS {f.name}" for f in card)
+
+
+_TIER_SQL = {
+    "customer_id": "c.id", "run_id": "r.id", "as_of": "r.as_of", "provisional": "false",
+    "provisional_as_of": "NULL::date",
+    **{name: f"s.{name}" for name in (
+        "tier", "tier_since", "value_segment", "rfm_segment", "recommended_action",
+        "churn_risk", "churn_probability", "clv_12m", "p_alive")},
+    "recent_transitions": _TRANSITIONS.format(c="c.id"),
+}
+
+_TIER_CARDS = ("SELECT c.id, (SELECT row_to_json(card) FROM (SELECT "
+               + _select(cards.TIER_CARD, _TIER_SQL) + ") card)::text"
+               + _CARD_FROM.format(join=""))
 
 # Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
 _ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
             " || CASE WHEN date_part('microseconds', {t})::int %% 1000000 = 0 THEN ''"
             " ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00'")
 
-_PROFILE_CARDS = """
-SELECT c.id, (SELECT row_to_json(card) FROM (
-           SELECT c.id AS customer_id, cu.created_at, cu.updated_at,
-                  CASE WHEN %(pii)s THEN (SELECT row_to_json(ct) FROM (
-                      SELECT cu.email, cu.phone, cu.name) ct) END AS contact,
-                  CASE WHEN %(pii)s THEN {identities} END AS identities,
-                  {channels} AS orders_by_channel,
-                  r.id AS run_id, r.as_of, {scored_at} AS scored_at, r.churn_horizon_days,
-                  false AS provisional, s.tier, s.tier_since, s.value_segment, s.rfm_segment,
-                  s.recommended_action,
-                  (SELECT row_to_json(sc) FROM (SELECT {{scores}}) sc) AS scores,
-                  {transitions} AS recent_transitions) card)::text
-""".format(identities=_IDENTITIES.format(c="c.id"), channels=_CHANNELS.format(c="c.id"),
-           scored_at=_ISO_UTC.format(t="r.finished_at"),
-           transitions=_TRANSITIONS.format(c="c.id")) + _CARD_FROM.format(
-    join="JOIN customers cu ON cu.customer_id = c.id")
+SCORES = tuple(c for c in SCORE_COLUMNS if c != "customer_id")
+
+_PROFILE_SQL = {
+    "customer_id": "c.id", "created_at": "cu.created_at", "updated_at": "cu.updated_at",
+    "contact": "CASE WHEN %(pii)s THEN (SELECT row_to_json(ct) FROM (SELECT "
+               + ", ".join(f"cu.{f.name}" for f in cards.CONTACT) + ") ct) END",
+    "identities": f"CASE WHEN %(pii)s THEN {_IDENTITIES.format(c='c.id')} END",
+    "orders_by_channel": _CHANNELS.format(c="c.id"),
+    "run_id": "r.id", "as_of": "r.as_of", "scored_at": _ISO_UTC.format(t="r.finished_at"),
+    "churn_horizon_days": "r.churn_horizon_days", "provisional": "false",
+    **{name: f"s.{name}" for name in (
+        "tier", "tier_since", "value_segment", "rfm_segment", "recommended_action")},
+    # numeric columns as float8, as the Flask view's jsonable() gives them
+    "scores": "(SELECT row_to_json(sc) FROM (SELECT " + ", ".join(
+        f"s.{c}::float8 AS {c}" if c in ("monetary_value", "historic_spend") else f"s.{c}"
+        for c in SCORES) + ") sc)",
+    "recent_transitions": _TRANSITIONS.format(c="c.id"),
+}
+
+_PROFILE_CARDS = ("SELECT c.id, (SELECT row_to_json(card) FROM (SELECT "
+                  + _select(cards.PROFILE_CARD, _PROFILE_SQL) + ") card)::text"
+                  + _CARD_FROM.format(join="JOIN customers cu ON cu.customer_id = c.id"))
 
 # Without a live run the profile still answers (scores null).
 _PROFILE_ONLY = "SELECT NULL, NULL, NULL, NULL, false, {nulls}, '[]'::json, false {extra}"
@@ -117,12 +140,6 @@ SELECT (ordered_at AT TIME ZONE %(tz)s)::date AS day, sum(amount)::float8
 FROM orders WHERE customer_id = %(c)s AND status = 'paid'
 GROUP BY day ORDER BY day
 """
-
-SCORES = tuple(c for c in SCORE_COLUMNS if c != "customer_id")
-# numeric columns as float8, as the Flask view's jsonable() gives them
-_PROFILE_CARDS = _PROFILE_CARDS.format(scores=", ".join(
-    f"s.{c}::float8 AS {c}" if c in ("monetary_value", "historic_spend") else f"s.{c}"
-    for c in SCORES))
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,44 @@ def occasion_days(conn: psycopg.Connection, customer_id: str,
                   timezone: str) -> list[tuple[date, float]]:
     """The customer's purchase occasions (day in ``timezone``, amount), oldest first."""
     return conn.execute(_OCCASIONS, {"tz": timezone, "c": customer_id}).fetchall()
+
+
+class StatementWatch(Protocol):
+    """Watches one statement at a time on a connection's socket (the lane's watchdog)."""
+
+    def arm(self, fd: int) -> None:
+        """A statement begins on the socket ``fd``."""
+
+    def disarm(self) -> bool:
+        """The statement is over; True if the watch cut its connection."""
+
+
+def watched_cards(pool: Any, asks: list[tuple[list[str], bool, bool]], watch: StatementWatch,
+                  *, stale_seconds: float) -> list[dict[str, bytes]]:
+    """:func:`card_json` for each ``(ids, profile, contact)`` ask, on one pooled connection.
+
+    Each statement is watched by ``watch`` (which may cut the connection's socket when it
+    takes too long; the connection is then closed, so the pool does not hand it out again).
+    A connection that breaks within ``stale_seconds`` (left over from before a database
+    restart) is retried once on another; other errors are raised.
+    """
+    for attempt in (1, 2):
+        began = time.monotonic()
+        try:
+            with pool.connection() as conn:
+                answers = []
+                for ids, profile, contact in asks:
+                    watch.arm(conn.pgconn.socket)
+                    try:
+                        answers.append(card_json(conn, ids, profile=profile, contact=contact))
+                    finally:
+                        if watch.disarm():
+                            conn.close()
+                return answers
+        except psycopg.OperationalError:
+            if attempt == 2 or time.monotonic() - began > stale_seconds:
+                raise
+    raise AssertionError("unreachable")
 
 
 def card_json(conn: psycopg.Connection, customer_ids: list[str], *, profile: bool,
