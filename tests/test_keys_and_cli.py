@@ -65,6 +65,34 @@ def test_verified_keys_cache_successes_only_for_the_ttl(conn):
     assert api_keys.VerifiedKeys(0).verify(connection, token) is None
 
 
+def test_a_key_in_use_is_refreshed_before_it_expires(dsn, conn):
+    """cached(..., refresh=) re-verifies in the background once half the TTL has passed, so a
+    key in steady use never expires; a revocation still takes effect within the TTL."""
+    import psycopg
+
+    @contextmanager
+    def connection():
+        with psycopg.connect(dsn) as own:  # the refresh runs on its own thread
+            yield own
+
+    _, token = api_keys.create_key(conn, "steady", ["scores:read"])
+    conn.commit()
+    cache = api_keys.VerifiedKeys(0.6)
+    assert cache.cached(token, refresh=connection) is None  # never verified: no refresh
+    assert cache.verify(connection, token).name == "steady"
+    deadline = time.monotonic() + 3  # five TTLs: only refreshes can keep it cached
+    while time.monotonic() < deadline:
+        assert cache.cached(token, refresh=connection) is not None, "expired while in use"
+        time.sleep(0.02)
+    api_keys.revoke_key(conn, token.split("_")[1])
+    conn.commit()
+    revoked_at = time.monotonic()
+    while cache.cached(token, refresh=connection) is not None:
+        assert time.monotonic() - revoked_at < 0.6 + 0.1, "a revoked key outlived the TTL"
+        time.sleep(0.02)
+    assert cache.cached(token) is None  # without refresh nothing brings it back
+
+
 def test_key_errors(conn, cli_env):
     r = run("keys", "create", "--name", "x", "--scopes", "orders:write,everything")
     assert r.exit_code == 2 and "unknown scope(s): everything" in r.output  # usage error

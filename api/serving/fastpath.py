@@ -195,7 +195,7 @@ class LookupLane:
             return None
         keys = self.services.keys
         key = keys.verify(self.services.reader.connection, token) if verify \
-            else keys.cached(token)
+            else keys.cached(token, refresh=self.services.reader.connection)
         if key is None:
             return None
         if key.allows(READ_SCORES) or (kind == "profile" and key.allows(READ_CUSTOMERS)):
