@@ -4,7 +4,6 @@
 batches lookups), ``fastpath`` (the batched lane for ``/tier`` and the profile, behind the
 :class:`~api.serving.fastpath.BatchingLane` interface), ``gunicorn_adapter`` (every gunicorn
 internal used, checked when a worker starts; the only module that imports gunicorn),
-``balance`` (connections shared evenly by the workers, one CPU each), ``gunicorn_hooks``
-(gunicorn settings module). May import ``crm_service``; nothing in ``api`` imports it but the
-factory and ``api.auth``.
+``gunicorn_hooks`` (gunicorn settings module). May import ``crm_service``; nothing in ``api``
+imports it but the factory and ``api.auth``.
 """

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from api.serving import balance
 from api.serving import gunicorn_adapter as gu
 from api.serving.fastpath import CARD, BatchingLane
 
@@ -210,10 +209,6 @@ class ProblemKeepAliveWorker(_ProblemErrors, gu.Worker):
         self.accepting = False
         self.accept_paused = False  # out of file descriptors: until the next sweep
         self.counting = threading.Lock()  # self.nr, counted by the loop and the threads
-        self.seat = balance.TABLE.join()  # connections balanced across the workers
-        cpu = balance.pin(self.seat, self.cfg.workers)
-        if cpu is not None:
-            self.log.debug("worker %s pinned to CPU %s", os.getpid(), cpu)
         super().init_process()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -245,10 +240,8 @@ class ProblemKeepAliveWorker(_ProblemErrors, gu.Worker):
                     batch[id(key.data)] = key.data
             if batch:
                 ready.extend(self._serve(list(batch.values())))
-            self.seat.publish(len(self.conns))
             self._accept_enabled(len(self.conns) < self.cfg.worker_connections
-                                 and not self.accept_paused
-                                 and self.seat.may_accept(len(self.conns)))
+                                 and not self.accept_paused)
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break
@@ -260,7 +253,6 @@ class ProblemKeepAliveWorker(_ProblemErrors, gu.Worker):
                     self._close(conn)
                 self.accept_paused = False
         self._accept_enabled(False)
-        self.seat.leave()
         self.pool.shutdown(wait=True)
         self._back_from_threads()
         for conn in list(self.conns.values()):
@@ -278,8 +270,7 @@ class ProblemKeepAliveWorker(_ProblemErrors, gu.Worker):
 
     def _accept(self, listener: Any) -> None:
         for _ in range(16):
-            if len(self.conns) >= self.cfg.worker_connections \
-                    or not self.seat.may_accept(len(self.conns)):
+            if len(self.conns) >= self.cfg.worker_connections:
                 return
             try:
                 client, addr = listener.accept()
@@ -296,7 +287,6 @@ class ProblemKeepAliveWorker(_ProblemErrors, gu.Worker):
             gu.close_on_exec(client)
             conn = _Conn(client, addr, listener.getsockname(), self.cfg)
             self.conns[client.fileno()] = conn
-            self.seat.publish(len(self.conns))
             self._watch(conn)
 
     def _watch(self, conn: _Conn) -> None:
