@@ -16,6 +16,7 @@ from api.schemas import CustomerProfileSchema, CustomerTierSchema
 from crm_service.customers import cards, profiles
 from crm_service.scoring import run_scoring
 from crm_service.storage import lookups
+from tests.test_fastpath import ids
 
 _KINDS = {cards.STRING: fields.String, cards.DATE: fields.String,
           cards.TIMESTAMP: fields.String, cards.INTEGER: fields.Integer,
@@ -90,20 +91,11 @@ def test_problems_finds_what_differs():
     assert cards.problems(cards.TRANSITION, {k: v for k, v in good.items() if k != "as_of"})
 
 
-def _ids(conn, run_id, n):
-    rows = conn.execute(
-        "SELECT customer_id FROM (SELECT customer_id, row_number() OVER (PARTITION BY tier"
-        " ORDER BY customer_id) AS k FROM customer_scores WHERE run_id = %s) x"
-        " ORDER BY k, customer_id LIMIT %s", (run_id, n)).fetchall()
-    conn.commit()
-    return [r[0] for r in rows]
-
-
 def test_every_path_answers_the_card(cdnow_loaded, settings, app, client, make_token):
     """The SQL card, the lane, the Flask views and the provisional answer, for every tier, with
     and without contact details, all match the one definition."""
     run = run_scoring(cdnow_loaded, settings, as_of=date(1998, 6, 30))
-    some = _ids(cdnow_loaded, run.run_id, 60)
+    some = ids(cdnow_loaded, run.run_id, 60)
     admin = {"Authorization": f"Bearer {make_token('admin')}"}
     r = client.post("/v1/customers", headers=admin, json={"customers": [{
         "customer_id": cid, "email": f"{cid}@example.com", "phone": "+86 138 0000 0001",

@@ -91,6 +91,12 @@ def _select(card: tuple[cards.Field, ...], exprs: dict[str, str]) -> str:
     return ", ".join(f"{exprs[f.name]} AS {f.name}" for f in card)
 
 
+def _cards_statement(card: tuple[cards.Field, ...], exprs: dict[str, str], join: str) -> str:
+    """The statement building ``card`` as JSON text for each customer id asked for."""
+    return ("SELECT c.id, (SELECT row_to_json(card) FROM (SELECT " + _select(card, exprs)
+            + ") card)::text" + _CARD_FROM.format(join=join))
+
+
 _TIER_SQL = {
     "customer_id": "c.id", "run_id": "r.id", "as_of": "r.as_of", "provisional": "false",
     "provisional_as_of": "NULL::date",
@@ -100,9 +106,7 @@ _TIER_SQL = {
     "recent_transitions": _TRANSITIONS.format(c="c.id"),
 }
 
-_TIER_CARDS = ("SELECT c.id, (SELECT row_to_json(card) FROM (SELECT "
-               + _select(cards.TIER_CARD, _TIER_SQL) + ") card)::text"
-               + _CARD_FROM.format(join=""))
+_TIER_CARDS = _cards_statement(cards.TIER_CARD, _TIER_SQL, join="")
 
 # Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
 _ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
@@ -128,9 +132,8 @@ _PROFILE_SQL = {
     "recent_transitions": _TRANSITIONS.format(c="c.id"),
 }
 
-_PROFILE_CARDS = ("SELECT c.id, (SELECT row_to_json(card) FROM (SELECT "
-                  + _select(cards.PROFILE_CARD, _PROFILE_SQL) + ") card)::text"
-                  + _CARD_FROM.format(join="JOIN customers cu ON cu.customer_id = c.id"))
+_PROFILE_CARDS = _cards_statement(cards.PROFILE_CARD, _PROFILE_SQL,
+                                  join="JOIN customers cu ON cu.customer_id = c.id")
 
 # Without a live run the profile still answers (scores null).
 _PROFILE_ONLY = "SELECT NULL, NULL, NULL, NULL, false, {nulls}, '[]'::json, false {extra}"
