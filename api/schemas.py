@@ -9,7 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from crm_service.audiences.audience import SORTS
 from crm_service.platform.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
 from crm_service.storage.runs import RUN_STATUSES
-from crm_service.vocabulary import CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
+from crm_service.vocabulary import ALIVE_NOTES, CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
     "invalid": "must be a string", "null": "must not be null", "required": "required"}
@@ -268,6 +268,13 @@ class CustomerScoresSchema(Schema):
     last_purchase = fields.String()
     avg_days_between_orders = fields.Float(allow_none=True)
     p_alive = fields.Float(metadata={"example": 0.82})
+    p_alive_note = fields.String(allow_none=True, metadata={
+        "enum": list(ALIVE_NOTES),
+        "description": "why P(alive) and the churn band may look contradictory: "
+                       "not_estimated (BG/NBD is selected and the customer has no repeat "
+                       "purchase: its P(alive) is 1 by assumption), infrequent_buyer "
+                       "(P(alive) >= 0.9 with a high churn risk: probably still a customer, "
+                       "but no order expected within the churn horizon); null otherwise"})
     expected_purchases_30 = fields.Float()
     expected_purchases_90 = fields.Float()
     expected_purchases_365 = fields.Float()
@@ -275,6 +282,16 @@ class CustomerScoresSchema(Schema):
         "description": "as_of + median wait, when P(alive) >= 0.5"})
     expected_spend = fields.Float(allow_none=True)
     clv_12m = fields.Float(allow_none=True)
+    purchases_365_p10 = fields.Integer(allow_none=True, metadata={
+        "example": 1, "description": "10th percentile of the customer's purchases in the next "
+                                     "365 days (the 80% interval's low end)"})
+    purchases_365_p90 = fields.Integer(allow_none=True, metadata={
+        "example": 3, "description": "90th percentile of purchases in the next 365 days"})
+    spend_365_p10 = fields.Float(allow_none=True, metadata={
+        "example": 40.0, "description": "10th percentile of spend in the next 365 days "
+                                        "(undiscounted; null for runs before intervals)"})
+    spend_365_p90 = fields.Float(allow_none=True, metadata={
+        "example": 260.0, "description": "90th percentile of spend in the next 365 days"})
     churn_probability = fields.Float(allow_none=True, metadata={
         "example": 0.37, "description": "P(no purchase in the next churn_horizon_days)"})
     churn_risk = fields.String(allow_none=True, metadata={"enum": list(CHURN_RISKS)})
@@ -310,6 +327,7 @@ class CustomerTierSchema(Schema):
     churn_probability = fields.Float(allow_none=True)
     clv_12m = fields.Float(allow_none=True)
     p_alive = fields.Float(allow_none=True)
+    p_alive_note = fields.String(allow_none=True, metadata={"enum": list(ALIVE_NOTES)})
     run_id = fields.Integer()
     as_of = fields.String()
     recent_transitions = fields.List(fields.Nested(TierTransitionSchema))

@@ -35,6 +35,7 @@ from crm_service.platform.db import DatabaseError, connect, describe_dsn, redact
 from crm_service.scoring.dates import StaleScoringDateError
 from crm_service.storage import policies, runs
 from crm_service.vocabulary import CHURN_RISKS, SCOPES
+from models.purchase import PURCHASE_MODELS
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -488,7 +489,7 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
     done = "dry run, NOT published" if run.get("dry_run") else "published"
     click.echo(f"run {run['run_id']} {done}: {counts['customers']} customers "
                f"({counts['repeat_buyers']} repeat buyers) as of {run['as_of']}")
-    for name, label in (("bgnbd", "BG/NBD"), ("pareto_nbd", "Pareto/NBD")):
+    for name, label in ((n, cls.label) for n, cls in PURCHASE_MODELS.items()):
         m = models.get(name) or {"error": "not fitted"}
         if "error" in m:
             click.echo(f"{label}: did not converge ({m['error']})")

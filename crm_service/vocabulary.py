@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from models.segments import (
     ACTIONS,
+    ALIVE_NOTES,
     CHURN_RISKS,
     DEFAULT_ACTIONS,
     RFM_SEGMENTS,
@@ -31,5 +32,6 @@ RUN_EVENT_TYPES = EVENT_TYPES[:5]
 SCOPES = ("orders:write", "customers:read", "customers:write", "scores:read", "runs:write",
           "webhooks:write", "metrics:read", "admin")
 
-__all__ = ["ACTIONS", "ACTION_SITUATIONS", "CHURN_RISKS", "DEFAULT_ACTIONS", "EVENT_TYPES",
+__all__ = ["ACTIONS", "ACTION_SITUATIONS", "ALIVE_NOTES", "CHURN_RISKS", "DEFAULT_ACTIONS",
+           "EVENT_TYPES",
            "RFM_SEGMENTS", "RUN_EVENT_TYPES", "SCOPES", "TIERS", "VALUE_SEGMENTS"]

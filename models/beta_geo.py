@@ -71,6 +71,12 @@ class BetaGeoModel(PurchaseMLEModel):
 
     label = "BG/NBD"
     _likelihood = staticmethod(_log_likelihood_terms)
+    # Given alive at T with x repeat purchases, p ~ Beta(a, b + x + _b_offset) a posteriori:
+    # BG/NBD has survived x coin flips (one after each repeat purchase); MBG/NBD one more, the
+    # flip right after the first purchase.
+    _b_offset = 0.0
+    # BG/NBD's P(alive) is 1 for every customer without a repeat purchase, by assumption.
+    one_time_buyers_assumed_alive = True
 
     def _default_start(self, hist: RFMHistogram) -> list[float]:
         return [1.0, max(float(np.mean(hist.T)), 1e-9), 1.0, 1.0]
@@ -121,6 +127,46 @@ class BetaGeoModel(PurchaseMLEModel):
         quiet = np.exp(-(r + x) * np.log1p(t / (alpha + big_t)))
         return 1.0 - alive * (1.0 - quiet)
 
+    def purchase_pmf_if_alive(self, t: float, frequency: NDArray[np.float64],
+                              T: NDArray[np.float64], k_max: int) -> NDArray[np.float64]:  # noqa: N803
+        """P(Y(t) = k | alive at T, x), k = 0..k_max, one row per customer (rows x k_max+1).
+
+        Given alive at T, lambda ~ Gamma(r+x, alpha+T) and p ~ Beta(a, b+x+offset) a
+        posteriori. With N(t) ~ Poisson(lambda t) the purchases of an immortal customer, a live
+        customer makes k >= 1 purchases if they survive the first k-1 flips and then either
+        drop out after the k-th purchase or survive it with N(t) = k exactly (the argument of
+        FHL 2005, eq. 8, started at T):
+
+            P(Y = 0) = NB(0),
+            P(Y = k) = E[(1-p)^k] NB(k) + E[p (1-p)^(k-1)] P(N >= k),   k >= 1,
+
+        NB the negative binomial pmf of N(t) after integrating over lambda, and
+        E[(1-p)^k] = B(a, b'+k)/B(a, b'), E[p (1-p)^(k-1)] = B(a+1, b'+k-1)/B(a, b'),
+        b' = b+x+offset. Every factor is built by its ratio recurrence in k (logs of ratios,
+        no special function per k), so the cost is a few array operations per k.
+        """
+        r, alpha, a, b = self._params()
+        x = np.asarray(frequency, dtype=np.float64)[:, None]
+        big_t = np.asarray(T, dtype=np.float64)[:, None]
+        k = np.arange(1, k_max + 1, dtype=np.float64)[None, :]
+        rp, b_post = r + x, b + self._b_offset + x
+        log_pi = -np.log1p(t / (alpha + big_t))          # log P(no purchase in t | lambda)
+        log_rho = np.log(t) - np.log(alpha + big_t + t) if t > 0 else -np.inf
+        # log NB(k) = rp log(pi) + sum_{j<=k} log((rp+j-1)/j) + k log(rho)
+        log_nb = np.concatenate([rp * log_pi, rp * log_pi + np.cumsum(
+            np.log((rp + k - 1) / k) + log_rho, axis=1)], axis=1)
+        nb = np.exp(log_nb)
+        survive = np.clip(1.0 - np.cumsum(nb, axis=1)[:, :-1], 0.0, 1.0)  # P(N >= k), k >= 1
+        # E[(1-p)^k] = prod_{j<=k} (b'+j-1)/(a+b'+j-1),
+        # E[p(1-p)^(k-1)] = a/(a+b'+k-1) E[(1-p)^(k-1)]
+        log_keep = np.cumsum(np.log((b_post + k - 1) / (a + b_post + k - 1)), axis=1)
+        keep_before = np.exp(np.concatenate([np.zeros_like(x), log_keep[:, :-1]], axis=1))
+        out = np.empty((x.shape[0], k_max + 1))
+        out[:, 0] = nb[:, 0]
+        out[:, 1:] = np.exp(log_keep) * nb[:, 1:] + a / (a + b_post + k - 1) * keep_before \
+            * survive
+        return out
+
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
         """E[X(t)] for a customer just acquired (FHL 2005, eq. 7)."""
         r, alpha, a, b = self._params()
@@ -137,7 +183,11 @@ class BetaGeoModel(PurchaseMLEModel):
     def conditional_expected_purchases(self, t: ArrayLike, frequency: ArrayLike,
                                        recency: ArrayLike,
                                        T: ArrayLike) -> NDArray[np.float64]:  # noqa: N803
-        """E[Y(t) | x, t_x, T]: expected purchases in the next ``t`` (FHL 2005, eq. 10)."""
+        """E[Y(t) | x, t_x, T]: expected purchases in the next ``t`` (FHL 2005, eq. 10).
+
+        Written as P(alive) times E[Y(t) | alive], the latter with the posterior
+        p ~ Beta(a, b + x + offset) (offset 0 here, 1 for MBG/NBD: Batislam et al. 2007, eq. 8).
+        """
         r, alpha, a, b = self._params()
         x, t_x, big_t = check_rfm(frequency, recency, T)
         t = np.asarray(t, dtype=np.float64)
@@ -150,10 +200,11 @@ class BetaGeoModel(PurchaseMLEModel):
                       for s in (-1, 1))
             return (lo.conditional_expected_purchases(t, x, t_x, big_t)
                     + hi.conditional_expected_purchases(t, x, t_x, big_t)) / 2
-        c = a + b + x - 1
+        b_post = b + self._b_offset
+        c = a + b_post + x - 1
         z = t / (alpha + big_t + t)
         with np.errstate(all="ignore"):
-            log_hyp = _log_hyp2f1(r + x, b + x, c, z)
+            log_hyp = _log_hyp2f1(r + x, b_post + x, c, z)
             # 1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)
             log_tail = log_hyp + (r + x) * (np.log(alpha + big_t) - np.log(alpha + big_t + t))
             second = -np.expm1(log_tail)
@@ -165,7 +216,7 @@ class BetaGeoModel(PurchaseMLEModel):
                | ((a > 1) & (second > 1)) | (r + x > _SERIES_LIMIT))
         if np.any(bad):
             alive_mean = np.where(bad, 0.0, alive_mean)
-            alive_mean[bad] = _alive_mean_by_quadrature(r, alpha, a, b, t[bad], x[bad],
+            alive_mean[bad] = _alive_mean_by_quadrature(r, alpha, a, b_post, t[bad], x[bad],
                                                         big_t[bad])
         return alive_mean * self.probability_alive(x, t_x, big_t)
 

@@ -65,6 +65,7 @@ def _quadrature(r: float, alpha: float, s: float, beta: float, x: NDArray[np.flo
 
 
 _CUTOFF = 40.0
+_PMF_NODES = np.polynomial.legendre.leggauss(32)
 
 
 def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
@@ -131,6 +132,7 @@ class ParetoNBDModel(PurchaseMLEModel):
     param_names = PARAM_NAMES
 
     label = "Pareto/NBD"
+    one_time_buyers_assumed_alive = False
     _likelihood = staticmethod(_terms_in_blocks)
 
     def _default_start(self, hist: RFMHistogram) -> list[float]:
@@ -200,6 +202,70 @@ class ParetoNBDModel(PurchaseMLEModel):
 
         for_each_block(x.size, _BLOCK, block)
         return (1.0 - alive * (1.0 - quiet)).reshape(shape)
+
+    def purchase_pmf_if_alive(self, t: float, frequency: NDArray[np.float64],
+                              T: NDArray[np.float64], k_max: int) -> NDArray[np.float64]:  # noqa: N803
+        """P(Y(t) = k | alive at T, x), k = 0..k_max, one row per customer (rows x k_max+1).
+
+        Given alive at T, lambda ~ Gamma(r+x, alpha+T) and the remaining lifetime tau is Lomax
+        with survival S(u) = ((beta+T)/(beta+T+u))^s (see :meth:`probability_no_purchases`);
+        the purchases in t are those of the first min(tau, t), so with NB_u the negative
+        binomial pmf of purchases in u (lambda integrated out),
+
+            P(Y = k | alive) = S(t) NB_t(k) + Int_0^t NB_u(k) f(u) du,   f = -S'
+
+        (the integral form of Fader & Hardie 2014, "Deriving the Conditional PMF of the
+        Pareto/NBD Model", http://brucehardie.com/notes/028/, eq. 16, whose hypergeometric
+        terms overflow for heavy buyers; for k = 0 this is P(quiet | alive)). NB_u(k) =
+        C_k pi_u^(r+x) rho_u^k, C_k = G(r+x+k)/(G(r+x) k!), pi_u = (alpha+T)/(alpha+T+u),
+        rho_u = 1 - pi_u, so the integral is sum_g W_g rho_g^k over the Gauss-Legendre nodes
+        of :meth:`probability_no_purchases` (v = log(1 + u/c)), W_g holding the weight, the
+        Jacobian, f and pi^(r+x).
+        """
+        r, alpha, s, beta = self._params()
+        x = np.asarray(frequency, dtype=np.float64)
+        big_t = np.asarray(T, dtype=np.float64)
+        nodes, weights = _PMF_NODES
+        out = np.zeros((x.size, k_max + 1))
+        if t <= 0:
+            out[:, 0] = 1.0
+            return out
+        k = np.arange(k_max + 1, dtype=np.float64)
+        rows = max(1, (1 << 21) // (nodes.size * (k_max + 1)))  # bounded (rows x nodes x k)
+
+        for lo in range(0, x.size, rows):
+            xb, tb = x[lo:lo + rows, None], big_t[lo:lo + rows, None]
+            rp, a_t, b_t = r + xb, alpha + tb, beta + tb
+            c = np.minimum(a_t, b_t)
+            span = np.log1p(t / c)
+            v = span * (nodes + 1) / 2
+            u = c * np.expm1(v)
+            jacobian = c * np.exp(v) * span / 2
+            log_f = np.log(s / b_t) - (s + 1) * np.log1p(u / b_t)
+            log_pi_u = -np.log1p(u / a_t)
+            log_rho_u = np.log(u) - np.log(a_t + u)
+            log_w = np.log(weights) + np.log(jacobian) + log_f + rp * log_pi_u   # rows x g
+            log_ck = np.concatenate([np.zeros_like(rp), np.cumsum(
+                np.log((rp + k[1:] - 1) / k[1:]), axis=1)], axis=1)          # rows x k
+            if float(rp.max()) + k_max <= 300:
+                # sum_g W_g rho_g^k by repeated multiplication (no exp per k), W scaled by its
+                # row maximum: with r+x+k <= 300 no relevant term can underflow.
+                top = log_w.max(axis=1, keepdims=True)
+                weight, rho = np.exp(log_w - top), np.exp(log_rho_u)
+                integral = np.empty((xb.shape[0], k_max + 1))
+                for j in range(k_max + 1):
+                    integral[:, j] = weight.sum(axis=1)
+                    weight *= rho
+                integral *= np.exp(top)
+            else:  # heavy buyers: every term in logs
+                integral = np.exp(log_w[:, :, None]
+                                  + k[None, None, :] * log_rho_u[:, :, None]).sum(axis=1)
+            log_pi_t = -np.log1p(t / a_t)
+            log_rho_t = np.log(t) - np.log(a_t + t) if t > 0 else -np.inf
+            end = np.exp(-s * np.log1p(t / b_t) + rp * log_pi_t
+                         + np.where(k > 0, k * log_rho_t, 0.0))
+            out[lo:lo + rows] = np.exp(log_ck) * (end + integral)
+        return out
 
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:
         """E[X(t)] for a customer just acquired (Fader & Hardie 2005, eq. 17)."""

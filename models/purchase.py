@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from models.beta_geo import BetaGeoModel
+from models.modified_beta_geo import ModifiedBetaGeoModel
 from models.pareto_nbd import ParetoNBDModel
 
+PurchaseModel = BetaGeoModel | ModifiedBetaGeoModel | ParetoNBDModel
+
+# Every candidate of a run's holdout selection, by the name stored with the run.
 PURCHASE_MODELS: dict[str, type[BetaGeoModel] | type[ParetoNBDModel]] = {
     "bgnbd": BetaGeoModel,
+    "mbgnbd": ModifiedBetaGeoModel,
     "pareto_nbd": ParetoNBDModel,
 }
+
+
+def label(name: str) -> str:
+    """The model's name as the literature writes it ("BG/NBD"); the stored name if unknown."""
+    cls = PURCHASE_MODELS.get(name)
+    return cls.label if cls is not None else name
 
 
 def purchase_model(name: str, params: dict[str, float]) -> BetaGeoModel | ParetoNBDModel:

@@ -32,6 +32,9 @@ from numpy.typing import NDArray
 TIERS = ("new", "active", "dormant", "high_value")
 VALUE_SEGMENTS = ("low", "medium", "high")
 CHURN_RISKS = ("low", "medium", "high")  # in rising order of risk
+# Why a customer's P(alive) and churn band may look contradictory (see alive_notes).
+ALIVE_NOTES = ("not_estimated", "infrequent_buyer")
+ALIVE_NOTE_THRESHOLD = 0.9
 # (name, recency lower/upper, frequency lower/upper, monetary lower/upper): rfm 0.3.0.
 RFM_RULES = (
     ("champions", 5, 5, 5, 5, 5, 5),
@@ -312,3 +315,29 @@ def classify_one(policy: TierPolicy, cutoffs: dict[str, Any], *, days_since_firs
         np.array([high_churn_risk]))[0])]
     return {"tier": tier, "value_segment": value, "rfm_recency": r, "rfm_frequency": f,
             "rfm_monetary": m, "rfm_segment": segment, "recommended_action": action}
+
+
+def alive_notes(p_alive: NDArray[np.floating], frequency: NDArray[np.floating],
+                churn_probability: NDArray[np.floating], *, high_risk: float,
+                one_time_buyers_assumed_alive: bool) -> NDArray[np.int8]:
+    """Index into :data:`ALIVE_NOTES` (-1: none) saying why P(alive) and the churn band differ.
+
+    P(alive) is the purchase model's probability that the customer has not left for good;
+    the churn probability is the probability of no order in the next H days. They answer
+    different questions, and two cases look contradictory on a page:
+
+    - ``not_estimated``: the selected model is BG/NBD and the customer has no repeat purchase.
+      BG/NBD lets a customer drop out only right after a repeat purchase (Fader, Hardie & Lee
+      2005, assumption iii), so its P(alive) is 1 for every one-time buyer by assumption, not
+      by evidence; surfaces show it as not estimated.
+    - ``infrequent_buyer``: otherwise, P(alive) >= 0.9 with a high churn risk: probably still
+      a customer, but one who buys so rarely that no order is expected within H days.
+    """
+    p_alive = np.asarray(p_alive, dtype=np.float64)
+    out = np.full(p_alive.shape, -1, dtype=np.int8)
+    high = (np.asarray(churn_probability, dtype=np.float64) >= high_risk) \
+        & (p_alive >= ALIVE_NOTE_THRESHOLD)
+    out[high] = ALIVE_NOTES.index("infrequent_buyer")
+    if one_time_buyers_assumed_alive:
+        out[np.asarray(frequency) == 0] = ALIVE_NOTES.index("not_estimated")
+    return out

@@ -40,7 +40,7 @@ def test_cdnow_scored_without_a_database_matches_the_published_fits():
     assert all(a.shape == (2357,) for a in scored.computed.values())
     assert sum(scored.counts["tiers"].values()) == 2357
     assert scored.models["churn"]["used"] == "btyd_baseline"
-    assert set(scored.stage_seconds) == {"fits", "scores", "churn", "tiers"}
+    assert set(scored.stage_seconds) == {"fits", "scores", "intervals", "churn", "tiers"}
     # The summary built here is the one the SQL builds (same definition, checked elsewhere
     # against PostgreSQL): its calibration arrays are the published CDNOW ones.
     ref = cdnow_rfm()

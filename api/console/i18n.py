@@ -183,6 +183,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "churn_model.ml": ("ML", "机器学习"),
     "churn_model.btyd_baseline": ("BTYD baseline", "BTYD 基线"),
     "model.bgnbd": ("BG/NBD", "BG/NBD"),
+    "model.mbgnbd": ("MBG/NBD", "MBG/NBD"),
     "model.pareto_nbd": ("Pareto/NBD", "Pareto/NBD"),
     "tier.new": ("New", "新客"),
     "tier.active": ("Active", "活跃"),

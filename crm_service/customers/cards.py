@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from crm_service.vocabulary import CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
+from crm_service.vocabulary import ALIVE_NOTES, CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
 
 # JSON kinds: what a field's value is in the answer's JSON.
 STRING, DATE, TIMESTAMP, INTEGER, NUMBER, BOOLEAN, OBJECT, LIST = (
@@ -69,6 +69,8 @@ TIER_CARD: tuple[Field, ...] = (
     Field("churn_probability", NUMBER, nullable=True),
     Field("clv_12m", NUMBER, nullable=True),
     Field("p_alive", NUMBER, nullable=True),
+    # Why P(alive) and the churn band may look contradictory (models.segments.alive_notes).
+    Field("p_alive_note", STRING, nullable=True, words=ALIVE_NOTES),
     Field("recent_transitions", LIST, fields=TRANSITION),
 )
 

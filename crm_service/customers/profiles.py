@@ -26,10 +26,11 @@ from crm_service.audiences.audience import jsonable
 from crm_service.customers.rules import normalize_email, normalize_phone
 from crm_service.errors import ValidationError
 from crm_service.storage import lookups as store
+from models import forecast
 from models.clv import customer_lifetime_value
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import purchase_model
-from models.segments import TierPolicy, classify_one
+from models.segments import ALIVE_NOTES, TierPolicy, alive_notes, classify_one
 
 if TYPE_CHECKING:
     import psycopg
@@ -105,6 +106,13 @@ def _provisional(conn: psycopg.Connection, customer_id: str, run_id: int, as_of:
     next_order = (at + timedelta(days=int(np.ceil(wait)))) \
         if p_alive >= 0.5 and wait < 3650 else None
     medium, high = ctx.risk
+    dist = forecast.purchase_distribution(model, 365, fx, ftx, ft)
+    low, top = (int(v) for v in dist.quantiles()[0])
+    p, q, gamma = (ctx.spend.params_[k] for k in ("p", "q", "v"))
+    factor = forecast.spend_factor_quantiles(dist, p, q)[0] * (gamma + x * monetary)
+    note = int(alive_notes(np.array([p_alive]), fx, np.array([churn]), high_risk=high,
+                           one_time_buyers_assumed_alive=type(
+                               model).one_time_buyers_assumed_alive)[0])
     out: dict[str, Any] = {
         "frequency": x, "recency_days": t_x, "t_days": big_t, "monetary_value": monetary,
         "historic_spend": spend_total, "first_purchase": first, "last_purchase": last,
@@ -114,6 +122,9 @@ def _provisional(conn: psycopg.Connection, customer_id: str, run_id: int, as_of:
         "expected_spend": spend, "clv_12m": clv, "churn_probability": churn,
         "churn_risk": "high" if churn >= high else "medium" if churn >= medium else "low",
         "churn_model": "btyd_baseline",
+        "purchases_365_p10": low, "purchases_365_p90": top,
+        "spend_365_p10": float(factor[0]), "spend_365_p90": float(factor[1]),
+        "p_alive_note": ALIVE_NOTES[note] if note >= 0 else None,
     }
     if ctx.cutoffs:
         was_high = scored is not None and scored.get("tier") == "high_value"

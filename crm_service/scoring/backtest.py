@@ -14,12 +14,10 @@ import numpy as np
 from crm_service.errors import CrmError
 from crm_service.scoring.inputs import RFM, Summary
 from models._fitting import ConvergenceError
-from models.beta_geo import BetaGeoModel
-from models.pareto_nbd import ParetoNBDModel
-from models.purchase import PURCHASE_MODELS
+from models.purchase import PURCHASE_MODELS, PurchaseModel
 from models.rfm import RFMHistogram, compress_with_index
 
-PurchaseModelT = BetaGeoModel | ParetoNBDModel
+PurchaseModelT = PurchaseModel
 
 MIN_CUSTOMERS = 30
 MIN_REPEAT_BUYERS = 10

@@ -37,10 +37,10 @@ from crm_service.scoring.inputs import ChurnInputs
 from models import churn as churn_model
 from models._fitting import ConvergenceError
 from models.beta_geo import BetaGeoModel
-from models.pareto_nbd import ParetoNBDModel
+from models.purchase import PurchaseModel
 from models.rfm import compress_with_index
 
-PurchaseModelT = BetaGeoModel | ParetoNBDModel
+PurchaseModelT = PurchaseModel
 
 log = logging.getLogger(__name__)
 

@@ -141,7 +141,9 @@ class RunInputs:
 COMPUTED = ("p_alive", "expected_purchases_30", "expected_purchases_90",
             "expected_purchases_365", "next_order_days", "expected_spend", "clv_12m",
             "churn_probability", "tier_code", "value_code", "rfm_recency", "rfm_frequency",
-            "rfm_monetary", "rfm_code", "action_code", "tier_since_days")
+            "rfm_monetary", "rfm_code", "action_code", "tier_since_days",
+            "purchases_365_p10", "purchases_365_p90", "spend_365_p10", "spend_365_p90",
+            "alive_note_code")
 
 
 @dataclass

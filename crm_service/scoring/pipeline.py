@@ -25,13 +25,16 @@ from crm_service.scoring.backtest import (
 from crm_service.scoring.churn import score_churn
 from crm_service.scoring.inputs import RunConfig, RunInputs, ScoredRun, Summary
 from crm_service.scoring.segmenting import assign_segments
+from models import forecast
 from models._fitting import ConvergenceError
 from models.clv import customer_lifetime_value, value_deciles
 from models.gamma_gamma import GammaGammaModel
 from models.purchase import PURCHASE_MODELS
 from models.rfm import RFMHistogram, compress_with_index
+from models.segments import ALIVE_NOTES, alive_notes
 
 HORIZONS = (30, 90, 365)
+INTERVAL_DAYS = 365  # the stored intervals: purchases and spend in the next 12 months
 
 
 def score_base(inputs: RunInputs, config: RunConfig) -> ScoredRun:
@@ -70,6 +73,8 @@ def score_base(inputs: RunInputs, config: RunConfig) -> ScoredRun:
     model = fitted[selected]
     computed, counts = _scores(summary, hist, index, model, gg)
     lap("scores")
+    computed.update(_intervals(summary, hist, index, model, gg))
+    lap("intervals")
     baseline = model.probability_no_purchases(horizon, hist.frequency, hist.recency,
                                               hist.T)[index]
     churn = score_churn(inputs.churn, as_of=summary.as_of, horizon=horizon,
@@ -83,8 +88,15 @@ def score_base(inputs: RunInputs, config: RunConfig) -> ScoredRun:
                                        & (churn.probability < high))),
         "high": int(np.count_nonzero(churn.probability >= high)),
     }
+    computed["alive_note_code"] = alive_notes(
+        computed["p_alive"], summary.frequency, churn.probability, high_risk=high,
+        one_time_buyers_assumed_alive=type(model).one_time_buyers_assumed_alive
+    ).astype(np.float64)
+    counts["alive_notes"] = {name: int(np.count_nonzero(computed["alive_note_code"] == i))
+                             for i, name in enumerate(ALIVE_NOTES)}
     lap("churn")
     labels = assign_segments(summary, computed, inputs.policy, inputs.previous, high, counts)
+    labels["alive_notes"] = list(ALIVE_NOTES)
     lap("tiers")
     models = {
         "selected": selected,
@@ -93,6 +105,8 @@ def score_base(inputs: RunInputs, config: RunConfig) -> ScoredRun:
         **{name: {"error": reason} for name, reason in failed.items()},
         "gamma_gamma": _params_json(gg),
         "clv": {"months": 12, "monthly_discount": 0.01, "days_per_month": 30},
+        "intervals": {"days": INTERVAL_DAYS, "levels": list(forecast.LEVELS),
+                      "parameter_uncertainty": False},
         "churn": {**churn.info, "risk_thresholds": {"medium": medium, "high": high}},
         "tier_policy": {"version": inputs.policy_version, **inputs.policy.as_dict()},
     }
@@ -133,6 +147,26 @@ def _params_json(model: Any, log_likelihood: bool = True) -> dict[str, Any]:
     if log_likelihood:
         out["log_likelihood"] = float(model.log_likelihood_)
     return out
+
+
+def _intervals(summary: Summary, hist: RFMHistogram, index: NDArray[np.intp],
+               model: PurchaseModelT, gg: GammaGammaModel) -> dict[str, NDArray[np.float64]]:
+    """Central 80% intervals of each customer's purchases and spend in the next 12 months.
+
+    Computed once per histogram row (``models.forecast``): the purchase quantiles directly,
+    the spend quantiles in the Gamma-Gamma posterior's scale, multiplied per customer by
+    gamma + x m (the scale of their posterior; x = 0 gives the population's).
+    """
+    dist = forecast.purchase_distribution(model, INTERVAL_DAYS, hist.frequency, hist.recency,
+                                          hist.T)
+    counts = dist.quantiles().astype(np.float64)[index]
+    p, q, gamma = (gg.params_[k] for k in ("p", "q", "v"))
+    factor = forecast.spend_factor_quantiles(dist, p, q)[index]
+    scale = gamma + summary.frequency * summary.monetary_value
+    return {
+        "purchases_365_p10": counts[:, 0], "purchases_365_p90": counts[:, 1],
+        "spend_365_p10": factor[:, 0] * scale, "spend_365_p90": factor[:, 1] * scale,
+    }
 
 
 def _scores(summary: Summary, hist: RFMHistogram, index: NDArray[np.intp],

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.purchase import purchase_model
+from models.purchase import label, purchase_model
 
 if TYPE_CHECKING:
     import psycopg
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 PLOTS = ("holdout_by_frequency", "p_alive", "tracking")
 _RENDER_LOCK = threading.Lock()
 LANGUAGES = ("en", "zh-Hans")
-_LABELS = {"bgnbd": "BG/NBD", "pareto_nbd": "Pareto/NBD"}
 
 # The plots' words, in the console's languages. Text is written into the SVG as text (not glyph
 # outlines), so the browser draws it with its own fonts, Chinese included.
@@ -102,7 +101,7 @@ def _by_frequency(ax: Any, data: dict[str, Any], text: dict[str, str]) -> None:
     ax.plot(pos, [r["actual"] for r in first], "ko-", label=text["actual"])
     for name, rows in data["by_frequency"].items():
         ax.plot(pos, [r["predicted"] for r in rows], "--", marker="s",
-                label=text["predicted"].format(model=_LABELS.get(name, name)))
+                label=text["predicted"].format(model=label(name)))
     ax.set_xticks(pos, labels)
     ax.set_xlabel(text["freq_x"].format(date=data["calibration_end"]))
     ax.set_ylabel(text["freq_y"].format(days=data["holdout_days"]))
@@ -124,7 +123,7 @@ def _p_alive(ax: Any, data: dict[str, Any], text: dict[str, str]) -> None:
     ax.figure.colorbar(mesh, ax=ax, label="P(alive)")
     ax.set_xlabel(text["alive_x"].format(days=f"{big_t:.0f}"))
     ax.set_ylabel(text["alive_y"])
-    ax.set_title(text["alive_title"].format(model=_LABELS.get(selected, selected)))
+    ax.set_title(text["alive_title"].format(model=label(selected)))
 
 
 def _tracking(ax: Any, data: dict[str, Any], text: dict[str, str]) -> None:
@@ -132,7 +131,7 @@ def _tracking(ax: Any, data: dict[str, Any], text: dict[str, str]) -> None:
     ax.plot(weeks, data["actual_cumulative"], "k-", label=text["actual"])
     for name, series in data["predicted_cumulative"].items():
         ax.plot(weeks, series, "--",
-                label=text["predicted"].format(model=_LABELS.get(name, name)))
+                label=text["predicted"].format(model=label(name)))
     ax.axvline(np.datetime64(data["calibration_end"]), color="grey", linestyle=":",
                label=text["track_end"])
     ax.set_ylabel(text["track_y"])

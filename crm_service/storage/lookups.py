@@ -102,7 +102,7 @@ _TIER_SQL = {
     "provisional_as_of": "NULL::date",
     **{name: f"s.{name}" for name in (
         "tier", "tier_since", "value_segment", "rfm_segment", "recommended_action",
-        "churn_risk", "churn_probability", "clv_12m", "p_alive")},
+        "churn_risk", "churn_probability", "clv_12m", "p_alive", "p_alive_note")},
     "recent_transitions": _TRANSITIONS.format(c="c.id"),
 }
 

@@ -49,7 +49,9 @@ SELECT {run_id}, s.customer_id, c.frequency::int, c.recency::int, c.t::int,
        (%(tiers)s::text[])[c.tier_code::int + 1], (%(values)s::text[])[c.value_code::int + 1],
        c.rfm_recency::smallint, c.rfm_frequency::smallint, c.rfm_monetary::smallint,
        (%(rfm)s::text[])[c.rfm_code::int + 1], (%(actions)s::text[])[c.action_code::int + 1],
-       %(as_of)s::date - c.tier_since_days::int
+       %(as_of)s::date - c.tier_since_days::int,
+       c.purchases_365_p10::int, c.purchases_365_p90::int, c.spend_365_p10, c.spend_365_p90,
+       (%(alive_notes)s::text[])[c.alive_note_code::int + 1]
 FROM run_customers s JOIN run_computed c USING (i)
 """
 

@@ -17,7 +17,8 @@ SCORE_COLUMNS = (
     "expected_purchases_30", "expected_purchases_90", "expected_purchases_365",
     "expected_next_order", "expected_spend", "clv_12m", "churn_probability", "churn_risk",
     "tier", "value_segment", "rfm_recency", "rfm_frequency", "rfm_monetary", "rfm_segment",
-    "recommended_action", "tier_since",
+    "recommended_action", "tier_since", "purchases_365_p10", "purchases_365_p90",
+    "spend_365_p10", "spend_365_p90", "p_alive_note",
 )
 
 # What a run computes per customer, sent back in row order of run_summary. NaN in
