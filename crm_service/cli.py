@@ -598,8 +598,9 @@ def export_() -> None:
 
 
 @export_.command("scores")
-@click.option("--horizon-days", type=click.IntRange(min=0), default=90, show_default=True,
-              help="Horizon of the expected_purchases column.")
+@click.option("--horizon-days", type=click.IntRange(min=0, max=3650), default=90,
+              show_default=True,
+              help="Horizon of the expected_purchases and purchases_p10/p90 columns.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write to this file (default: standard output).")
 @pass_ctx

@@ -37,6 +37,8 @@ class FitResult:
     log_likelihood: float
     standard_errors: NDArray[np.float64]
     iterations: int
+    # Covariance of the log-parameters (inverse observed information); NaN when skipped.
+    log_covariance: NDArray[np.float64] | None = None
 
 
 # (params, *data) -> (per-row log-likelihood, per-row gradient (k x rows), ...)
@@ -98,6 +100,7 @@ class MLEModel:
                                          strict=True))
         self.log_likelihood_ = log_likelihood
         self.n_customers_ = n
+        self.log_covariance_ = result.log_covariance
 
     def _fitted(self) -> NDArray[np.float64]:
         """The parameters in ``param_names`` order; raises if the model is not fitted."""
@@ -149,14 +152,17 @@ def maximise(objective: Objective, start: NDArray[np.float64], *, name: str,
             "the data cannot identify the model"
         )
     params = np.exp(log_params)
+    cov_log = (_log_covariance(objective, log_params) if standard_errors
+               else np.full((log_params.size, log_params.size), np.nan))
+    var_log = np.clip(np.diag(cov_log), 0, None)
+    # d(exp(u))/du = exp(u): SE(theta) = theta * SE(log theta) (the delta method)
     return FitResult(params=params, log_likelihood=-float(res.fun),
-                     standard_errors=_standard_errors(objective, log_params)
-                     if standard_errors else np.full(log_params.size, np.nan),
-                     iterations=int(res.nit))
+                     standard_errors=params * np.sqrt(var_log), iterations=int(res.nit),
+                     log_covariance=cov_log)
 
 
-def _standard_errors(objective: Objective, log_params: NDArray[np.float64]) -> NDArray[np.float64]:
-    """SEs of the natural parameters via the delta method from the log-scale Hessian.
+def _log_covariance(objective: Objective, log_params: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Covariance of the log-parameters: the inverse of the log-scale Hessian (NaN if singular).
 
     The Hessian is a forward difference of the analytic gradient (k + 1 gradient evaluations,
     not 2k): at the optimum its O(h) error is far below the sampling error it describes.
@@ -171,12 +177,9 @@ def _standard_errors(objective: Objective, log_params: NDArray[np.float64]) -> N
         hess[:, i] = (objective(up)[1] - g0) / h
     hess = (hess + hess.T) / 2
     try:
-        cov_log = np.linalg.inv(hess)
+        return np.linalg.inv(hess)
     except np.linalg.LinAlgError:
-        return np.full(k, np.nan)
-    var_log = np.clip(np.diag(cov_log), 0, None)
-    # d(exp(u))/du = exp(u): SE(theta) = theta * SE(log theta)
-    return np.exp(log_params) * np.sqrt(var_log)
+        return np.full((k, k), np.nan)
 
 
 class PurchaseMLEModel(MLEModel):

@@ -76,6 +76,20 @@ class PurchaseDistribution:
         """Number of rows."""
         return int(self.frequency.size)
 
+    def take(self, index: NDArray[np.intp]) -> PurchaseDistribution:
+        """Row ``index[i]``'s distribution as row i (histogram rows spread to customers)."""
+        block_of = np.empty(self.size, dtype=np.intp)
+        row_in = np.empty(self.size, dtype=np.intp)
+        for b, (rows, _) in enumerate(self.blocks):
+            block_of[rows], row_in[rows] = b, np.arange(rows.size)
+        out = PurchaseDistribution(self.t, self.frequency[index])
+        blocks = block_of[index]
+        for b, (_, pmf) in enumerate(self.blocks):
+            members = np.flatnonzero(blocks == b)
+            if members.size:
+                out.blocks.append((members, pmf[row_in[index[members]]]))
+        return out
+
     def quantiles(self, levels: tuple[float, ...] = LEVELS) -> NDArray[np.int64]:
         """Smallest k with P(Y <= k) >= level, per row and level (rows x levels)."""
         out = np.zeros((self.size, len(levels)), dtype=np.int64)

@@ -83,6 +83,23 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "customer.rfm_scores": ("R {r} · F {f} · M {m}", "R {r} · F {f} · M {m}"),
     "customer.clv": ("12-month CLV", "12 个月 CLV"),
     "customer.p_alive": ("P(alive)", "活跃概率"),
+    "customer.p_alive_not_estimated": ("not estimated", "未估计"),
+    "alive_note.not_estimated": (
+        "BG/NBD, the selected model, assumes a customer without a repeat purchase has not "
+        "left; it cannot tell whether they have. The churn probability is the better guide.",
+        "当前选用的 BG/NBD 模型假定没有复购的客户仍然活跃，无法判断其是否已流失；"
+        "请以流失概率为准。"),
+    "alive_note.infrequent_buyer": (
+        "Probably still a customer, but one who buys rarely: no order is expected within "
+        "{days} days, hence the high churn risk.",
+        "很可能仍是客户，但购买频率低：预计 {days} 天内不会下单，因此流失风险高。"),
+    "customer.forecast": ("Next 12 months", "未来 12 个月"),
+    "customer.forecast_range": ("likely {lo} to {hi} orders, {slo} to {shi} {currency}",
+                                "预计 {lo} 至 {hi} 单，{slo} 至 {shi} {currency}"),
+    "customer.forecast_note": ("80% interval of this customer's own future",
+                               "该客户自身未来的 80% 区间"),
+    "customer.forecast_none": ("no interval in this run (scored before intervals existed)",
+                               "此评分批次无区间（早于区间功能）"),
     "customer.churn": ("Churn probability", "流失概率"),
     "customer.churn_horizon": ("chance of no purchase in the next {days} days",
                                "未来 {days} 天内不再购买的概率"),

@@ -60,7 +60,8 @@ def iter_run_scores(conn: psycopg.Connection, run_id: int,
         cur.execute(
             "SELECT customer_id, frequency, recency_days, t_days, monetary_value, p_alive,"
             " clv_12m, churn_probability, churn_risk, tier, value_segment, rfm_segment,"
-            " recommended_action FROM customer_scores WHERE run_id = %s"
+            " recommended_action, p_alive_note, spend_365_p10, spend_365_p90"
+            " FROM customer_scores WHERE run_id = %s"
             " ORDER BY customer_id", (run_id,))
         yield from cur
 
