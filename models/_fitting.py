@@ -177,7 +177,7 @@ def _log_covariance(objective: Objective, log_params: NDArray[np.float64]) -> ND
         hess[:, i] = (objective(up)[1] - g0) / h
     hess = (hess + hess.T) / 2
     try:
-        return np.linalg.inv(hess)
+        return np.asarray(np.linalg.inv(hess), dtype=np.float64)
     except np.linalg.LinAlgError:
         return np.full((k, k), np.nan)
 
