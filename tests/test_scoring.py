@@ -119,7 +119,8 @@ def test_export_scores_csv(cdnow_loaded, settings, cli_env, tmp_path):
     assert list(rows[0]) == ["customer_id", "tier", "value_segment", "rfm_segment", "frequency",
                              "recency_days", "T_days", "monetary_value", "p_alive",
                              "expected_purchases", "clv_12m", "churn_probability", "churn_risk",
-                             "recommended_action"]
+                             "recommended_action", "purchases_p10", "purchases_p90",
+                             "spend_365_p10", "spend_365_p90", "p_alive_note"]
     selected = result.models["selected"]
     model = purchase_model(selected, result.models[selected]["params"])
     x, t_x, big_t = (np.array([float(r[k]) for r in rows])
