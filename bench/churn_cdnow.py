@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from datetime import date, timedelta
@@ -100,7 +101,8 @@ def main() -> None:
     ap.add_argument("--only-goal", action="store_true", help="just as of 1998-03-31, H = 90")
     a = ap.parse_args()
     dsn, data_dir = fresh_database()
-    settings = load_settings({"DATABASE_URL": dsn, "CRM_DATA_DIR": str(data_dir)})
+    settings = load_settings({"DATABASE_URL": dsn, "CRM_DATA_DIR": str(data_dir),
+                              "CRM_SECRET_KEY": os.environ["CRM_SECRET_KEY"]})
     csv_path = data_dir / "cdnow_master.csv"
     write_master_csv(csv_path)
     with connect(dsn, settings) as conn:

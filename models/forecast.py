@@ -154,7 +154,11 @@ def purchase_distribution(model: CountModel, t: float, frequency: ArrayLike,
     while pending.size:
         take = pending[need[pending] <= k_max] if k_max < (1 << 16) else pending
         if take.size:
-            pmf = model.purchase_pmf_if_alive(float(t), x[take], big_t[take], k_max)
+            # bounded memory: (rows x k) arrays of at most ~2M values at a time
+            step = max(1, (1 << 21) // (k_max + 1))
+            pmf = np.concatenate([model.purchase_pmf_if_alive(float(t), x[part], big_t[part],
+                                                              k_max)
+                                  for part in np.array_split(take, -(-take.size // step))])
             full = pmf * alive[take, None]
             full[:, 0] += 1.0 - alive[take]
             enough = pmf.sum(axis=1) >= 1.0 - _TAIL

@@ -28,6 +28,7 @@ _TIER_EXAMPLE = {
     "provisional_as_of": None, "tier": "high_value", "tier_since": "2026-09-30",
     "value_segment": "high", "rfm_segment": "champions", "recommended_action": "vip_care",
     "churn_risk": "low", "churn_probability": 0.08, "clv_12m": 1834.2, "p_alive": 0.97,
+    "p_alive_note": None,
     "recent_transitions": [{"run_id": 9, "as_of": "2026-09-30", "from_tier": "active",
                             "to_tier": "high_value"}]}
 
@@ -46,7 +47,9 @@ _PROFILE_EXAMPLE = {
     "recommended_action": "vip_care",
     "scores": {"frequency": 6, "recency_days": 609, "t_days": 629, "p_alive": 0.97,
                "clv_12m": 1834.2, "churn_probability": 0.08, "churn_risk": "low",
-               "expected_purchases_90": 0.9, "expected_next_order": "2026-12-19"},
+               "expected_purchases_90": 0.9, "expected_next_order": "2026-12-19",
+               "purchases_365_p10": 2, "purchases_365_p90": 6, "spend_365_p10": 420.0,
+               "spend_365_p90": 1980.0, "p_alive_note": None},
     "recent_transitions": [{"run_id": 9, "as_of": "2026-09-30", "from_tier": "active",
                             "to_tier": "high_value"}]}
 
