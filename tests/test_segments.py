@@ -227,7 +227,7 @@ def test_the_vocabulary_is_the_databases(conn):
     database's CHECK constraints allow exactly those."""
     import re
 
-    from crm_service.vocabulary import CHURN_RISKS, EVENT_TYPES, TIERS, VALUE_SEGMENTS
+    from crm_service.vocabulary import ALIVE_NOTES, CHURN_RISKS, EVENT_TYPES, TIERS, VALUE_SEGMENTS
 
     def allowed(table: str, column: str) -> set[str]:
         rows = conn.execute(
@@ -243,6 +243,7 @@ def test_the_vocabulary_is_the_databases(conn):
     assert allowed("customer_scores", "value_segment") == set(VALUE_SEGMENTS)
     assert allowed("customer_scores", "churn_risk") == set(CHURN_RISKS)
     assert allowed("events", "type") == set(EVENT_TYPES)
+    assert allowed("customer_scores", "p_alive_note") == set(ALIVE_NOTES)
 
 
 def test_every_surface_takes_the_one_vocabulary():
@@ -255,6 +256,7 @@ def test_every_surface_takes_the_one_vocabulary():
     from crm_service.storage import publishing
     from crm_service.vocabulary import (
         ACTIONS,
+        ALIVE_NOTES,
         CHURN_RISKS,
         EVENT_TYPES,
         RFM_SEGMENTS,
@@ -266,7 +268,8 @@ def test_every_surface_takes_the_one_vocabulary():
     assert re.findall(r"\('([a-z_.]+)',", publishing._EVENT_TYPES) == list(RUN_EVENT_TYPES)
     assert set(EVENT_TYPES) - set(RUN_EVENT_TYPES) == {"customer.erased"}
     for prefix, terms in (("tier", TIERS), ("value", VALUE_SEGMENTS), ("risk", CHURN_RISKS),
-                          ("rfm", RFM_SEGMENTS), ("action", ACTIONS), ("script", ACTIONS)):
+                          ("rfm", RFM_SEGMENTS), ("action", ACTIONS), ("script", ACTIONS),
+                          ("alive_note", ALIVE_NOTES)):
         for term in terms:
             english, chinese = MESSAGES[f"{prefix}.{term}"]
             assert english and chinese, (prefix, term)
