@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import digamma, gammaln
+from scipy.special import digamma, gammaln, logsumexp
 
 from models._blocks import for_each_block
 from models._fitting import PurchaseMLEModel
@@ -247,24 +247,27 @@ class ParetoNBDModel(PurchaseMLEModel):
             log_w = np.log(weights) + np.log(jacobian) + log_f + rp * log_pi_u   # rows x g
             log_ck = np.concatenate([np.zeros_like(rp), np.cumsum(
                 np.log((rp + k[1:] - 1) / k[1:]), axis=1)], axis=1)          # rows x k
+            # Everything in logs up to the last step: C_k alone overflows for heavy buyers
+            # (log C_k > 709 at k ~ 550 when x = 500) while pi^(r+x) underflows.
             if float(rp.max()) + k_max <= 300:
-                # sum_g W_g rho_g^k by repeated multiplication (no exp per k), W scaled by its
-                # row maximum: with r+x+k <= 300 no relevant term can underflow.
+                # log sum_g W_g rho_g^k by repeated multiplication (no exp per k), W scaled by
+                # its row maximum; a sum that underflows is a term below ~1e-200 here.
                 top = log_w.max(axis=1, keepdims=True)
                 weight, rho = np.exp(log_w - top), np.exp(log_rho_u)
-                integral = np.empty((xb.shape[0], k_max + 1))
+                sums = np.empty((xb.shape[0], k_max + 1))
                 for j in range(k_max + 1):
-                    integral[:, j] = weight.sum(axis=1)
+                    sums[:, j] = weight.sum(axis=1)
                     weight *= rho
-                integral *= np.exp(top)
-            else:  # heavy buyers: every term in logs
-                integral = np.exp(log_w[:, :, None]
-                                  + k[None, None, :] * log_rho_u[:, :, None]).sum(axis=1)
+                with np.errstate(divide="ignore"):
+                    log_integral = top + np.log(sums)
+            else:  # heavy buyers: a log-sum-exp over the nodes for every k
+                log_integral = logsumexp(log_w[:, :, None]
+                                         + k[None, None, :] * log_rho_u[:, :, None], axis=1)
             log_pi_t = -np.log1p(t / a_t)
             log_rho_t = np.log(t) - np.log(a_t + t) if t > 0 else -np.inf
-            end = np.exp(-s * np.log1p(t / b_t) + rp * log_pi_t
-                         + np.where(k > 0, k * log_rho_t, 0.0))
-            out[lo:lo + rows] = np.exp(log_ck) * (end + integral)
+            log_end = (-s * np.log1p(t / b_t) + rp * log_pi_t
+                       + np.where(k > 0, k * log_rho_t, 0.0))
+            out[lo:lo + rows] = np.exp(log_ck + np.logaddexp(log_end, log_integral))
         return out
 
     def expected_purchases_new_customer(self, t: ArrayLike) -> NDArray[np.float64]:

@@ -313,3 +313,57 @@ def test_alive_notes_name_the_two_cases():
     other = alive_notes(p_alive, freq, churn, high_risk=0.8, one_time_buyers_assumed_alive=False)
     assert [ALIVE_NOTES[c] if c >= 0 else None for c in other] == [
         "infrequent_buyer", None, "infrequent_buyer", None, None]
+
+
+@pytest.mark.parametrize("x, t", [(700.0, 365.0), (500.0, 3650.0), (2000.0, 90.0)])
+def test_heavy_buyers_get_a_true_distribution(x, t):
+    """A Pareto/NBD heavy buyer's pmf is all in logs: C_k alone overflows past k ~ 550 (the
+    review found NaN here, then intervals of the wrong customer)."""
+    model = ParetoNBDModel.from_params({"r": 0.55, "alpha": 74.0, "s": 0.61, "beta": 82.0})
+    dist = forecast.purchase_distribution(model, t, x, 729.0, 730.0)
+    assert dist.cdf(10**7)[0] == pytest.approx(1.0, abs=2e-7)
+    assert dist.mean()[0] == pytest.approx(
+        float(model.conditional_expected_purchases(t, x, 729.0, 730.0)), rel=1e-6)
+    lo, hi = dist.quantiles()[0]
+    assert dist.cdf(lo)[0] >= 0.1 and (lo == 0 or dist.cdf(lo - 1)[0] < 0.1)
+    assert dist.cdf(hi)[0] >= 0.9 and dist.cdf(hi - 1)[0] < 0.9
+    factors = forecast.spend_factor_quantiles(dist, 6.25, 3.74)[0]
+    for j, level in enumerate(forecast.LEVELS):
+        exact = brentq(lambda w: forecast.spend_cdf(dist, 6.25, 3.74, w)[0] - level,  # noqa: B023
+                       1e-12, 1e6, xtol=1e-14, rtol=1e-12)
+        assert factors[j] == pytest.approx(exact, rel=1e-4)
+
+
+@pytest.mark.parametrize("p, q", [(0.3, 2.0), (1.0, 1.5), (6.25, 3.74), (20.0, 8.0)])
+def test_spend_quantiles_are_accurate_for_any_shape(p, q):
+    model = BetaGeoModel.from_params({"r": 0.8, "alpha": 20.0, "a": 0.9, "b": 3.0})
+    x = np.array([0.0, 1.0, 3.0, 12.0, 40.0])
+    t_x = np.array([0.0, 50.0, 200.0, 300.0, 330.0])
+    dist = forecast.purchase_distribution(model, 365.0, x, t_x, np.full(5, 340.0))
+    factors = forecast.spend_factor_quantiles(dist, p, q)
+    for i in range(x.size):
+        one = forecast.purchase_distribution(model, 365.0, x[i], t_x[i], 340.0)
+        for j, level in enumerate(forecast.LEVELS):
+            if one.cdf(0)[0] >= level:
+                assert factors[i, j] == 0
+                continue
+            exact = brentq(lambda w: forecast.spend_cdf(one, p, q, w)[0] - level,  # noqa: B023
+                           1e-300, 1e9, xtol=1e-300, rtol=1e-13)
+            assert factors[i, j] == pytest.approx(exact, rel=1e-4), (i, j)
+
+
+def test_streamed_intervals_equal_the_whole_distributions(cdnow):
+    x, t_x, big_t = cdnow["frequency"], cdnow["recency"], cdnow["T"]
+    model = ParetoNBDModel().fit(x, t_x, big_t)
+    dist = forecast.purchase_distribution(model, 365.0, x, t_x, big_t)
+    counts, factors = forecast.intervals(model, 365.0, x, t_x, big_t, 6.25, 3.74,
+                                         rows_per_pass=300)
+    np.testing.assert_array_equal(counts, dist.quantiles())
+    np.testing.assert_allclose(factors, forecast.spend_factor_quantiles(dist, 6.25, 3.74),
+                               rtol=1e-12)
+
+
+def test_spend_intervals_refuse_shapes_they_cannot_compute():
+    model = BetaGeoModel.from_params({"r": 0.8, "alpha": 20.0, "a": 0.9, "b": 3.0})
+    with pytest.raises(ValueError, match="Gamma-Gamma"):
+        forecast.intervals(model, 365.0, 0, 0, 100, 6.0, float("nan"))

@@ -106,10 +106,10 @@ def _provisional(conn: psycopg.Connection, customer_id: str, run_id: int, as_of:
     next_order = (at + timedelta(days=int(np.ceil(wait)))) \
         if p_alive >= 0.5 and wait < 3650 else None
     medium, high = ctx.risk
-    dist = forecast.purchase_distribution(model, 365, fx, ftx, ft)
-    low, top = (int(v) for v in dist.quantiles()[0])
     p, q, gamma = (ctx.spend.params_[k] for k in ("p", "q", "v"))
-    factor = forecast.spend_factor_quantiles(dist, p, q)[0] * (gamma + x * monetary)
+    bounds, factors = forecast.intervals(model, 365, fx, ftx, ft, p, q)
+    low, top = (int(v) for v in bounds[0])
+    factor = factors[0] * (gamma + x * monetary)
     note = int(alive_notes(np.array([p_alive]), fx, np.array([churn]), high_risk=high,
                            one_time_buyers_assumed_alive=type(
                                model).one_time_buyers_assumed_alive)[0])

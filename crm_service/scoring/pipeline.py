@@ -157,11 +157,10 @@ def _intervals(summary: Summary, hist: RFMHistogram, index: NDArray[np.intp],
     the spend quantiles in the Gamma-Gamma posterior's scale, multiplied per customer by
     gamma + x m (the scale of their posterior; x = 0 gives the population's).
     """
-    dist = forecast.purchase_distribution(model, INTERVAL_DAYS, hist.frequency, hist.recency,
-                                          hist.T)
-    counts = dist.quantiles().astype(np.float64)[index]
     p, q, gamma = (gg.params_[k] for k in ("p", "q", "v"))
-    factor = forecast.spend_factor_quantiles(dist, p, q)[index]
+    row_counts, row_factors = forecast.intervals(model, INTERVAL_DAYS, hist.frequency,
+                                                 hist.recency, hist.T, p, q)
+    counts, factor = row_counts.astype(np.float64)[index], row_factors[index]
     scale = gamma + summary.frequency * summary.monetary_value
     return {
         "purchases_365_p10": counts[:, 0], "purchases_365_p90": counts[:, 1],
