@@ -274,7 +274,7 @@ class CustomerScoresSchema(Schema):
                        "not_estimated (BG/NBD is selected and the customer has no repeat "
                        "purchase: its P(alive) is 1 by assumption), infrequent_buyer "
                        "(P(alive) >= 0.9 with a high churn risk: probably still a customer, "
-                       "but no order expected within the churn horizon); null otherwise"})
+                       "but unlikely to order within the churn horizon); null otherwise"})
     expected_purchases_30 = fields.Float()
     expected_purchases_90 = fields.Float()
     expected_purchases_365 = fields.Float()

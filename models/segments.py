@@ -331,7 +331,9 @@ def alive_notes(p_alive: NDArray[np.floating], frequency: NDArray[np.floating],
       2005, assumption iii), so its P(alive) is 1 for every one-time buyer by assumption, not
       by evidence; surfaces show it as not estimated.
     - ``infrequent_buyer``: otherwise, P(alive) >= 0.9 with a high churn risk: probably still
-      a customer, but one who buys so rarely that no order is expected within H days.
+      a customer, but unlikely to order within H days. The churn probability may be the churn
+      classifier's rather than the purchase model's, so this can also be the two models
+      weighing the history differently; the note says what an agent should take from it.
     """
     p_alive = np.asarray(p_alive, dtype=np.float64)
     out = np.full(p_alive.shape, -1, dtype=np.int8)

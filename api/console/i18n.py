@@ -90,9 +90,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "当前选用的 BG/NBD 模型假定没有复购的客户仍然活跃，无法判断其是否已流失；"
         "请以流失概率为准。"),
     "alive_note.infrequent_buyer": (
-        "Probably still a customer, but one who buys rarely: no order is expected within "
-        "{days} days, hence the high churn risk.",
-        "很可能仍是客户，但购买频率低：预计 {days} 天内不会下单，因此流失风险高。"),
+        "Probably still a customer, but unlikely to order within {days} days, hence the "
+        "high churn risk.",
+        "很可能仍是客户，但预计 {days} 天内不太会下单，因此流失风险高。"),
     "customer.forecast": ("Next 12 months", "未来 12 个月"),
     "customer.forecast_range": ("likely {lo} to {hi} orders, {slo} to {shi} {currency}",
                                 "预计 {lo} 至 {hi} 单，{slo} 至 {shi} {currency}"),
