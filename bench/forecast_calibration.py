@@ -49,14 +49,15 @@ GROUPS = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3-6", 3, 6), ("7+", 7, 10**9)
 MODELS = {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel, "pareto_nbd": ParetoNBDModel}
 
 
-def load() -> dict[str, np.ndarray]:
+def load(cal_end: pd.Timestamp = CAL_END, holdout_end: pd.Timestamp = HOLDOUT_END
+         ) -> dict[str, np.ndarray]:
     """Calibration RFM, repeat-occasion mean, and holdout purchases and spend per customer."""
     path = Path(str(resources.files("lifetimes") / "datasets" / "CDNOW_master.txt"))
     tx = pd.read_csv(path, sep=r"\s+", header=0, names=["cid", "date", "qty", "amount"])
     tx["date"] = pd.to_datetime(tx["date"].astype(str), format="%Y%m%d")
     occ = tx.groupby(["cid", "date"], as_index=False)["amount"].sum().sort_values(["cid", "date"])
-    cal, hold = occ[occ["date"] <= CAL_END], occ[(occ["date"] > CAL_END)
-                                                 & (occ["date"] <= HOLDOUT_END)]
+    cal, hold = occ[occ["date"] <= cal_end], occ[(occ["date"] > cal_end)
+                                                 & (occ["date"] <= holdout_end)]
     g = cal.groupby("cid")
     first, last, n = g["date"].min(), g["date"].max(), g.size()
     cal = cal.assign(k=g.cumcount())
@@ -65,7 +66,7 @@ def load() -> dict[str, np.ndarray]:
     return {
         "frequency": (n - 1).to_numpy(dtype=float),
         "recency": (last - first).dt.days.to_numpy(dtype=float),
-        "T": (CAL_END - first).dt.days.to_numpy(dtype=float),
+        "T": (cal_end - first).dt.days.to_numpy(dtype=float),
         "monetary": repeat_mean.reindex(ids).fillna(0.0).to_numpy(),
         "y": hold.groupby("cid").size().reindex(ids).fillna(0).to_numpy(dtype=float),
         "spend": hold.groupby("cid")["amount"].sum().reindex(ids).fillna(0.0).to_numpy(),
@@ -182,6 +183,58 @@ def with_parameter_uncertainty(cls, model, gg: GammaGammaModel, d: dict[str, np.
     return evaluate_cdfs(f_below, f_at, s_zero, s_at, d, rng)
 
 
+def recalibration(cls, rng: np.random.Generator) -> dict[str, object]:
+    """The service's recalibration (``models.forecast.recalibrate``), judged out of sample.
+
+    A run as of 1997-09-30 holds out the last quarter of its history in its backtest: fit on
+    the rest, learn the interval levels from the held-out purchases' randomized PIT, exactly
+    as ``crm_service.scoring.pipeline`` does; then the fit on all data to 1997-09-30 is judged
+    at those levels on the real 273 days that follow, for purchases and for spend (which uses
+    the purchases' levels, as the service does).
+    """
+    first_day = pd.Timestamp("1997-01-01")
+    span = (CAL_END - first_day).days
+    bt_end = CAL_END - pd.Timedelta(days=int(span * 0.25))
+    b = load(bt_end, CAL_END)
+    hold = float((CAL_END - bt_end).days)
+    model_b = cls().fit(b["frequency"], b["recency"], b["T"])
+    rc = forecast.recalibrate(model_b, hold, b["frequency"], b["recency"], b["T"], b["y"],
+                              seed=CAL_END.toordinal())
+    levels = rc.levels
+    d = load()
+    model = cls().fit(d["frequency"], d["recency"], d["T"])
+    repeat = (d["frequency"] > 0) & (d["monetary"] > 0)
+    gg = GammaGammaModel().fit(d["frequency"][repeat], d["monetary"][repeat])
+    hist, index = compress_with_index(d["frequency"], d["recency"], d["T"])
+    dist = forecast.purchase_distribution(model, 273.0, hist.frequency, hist.recency, hist.T)
+    cust = dist.take(index)
+    y = d["y"]
+    lo, hi = dist.quantiles(levels)[index].T
+    p, q, gamma = (gg.params_[k] for k in ("p", "q", "v"))
+    scale = gamma + d["frequency"] * d["monetary"]
+    f = forecast.spend_factor_quantiles(dist, p, q, levels)[index]
+    cov_s = (d["spend"] >= f[:, 0] * scale - 1e-9) & (d["spend"] <= f[:, 1] * scale + 1e-9)
+    # PIT of the recalibrated CDF R(F): R maps a PIT value to its rank among the backtest's
+    bt_hist, bt_index = compress_with_index(b["frequency"], b["recency"], b["T"])
+    bt = forecast.purchase_distribution(model_b, hold, bt_hist.frequency, bt_hist.recency,
+                                        bt_hist.T).take(bt_index)
+    u_bt = bt.cdf(b["y"] - 1) + rng.random(b["y"].size) * (bt.cdf(b["y"]) - bt.cdf(b["y"] - 1))
+    fb, fa = cust.cdf(y - 1), cust.cdf(y)
+    u_test = fb + rng.random(y.size) * (fa - fb)
+    s_at = forecast.spend_cdf(cust, p, q, d["spend"] / scale)
+    us_test = np.where(d["spend"] > 0, s_at, rng.random(y.size) * cust.cdf(np.zeros_like(y)))
+
+    def recal(values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.sort(u_bt), values, side="right") / u_bt.size
+
+    return {"backtest_end": bt_end.date().isoformat(), "holdout_days": hold, "levels": levels,
+            "backtest_pit": rc.pit, "purchases": coverage_table((y >= lo) & (y <= hi),
+                                                               d["frequency"]),
+            "spend": coverage_table(cov_s, d["frequency"]),
+            "pit_purchases": np.histogram(recal(u_test), bins=10, range=(0, 1))[0] / y.size,
+            "pit_spend": np.histogram(recal(us_test), bins=10, range=(0, 1))[0] / y.size}
+
+
 def fmt_cov(c: dict[str, float]) -> str:
     return " | ".join(f"{100 * c[k]:.1f}%" for k in ("all", *(g[0] for g in GROUPS)))
 
@@ -262,6 +315,17 @@ def main() -> None:
           f"{np.median(hi - lo):.0f}, mean {np.mean(hi - lo):.2f}; share [0, 0] "
           f"{np.mean(hi == 0):.1%}; spend width median "
           f"{np.median(chosen['spend_high'] - chosen['spend_low']):.2f}")
+    print("\nRecalibrated on each model's own backtest (levels learned before 1997-09-30, "
+          "judged on the 273 days after):")
+    print("| model | levels (both) | what " + header + " PIT (10 bins) |")
+    print("|---|---|---|---|" + "---|" * len(GROUPS) + "---|")
+    for cls in MODELS.values():
+        rc = recalibration(cls, rng)
+        lv = rc["levels"]
+        levels = f"{lv[0]:.3f}–{lv[1]:.3f}"
+        print(f"| {cls.label} | {levels} | purchases | {fmt_cov(rc['purchases'])} | "
+              f"{fmt_pit(rc['pit_purchases'])} |")
+        print(f"| {cls.label} | | spend | {fmt_cov(rc['spend'])} | {fmt_pit(rc['pit_spend'])} |")
     if args.draws:
         cls = MODELS[selected]
         t0 = time.perf_counter()

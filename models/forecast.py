@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import betainc, betaincinv, digamma, polygamma
 
-from models.rfm import check_rfm
+from models.rfm import check_rfm, compress_with_index
 
 LEVELS = (0.1, 0.9)
 _TAIL = 1e-7        # probability mass a row's truncated pmf may leave out
@@ -364,3 +364,55 @@ def spend_cdf(dist: PurchaseDistribution, p: float, q: float,
         comp = betainc(k[None, :] * p, shape_q, u)
         out[rows] = np.where(w[rows] >= 0, pmf[:, 0] + (pmf[:, 1:] * comp).sum(axis=1), 0.0)
     return out
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """Interval levels learned on a backtest, and the backtest's PIT (ten bins)."""
+
+    levels: tuple[float, ...]
+    pit: tuple[float, ...]
+    customers: int
+
+
+def recalibrate(model: CountModel, t: float, frequency: ArrayLike, recency: ArrayLike,
+                T: ArrayLike, actual: ArrayLike, *, levels: tuple[float, ...] = LEVELS,  # noqa: N803
+                seed: int = 0, max_customers: int = 200_000,
+                bounds: tuple[float, float] = (0.02, 0.98)) -> Recalibration:
+    """The levels at which ``model``'s quantiles were calibrated on a backtest.
+
+    ``model`` is fitted on a calibration period and ``actual`` holds each customer's purchases
+    in the ``t`` days after it. With u the randomized PIT of the actual counts (Czado, Gneiting
+    & Held 2009: uniform between F(y-1) and F(y)) and R its empirical CDF, R(F) is the
+    recalibrated predictive CDF (Kuleshov, Fenner & Ermon 2018), whose level-a quantile is
+    F's quantile at level R^-1(a): the empirical a-quantile of u. A model that is calibrated
+    gets back about its nominal levels. Customers beyond ``max_customers`` are sampled (the
+    quantile of 200,000 PIT values is within ~0.001); levels are kept within ``bounds``.
+    """
+    x, t_x, big_t = (a.ravel() for a in np.broadcast_arrays(*check_rfm(frequency, recency, T)))
+    y = np.asarray(actual, dtype=np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    if x.size > max_customers:
+        pick = np.sort(rng.choice(x.size, max_customers, replace=False))
+        x, t_x, big_t, y = x[pick], t_x[pick], big_t[pick], y[pick]
+    hist, index = compress_with_index(x, t_x, big_t)
+    cust = purchase_distribution(model, t, hist.frequency, hist.recency, hist.T).take(index)
+    below, at = cust.cdf(y - 1), cust.cdf(y)
+    u = below + rng.random(y.size) * (at - below)
+    learned = np.clip(np.quantile(u, levels), *bounds)
+    pit = np.histogram(u, bins=10, range=(0, 1))[0] / max(y.size, 1)
+    return Recalibration(tuple(float(v) for v in learned), tuple(float(v) for v in pit),
+                         int(y.size))
+
+
+def stored_levels(record: dict | None) -> tuple[float, ...]:
+    """The levels a run's intervals were computed at, from its ``intervals`` record.
+
+    A run from before the intervals, or one without a backtest to learn from, has none:
+    the nominal levels.
+    """
+    found = (record or {}).get("calibrated_levels")
+    if isinstance(found, list) and len(found) == len(LEVELS) and all(
+            isinstance(v, int | float) and 0 < v < 1 for v in found):
+        return tuple(float(v) for v in found)
+    return LEVELS

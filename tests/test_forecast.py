@@ -367,3 +367,34 @@ def test_spend_intervals_refuse_shapes_they_cannot_compute():
     model = BetaGeoModel.from_params({"r": 0.8, "alpha": 20.0, "a": 0.9, "b": 3.0})
     with pytest.raises(ValueError, match="Gamma-Gamma"):
         forecast.intervals(model, 365.0, 0, 0, 100, 6.0, float("nan"))
+
+
+def test_recalibration_keeps_a_calibrated_model_and_corrects_a_wrong_one():
+    """Levels learned from a backtest's PIT: about nominal when the model is the truth, moved
+    out when the model under-predicts (its top tail too light)."""
+    rng = np.random.default_rng(11)
+    params = {"r": 0.55, "alpha": 10.0, "s": 0.6, "beta": 40.0}
+    x, t_x, big_t, _m, y, _total = _simulate(ParetoNBDModel, params, (6.0, 4.0, 15.0), 30_000,
+                                             90.0, rng)
+    right = forecast.recalibrate(ParetoNBDModel.from_params(params), 90.0, x, t_x, big_t, y)
+    assert right.levels == pytest.approx((0.1, 0.9), abs=0.01)
+    assert right.customers == 30_000 and sum(right.pit) == pytest.approx(1.0)
+    wrong = ParetoNBDModel.from_params({**params, "alpha": 40.0})  # a quarter of the rate
+    moved = forecast.recalibrate(wrong, 90.0, x, t_x, big_t, y)
+    assert moved.levels[1] > 0.92 and moved.pit[-1] > 0.11
+    # at the moved level, the wrong model's intervals cover about as the right one's do
+    dist = forecast.purchase_distribution(wrong, 90.0, x, t_x, big_t)
+    lo, hi = dist.quantiles(moved.levels).T
+    truth = forecast.purchase_distribution(ParetoNBDModel.from_params(params), 90.0, x, t_x,
+                                           big_t)
+    tlo, thi = truth.quantiles().T
+    assert abs(np.mean((y >= lo) & (y <= hi)) - np.mean((y >= tlo) & (y <= thi))) < 0.02
+    assert forecast.recalibrate(wrong, 90.0, x, t_x, big_t, y, max_customers=5000).customers \
+        == 5000
+
+
+def test_stored_levels_fall_back_to_nominal():
+    assert forecast.stored_levels(None) == forecast.LEVELS
+    assert forecast.stored_levels({"calibrated_levels": None}) == forecast.LEVELS
+    assert forecast.stored_levels({"calibrated_levels": [0.11, 0.93]}) == (0.11, 0.93)
+    assert forecast.stored_levels({"calibrated_levels": [0.11, 1.5]}) == forecast.LEVELS

@@ -6,6 +6,7 @@ import csv
 import io
 from datetime import date
 
+import numpy as np
 import pytest
 
 from crm_service.audiences.export import COLUMNS, export_scores
@@ -88,8 +89,12 @@ def test_intervals_are_stored_and_in_the_profile(cdnow_loaded, scored, client, a
              " FROM customer_scores WHERE run_id = %s", scored.run_id)
     total, with_low, with_spend, ordered, spend_ordered, sane = rows[0]
     assert total == with_low == with_spend == 2357 and ordered and spend_ordered and sane
-    assert scored.models["intervals"] == {"days": 365, "levels": [0.1, 0.9],
-                                          "parameter_uncertainty": False}
+    record = scored.models["intervals"]
+    assert record["days"] == 365 and record["levels"] == [0.1, 0.9]
+    assert record["parameter_uncertainty"] is False and record["backtest_customers"] == 2357
+    low, high = record["calibrated_levels"]  # learned on the run's own backtest
+    assert 0.02 <= low < 0.5 < high <= 0.98
+    assert sum(record["backtest_pit"]) == pytest.approx(1.0) and len(record["backtest_pit"]) == 10
     cid, lo, hi = q(cdnow_loaded, "SELECT customer_id, purchases_365_p10, purchases_365_p90"
                     " FROM customer_scores WHERE run_id = %s AND purchases_365_p90 >= 2"
                     " ORDER BY customer_id LIMIT 1", scored.run_id)[0]
@@ -145,3 +150,23 @@ def test_the_console_shows_the_interval_in_both_languages(cdnow_loaded, scored, 
     client.set_cookie("crm_lang", "zh-Hans")
     page = client.get(f"/console/customers/{cid}").text
     assert f"预计 {lo} 至 {hi} 单" in page
+
+
+def test_a_small_backtest_keeps_the_nominal_levels(monkeypatch):
+    """Fewer than MIN_RECALIBRATION_CUSTOMERS in the backtest: its PIT would be noise."""
+    from crm_service.scoring import pipeline
+    from crm_service.scoring.inputs import PreviousTiers, RunConfig, RunInputs
+    from models.segments import TierPolicy
+    from tests.cdnow import cdnow_summary
+
+    summary = cdnow_summary("1998-06-30")
+    inputs = RunInputs(summary=summary, previous=PreviousTiers.none(summary.size),
+                       policy_version=1, policy=TierPolicy())
+    config = RunConfig(churn_model="baseline")
+    learned = pipeline.score_base(inputs, config)
+    monkeypatch.setattr(pipeline, "MIN_RECALIBRATION_CUSTOMERS", 10**6)
+    nominal = pipeline.score_base(inputs, config)
+    assert nominal.models["intervals"]["calibrated_levels"] is None
+    assert learned.models["intervals"]["calibrated_levels"] is not None
+    # the learned levels widen the top of the intervals on this data, never narrow them
+    assert np.all(learned.computed["purchases_365_p90"] >= nominal.computed["purchases_365_p90"])

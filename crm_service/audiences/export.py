@@ -41,6 +41,7 @@ def export_scores(conn: psycopg.Connection, out: IO[str], *, horizon_days: int =
         raise NotFoundError("no scoring run has been published yet; run `crm-service score`")
     selected = run["models"]["selected"]
     model = purchase_model(selected, run["models"][selected]["params"])
+    levels = forecast.stored_levels(run["models"].get("intervals"))
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
     n = 0
@@ -54,7 +55,7 @@ def export_scores(conn: psycopg.Connection, out: IO[str], *, horizon_days: int =
         expected = model.conditional_expected_purchases(horizon_days, hist.frequency,
                                                         hist.recency, hist.T)[index]
         interval = forecast.purchase_distribution(model, horizon_days, hist.frequency,
-                                                  hist.recency, hist.T).quantiles()[index]
+                                                  hist.recency, hist.T).quantiles(levels)[index]
         for r, e, (lo, hi) in zip(batch, expected, interval, strict=True):
             churn = "" if r[7] is None else f"{r[7]:.6f}"
             spend = ["" if v is None else f"{v:.2f}" for v in (r[14], r[15])]

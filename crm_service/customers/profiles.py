@@ -50,6 +50,7 @@ class _RunContext:
     timezone: str
     horizon: int
     risk: tuple[float, float]
+    levels: tuple[float, ...]  # the run's interval levels (recalibrated on its backtest)
 
 
 _contexts: dict[int, _RunContext] = {}
@@ -73,7 +74,8 @@ def _run_context(conn: psycopg.Connection, run_id: int) -> _RunContext:
         spend=GammaGammaModel.from_params(models["gamma_gamma"]["params"]),
         policy=TierPolicy.from_dict(policy) if policy else TierPolicy(),
         cutoffs=cutoffs, timezone=tz, horizon=int(horizon),
-        risk=(float(thresholds.get("medium", 0.5)), float(thresholds.get("high", 0.8))))
+        risk=(float(thresholds.get("medium", 0.5)), float(thresholds.get("high", 0.8))),
+        levels=forecast.stored_levels(models.get("intervals")))
     with _contexts_lock:
         if len(_contexts) >= 8:
             _contexts.clear()
@@ -107,7 +109,7 @@ def _provisional(conn: psycopg.Connection, customer_id: str, run_id: int, as_of:
         if p_alive >= 0.5 and wait < 3650 else None
     medium, high = ctx.risk
     p, q, gamma = (ctx.spend.params_[k] for k in ("p", "q", "v"))
-    bounds, factors = forecast.intervals(model, 365, fx, ftx, ft, p, q)
+    bounds, factors = forecast.intervals(model, 365, fx, ftx, ft, p, q, ctx.levels)
     low, top = (int(v) for v in bounds[0])
     factor = factors[0] * (gamma + x * monetary)
     note = int(alive_notes(np.array([p_alive]), fx, np.array([churn]), high_risk=high,
