@@ -30,7 +30,6 @@ A discrete quantile is the smallest k with F(k) >= level, so a count interval co
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,7 +38,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import betainc, betaincinv, digamma, polygamma
 
-from models._blocks import for_each_block
 from models.rfm import check_rfm, compress_with_index
 
 LEVELS = (0.1, 0.9)
@@ -218,16 +216,13 @@ class _SpendGrids:
         if not (np.isfinite(p) and np.isfinite(q) and p > 0 and q > 0):
             raise ValueError(f"Gamma-Gamma shapes p = {p}, q = {q} must be finite and positive")
         self.p, self.q = p, q
-        self._lock = threading.Lock()
         self._tables: dict[tuple[float, int], tuple[NDArray[np.float64],
                                                      NDArray[np.float64]]] = {}
 
     def table(self, xv: float, width: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """The grid (log w) and the (width-1) x grid component CDFs for frequency ``xv``."""
         key = (xv, width)
-        with self._lock:
-            found = self._tables.get(key)
-        if found is None:
+        if key not in self._tables:
             p, shape_q = self.p, self.q + self.p * xv
             k = np.arange(1, width, dtype=np.float64)
             # from 1e-3 of the lightest component (below it, its power-law tail is extended)
@@ -256,10 +251,8 @@ class _SpendGrids:
             comp = (cols[None, :] >= stop[:, None]).astype(np.float64)
             ki, gi = np.nonzero(inside)
             comp[ki, gi] = betainc(k[ki] * p, shape_q, u[gi])
-            found = log_w, comp
-            with self._lock:
-                self._tables[key] = found
-        return found
+            self._tables[key] = log_w, comp
+        return self._tables[key]
 
 
 def spend_factor_quantiles(dist: PurchaseDistribution, p: float, q: float,
@@ -349,15 +342,11 @@ def intervals(model: CountModel, t: float, frequency: ArrayLike, recency: ArrayL
     grids = _SpendGrids(p, q)
     r, alpha = model.params_["r"], model.params_["alpha"]
     order = np.argsort((r + x) * t / (alpha + big_t), kind="stable")
-
-    def one_pass(lo: int, hi: int) -> None:
-        part = order[lo:hi]
+    for lo in range(0, x.size, rows_per_pass):
+        part = order[lo:lo + rows_per_pass]
         dist = purchase_distribution(model, t, x[part], t_x[part], big_t[part])
         counts[part] = dist.quantiles(levels)
         factors[part] = spend_factor_quantiles(dist, p, q, levels, grids)
-
-    # passes on the models' thread pool (numpy releases the GIL in the array work)
-    for_each_block(x.size, rows_per_pass, one_pass)
     return counts, factors
 
 
