@@ -170,3 +170,12 @@ def test_a_small_backtest_keeps_the_nominal_levels(monkeypatch):
     assert learned.models["intervals"]["calibrated_levels"] is not None
     # the learned levels widen the top of the intervals on this data, never narrow them
     assert np.all(learned.computed["purchases_365_p90"] >= nominal.computed["purchases_365_p90"])
+
+
+def test_the_dashboard_shows_the_backtest_calibration(cdnow_loaded, scored, client, make_token):
+    sign_in(client, make_token("customers:read", "scores:read"))
+    page = client.get("/console/dashboard").text
+    assert "calibration on the backtest" in page and page.count("PIT") >= 2
+    low, high = scored.models["intervals"]["calibrated_levels"]
+    assert f"{round(low * 100, 1)}% quantile" in page and f"{round(high * 100, 1)}%" in page
+    assert page.count('<th scope="row">0.') >= 9  # ten tenths of the PIT

@@ -163,6 +163,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "dash.rfm_segments": ("RFM segments", "RFM 分群"),
     "dash.segment": ("Segment", "分群"),
     "dash.plots": ("Model diagnostics of run {run}", "评分批次 #{run} 的模型诊断"),
+    "dash.calibration": ("Forecast intervals: calibration on the backtest",
+                         "预测区间：回测校准"),
+    "dash.calibration_help": (
+        "Customers' 80% intervals run from the selected model's {lo}% quantile to its {hi}% "
+        "quantile, levels learned on this run's backtest ({n} customers) so that they hold "
+        "what they say. Below, where the held-out purchases fell in their predicted distributions "
+        "(randomized PIT): 10% in each tenth if the model was calibrated; a heavy last tenth "
+        "means more buying than predicted.",
+        "客户的 80% 区间取所选模型的 {lo}% 至 {hi}% 分位数，该水平由本批次回测（{n} 位客户）学得，"
+        "使区间名副其实。下表为回测期实际购买在预测分布中的位置（随机化 PIT）：若模型校准良好，"
+        "每一档约 10%；最后一档偏多表示实际购买多于预测。"),
+    "dash.calibration_nominal": (
+        "Intervals at the nominal 10th and 90th percentiles: the backtest had too few "
+        "customers to learn from.",
+        "区间取名义第 10 与第 90 百分位：回测客户太少，无法校准。"),
+    "dash.pit_tenth": ("PIT tenth", "PIT 分档"),
     "dash.plots_none": ("This run has no diagnostics plots.", "本次运行没有诊断图。"),
     "plot.holdout_by_frequency": ("Held-out purchases, predicted vs actual, by calibration "
                                   "frequency", "按校准期购买频次：留出期购买的预测值与实际值"),
