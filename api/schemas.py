@@ -283,15 +283,19 @@ class CustomerScoresSchema(Schema):
     expected_spend = fields.Float(allow_none=True)
     clv_12m = fields.Float(allow_none=True)
     purchases_365_p10 = fields.Integer(allow_none=True, metadata={
-        "example": 1, "description": "10th percentile of the customer's purchases in the next "
-                                     "365 days (the 80% interval's low end)"})
+        "example": 1, "description": "low end of the 80% interval of the customer's purchases "
+                                     "in the next 365 days: the model's quantile at the run's "
+                                     "calibrated level (models.intervals.calibrated_levels; "
+                                     "0.1 when not recalibrated)"})
     purchases_365_p90 = fields.Integer(allow_none=True, metadata={
-        "example": 3, "description": "90th percentile of purchases in the next 365 days"})
+        "example": 3, "description": "high end of that interval (quantile at the run's calibrated "
+                                     "upper level, 0.9 when not recalibrated)"})
     spend_365_p10 = fields.Float(allow_none=True, metadata={
-        "example": 40.0, "description": "10th percentile of spend in the next 365 days "
-                                        "(undiscounted; null for runs before intervals)"})
+        "example": 40.0, "description": "low end of the 80% interval of spend in the next "
+                                        "365 days (undiscounted; same levels; null for runs "
+                                        "before intervals)"})
     spend_365_p90 = fields.Float(allow_none=True, metadata={
-        "example": 260.0, "description": "90th percentile of spend in the next 365 days"})
+        "example": 260.0, "description": "high end of the spend interval"})
     churn_probability = fields.Float(allow_none=True, metadata={
         "example": 0.37, "description": "P(no purchase in the next churn_horizon_days)"})
     churn_risk = fields.String(allow_none=True, metadata={"enum": list(CHURN_RISKS)})

@@ -82,7 +82,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "customer.rfm_segment": ("RFM segment", "RFM 分群"),
     "customer.rfm_scores": ("R {r} · F {f} · M {m}", "R {r} · F {f} · M {m}"),
     "customer.clv": ("12-month CLV", "12 个月 CLV"),
-    "customer.p_alive": ("P(alive)", "活跃概率"),
+    "customer.p_alive": ("P(alive)", "存活概率"),
     "customer.p_alive_not_estimated": ("not estimated", "未估计"),
     "alive_note.not_estimated": (
         "BG/NBD, the selected model, assumes a customer without a repeat purchase has not "
@@ -97,7 +97,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "customer.forecast_range": ("likely {lo} to {hi} orders, {slo} to {shi} {currency}",
                                 "预计 {lo} 至 {hi} 单，{slo} 至 {shi} {currency}"),
     "customer.forecast_note": ("80% interval of this customer's own future",
-                               "该客户自身未来的 80% 区间"),
+                               "该客户自身的 80% 预测区间"),
+    "customer.forecast_unlikely": ("unlikely to order (80% interval: no order)",
+                                   "不太可能下单（80% 预测区间：无订单）"),
+    "punct.colon": (": ", "："),
     "customer.forecast_none": ("no interval in this run (scored before intervals existed)",
                                "此评分批次无区间（早于区间功能）"),
     "customer.churn": ("Churn probability", "流失概率"),
@@ -182,7 +185,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "dash.plots_none": ("This run has no diagnostics plots.", "本次运行没有诊断图。"),
     "plot.holdout_by_frequency": ("Held-out purchases, predicted vs actual, by calibration "
                                   "frequency", "按校准期购买频次：留出期购买的预测值与实际值"),
-    "plot.p_alive": ("P(alive) by frequency and recency", "按频次与最近购买的活跃概率"),
+    "plot.p_alive": ("P(alive) by frequency and recency", "按频次与最近购买的存活概率"),
     "plot.tracking": ("Cumulative repeat purchases, predicted vs actual",
                       "累计重复购买：预测值与实际值"),
     "dash.runs": ("Run history", "评分批次记录"),

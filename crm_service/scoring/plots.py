@@ -42,7 +42,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "freq_y": "未来 {days} 天的平均购买次数",
         "freq_title": "按校准期频次：留出期购买",
         "alive_x": "最近购买：首次到最近一次购买的天数（T = {days} 天）",
-        "alive_y": "重复购买次数", "alive_title": "按频次与最近购买的活跃概率（{model}）",
+        "alive_y": "重复购买次数", "alive_title": "按频次与最近购买的存活概率（{model}）",
         "track_y": "累计重复购买", "track_end": "校准期结束",
         "track_title": "重复购买：实际与预测",
     },
