@@ -27,6 +27,7 @@ import argparse
 import sys
 import time
 import warnings
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -49,6 +50,7 @@ GROUPS = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3-6", 3, 6), ("7+", 7, 10**9)
 MODELS = {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel, "pareto_nbd": ParetoNBDModel}
 
 
+@lru_cache(maxsize=4)  # main and each model's recalibration read the same two splits
 def load(cal_end: pd.Timestamp = CAL_END, holdout_end: pd.Timestamp = HOLDOUT_END
          ) -> dict[str, np.ndarray]:
     """Calibration RFM, repeat-occasion mean, and holdout purchases and spend per customer."""

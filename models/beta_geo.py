@@ -127,6 +127,16 @@ class BetaGeoModel(PurchaseMLEModel):
         quiet = np.exp(-(r + x) * np.log1p(t / (alpha + big_t)))
         return 1.0 - alive * (1.0 - quiet)
 
+    def _either_side_of_a_one(self, method: str, *args: ArrayLike) -> NDArray[np.float64]:
+        """``method`` evaluated at a = 1 -/+ 2e-4 and averaged.
+
+        The closed forms (FHL 2005, eqs. 7 and 10, and MBG/NBD's) are 0/0 at a = 1, where the
+        functions themselves are smooth.
+        """
+        lo, hi = (self.from_params({**self.params_, "a": 1 + 2 * s * _A_NEAR_ONE})
+                  for s in (-1, 1))
+        return (getattr(lo, method)(*args) + getattr(hi, method)(*args)) / 2
+
     def purchase_pmf_if_alive(self, t: float, frequency: NDArray[np.float64],
                               T: NDArray[np.float64], k_max: int) -> NDArray[np.float64]:  # noqa: N803
         """P(Y(t) = k | alive at T, x), k = 0..k_max, one row per customer (rows x k_max+1).
@@ -171,10 +181,7 @@ class BetaGeoModel(PurchaseMLEModel):
         """E[X(t)] for a customer just acquired (FHL 2005, eq. 7)."""
         r, alpha, a, b = self._params()
         if abs(a - 1) < _A_NEAR_ONE:
-            lo, hi = (self.from_params({**self.params_, "a": 1 + 2 * s * _A_NEAR_ONE})
-                      for s in (-1, 1))
-            return (lo.expected_purchases_new_customer(t)
-                    + hi.expected_purchases_new_customer(t)) / 2
+            return self._either_side_of_a_one("expected_purchases_new_customer", t)
         t = np.asarray(t, dtype=np.float64)
         z = t / (alpha + t)
         return (a + b - 1) / (a - 1) * (1 - (alpha / (alpha + t)) ** r
@@ -195,11 +202,7 @@ class BetaGeoModel(PurchaseMLEModel):
             raise ValueError("horizon t must be non-negative")
         t, x, t_x, big_t = np.broadcast_arrays(t, x, t_x, big_t)
         if abs(a - 1) < _A_NEAR_ONE:
-            # eq. 10 is 0/0 at a = 1; the function is smooth there, so average both sides.
-            lo, hi = (self.from_params({**self.params_, "a": 1 + 2 * s * _A_NEAR_ONE})
-                      for s in (-1, 1))
-            return (lo.conditional_expected_purchases(t, x, t_x, big_t)
-                    + hi.conditional_expected_purchases(t, x, t_x, big_t)) / 2
+            return self._either_side_of_a_one("conditional_expected_purchases", t, x, t_x, big_t)
         b_post = b + self._b_offset
         c = a + b_post + x - 1
         z = t / (alpha + big_t + t)

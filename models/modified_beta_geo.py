@@ -104,10 +104,7 @@ class ModifiedBetaGeoModel(BetaGeoModel):
         """
         r, alpha, a, b = self._params()
         if abs(a - 1) < _A_NEAR_ONE:
-            lo, hi = (self.from_params({**self.params_, "a": 1 + 2 * s * _A_NEAR_ONE})
-                      for s in (-1, 1))
-            return (lo.expected_purchases_new_customer(t)
-                    + hi.expected_purchases_new_customer(t)) / 2
+            return self._either_side_of_a_one("expected_purchases_new_customer", t)
         t = np.asarray(t, dtype=np.float64)
         z = t / (alpha + t)
         return b / (a - 1) * (1 - (alpha / (alpha + t)) ** r * hyp2f1(r, b + 1, a + b, z))

@@ -65,7 +65,8 @@ def _quadrature(r: float, alpha: float, s: float, beta: float, x: NDArray[np.flo
 
 
 _CUTOFF = 40.0
-_PMF_NODES = np.polynomial.legendre.leggauss(32)
+# 32-node Gauss-Legendre over the remaining lifetime (P(quiet) and the pmf)
+_LIFETIME_NODES = np.polynomial.legendre.leggauss(32)
 
 
 def _log_likelihood_terms(params: NDArray[np.float64], x: NDArray[np.float64],
@@ -180,7 +181,7 @@ class ParetoNBDModel(PurchaseMLEModel):
         shape = x.shape
         t, x, t_x, big_t = (np.ascontiguousarray(a).ravel() for a in (t, x, t_x, big_t))
         alive = self.probability_alive(x, t_x, big_t)
-        nodes, weights = np.polynomial.legendre.leggauss(32)
+        nodes, weights = _LIFETIME_NODES
         quiet = np.empty(x.size)
 
         def block(lo: int, hi: int) -> None:  # rows x 32 nodes: blocks bound the memory
@@ -225,7 +226,7 @@ class ParetoNBDModel(PurchaseMLEModel):
         r, alpha, s, beta = self._params()
         x = np.asarray(frequency, dtype=np.float64)
         big_t = np.asarray(T, dtype=np.float64)
-        nodes, weights = _PMF_NODES
+        nodes, weights = _LIFETIME_NODES
         out = np.zeros((x.size, k_max + 1))
         if t <= 0:
             out[:, 0] = 1.0
