@@ -9,7 +9,14 @@ from marshmallow import Schema, ValidationError, fields, validate
 from crm_service.audiences.audience import SORTS
 from crm_service.platform.config import MAX_CHURN_HORIZON, MIN_CHURN_HORIZON
 from crm_service.storage.runs import RUN_STATUSES
-from crm_service.vocabulary import ALIVE_NOTES, CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
+from crm_service.vocabulary import (
+    ALIVE_NOTES,
+    CHURN_RISKS,
+    ORDER_STATUSES,
+    RFM_SEGMENTS,
+    TIERS,
+    VALUE_SEGMENTS,
+)
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
     "invalid": "must be a string", "null": "must not be null", "required": "required"}
@@ -47,7 +54,14 @@ class OrderInSchema(Schema):
     """One order in a batch. Identity is (channel, order_id)."""
 
     order_id = _text(required=True, metadata={"example": "TM20240501-0001", "maxLength": 128})
-    customer_id = _text(required=True, metadata={"example": "C-10023", "maxLength": 128})
+    customer_id = _text(metadata={
+        "example": "C-10023", "maxLength": 128,
+        "description": "the brand's customer id; required unless buyer_id is given"})
+    buyer_id = _text(metadata={
+        "example": "tb_88231", "maxLength": 128,
+        "description": "the buyer's account on this channel, instead of (or as well as) "
+                       "customer_id: a known account gives its customer, a new one creates a "
+                       "customer (id cx-...); with both, the account must be the customer's"})
     channel = _text(required=True, metadata={
         "example": "tmall", "description": "tmall, jd, pinduoduo, web, store, ..."})
     ordered_at = _text(required=True, metadata={
@@ -78,7 +92,12 @@ class IdentitySchema(Schema):
 class CustomerInSchema(Schema):
     """A profile upsert; an absent field is left unchanged, null clears it."""
 
-    customer_id = _text(required=True, metadata={"example": "C-10023", "maxLength": 128})
+    customer_id = _text(metadata={
+        "example": "C-10023", "maxLength": 128,
+        "description": "required unless channel and buyer_id name the customer's account"})
+    channel = _text(metadata={"example": "tmall",
+                              "description": "with buyer_id, instead of customer_id"})
+    buyer_id = _text(metadata={"example": "tb_88231", "maxLength": 128})
     email = _text(allow_none=True, metadata={"example": "li.wei@example.com"})
     phone = _text(allow_none=True, metadata={"example": "+86 138 0013 8000"})
     name = _text(allow_none=True, metadata={"example": "Li Wei", "maxLength": 200})
@@ -101,7 +120,11 @@ class RecordResultSchema(Schema):
                          metadata={"description": "field -> reason, when rejected"})
     channel = fields.String()
     order_id = fields.String()
-    customer_id = fields.String()
+    customer_id = fields.String(metadata={
+        "description": "the customer the record landed on (for an order sent by buyer_id, the "
+                       "account's customer; for a merged id, the survivor)"})
+    merged_into = fields.String(metadata={
+        "description": "present when the customer_id sent was merged: the survivor it went to"})
 
 
 class TotalsSchema(Schema):
@@ -340,6 +363,9 @@ class CustomerTierSchema(Schema):
                        "tier and scores are recomputed now from the run's models and policy"})
     provisional_as_of = fields.String(allow_none=True, metadata={
         "description": "the day a provisional answer is computed as of (null otherwise)"})
+    merged_into = fields.String(allow_none=True, metadata={
+        "description": "set when the id asked for was merged into another customer: the "
+                       "answer is the survivor's (customer_id)"})
 
 
 class AudienceQuerySchema(Schema):
@@ -415,6 +441,8 @@ class CustomerMatchSchema(Schema):
     tier = fields.String(allow_none=True, metadata={"description": "in the live run"})
     value_segment = fields.String(allow_none=True)
     recommended_action = fields.String(allow_none=True)
+    merged_ids = fields.List(fields.String(), allow_none=True, metadata={
+        "description": "merged customers (aliases) through which this survivor was found"})
 
 
 class CustomerSearchSchema(Schema):
@@ -443,6 +471,23 @@ class ContactSchema(Schema):
     name = fields.String(allow_none=True)
 
 
+class RecentOrderSchema(Schema):
+    """One order of a customer."""
+
+    channel = fields.String(metadata={"example": "tmall"})
+    order_id = fields.String(metadata={"example": "TM20240501-0001"})
+    ordered_at = fields.String()
+    amount = fields.Float()
+    status = fields.String(metadata={"enum": list(ORDER_STATUSES)})
+
+
+class AliasSchema(Schema):
+    """A customer merged into another."""
+
+    customer_id = fields.String(metadata={"example": "C-20911"})
+    merge_id = fields.String(metadata={"example": "17"})
+
+
 class CustomerProfileSchema(Schema):
     """Everything an agent or tool needs about one customer, in one read."""
 
@@ -468,3 +513,9 @@ class CustomerProfileSchema(Schema):
         "description": "every score of the live run (as in /scores), or recomputed when "
                        "provisional; null when the customer has no paid order"})
     recent_transitions = fields.List(fields.Nested(TierTransitionSchema))
+    recent_orders = fields.List(fields.Nested(RecentOrderSchema), metadata={
+        "description": "the latest 10 orders, newest first, every status"})
+    aliases = fields.List(fields.Nested(AliasSchema), metadata={
+        "description": "customers merged into this one; their ids answer as this customer"})
+    merged_into = fields.String(allow_none=True, metadata={
+        "description": "set when the id asked for was merged: this is the survivor's profile"})

@@ -126,7 +126,17 @@ class Context:
         """The DSN, after applying any pending migration."""
         dsn = self.open_database(create=create)
         schema.upgrade(dsn)
+        _normalize_phones(self.settings, dsn)
         return dsn
+
+
+def _normalize_phones(settings: Settings, dsn: str) -> int | None:
+    """Stored phones in E.164 under the configured country code (see identities)."""
+    from crm_service.customers import identities
+    from crm_service.platform.db import connect
+
+    with connect(dsn, settings) as conn:
+        return identities.ensure_phone_scheme(conn, settings)
 
 
 def embedded_exists(data_dir: Path) -> bool:
@@ -205,7 +215,11 @@ def db() -> None:
 @handles_errors
 def db_upgrade(ctx: Context) -> None:
     """Apply pending migrations (idempotent; safe from two processes at once)."""
-    applied = schema.upgrade(ctx.open_database(create=True))
+    dsn = ctx.open_database(create=True)
+    applied = schema.upgrade(dsn)
+    changed = _normalize_phones(ctx.settings, dsn)
+    if changed:
+        click.echo(f"rewrote {changed} stored phone number(s) in E.164")
     click.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied)
                                                           if applied else "; schema up to date"))
 
@@ -425,6 +439,108 @@ def import_customers(ctx: Context, file: Path, report: Path | None, as_json: boo
         else:
             summary = bulk_import.import_customers(conn, ctx.settings, file, report_path=report)
     _report(summary, as_json)
+
+
+# --- identities -----------------------------------------------------------------------------
+
+
+def _print_json_or(data: dict, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, sort_keys=True, default=str) if as_json else text)
+
+
+@main.command("merge")
+@click.argument("survivor")
+@click.argument("others", nargs=-1, required=True)
+@click.option("--reason", help="Why (kept with the merge record).")
+@click.option("--json", "as_json", is_flag=True, help="Print the merge record as JSON.")
+@pass_ctx
+@handles_errors
+def merge_cmd(ctx: Context, survivor: str, others: tuple[str, ...], reason: str | None,
+              as_json: bool) -> None:
+    """Merge customers OTHERS into SURVIVOR (orders, identities, contact data; one transaction).
+
+    The merged ids stay as aliases of SURVIVOR; `crm-service unmerge SURVIVOR` undoes it.
+    """
+    from crm_service.customers import identities
+
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        done = identities.merge(conn, ctx.settings, survivor, list(others), actor="cli",
+                                reason=reason)
+    moved = done["moved"]
+    _print_json_or(done, as_json,
+                   f"merge {done['merge_id']}: {', '.join(done['merged_ids'])} into "
+                   f"{done['customer_id']} ({moved['orders']} orders, {moved['identities']} "
+                   "channel accounts moved)")
+
+
+@main.command("unmerge")
+@click.argument("survivor")
+@click.option("--merge-id", type=int, help="The merge to undo (default: the newest into "
+                                           "SURVIVOR that is not undone).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+@handles_errors
+def unmerge_cmd(ctx: Context, survivor: str, merge_id: int | None, as_json: bool) -> None:
+    """Undo a merge into SURVIVOR: orders, identities and aliases go back where they were."""
+    from crm_service.customers import identities
+
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        done = identities.unmerge(conn, ctx.settings, survivor, merge_id, actor="cli")
+    _print_json_or(done, as_json,
+                   f"merge {done['merge_id']} undone: {', '.join(done['merged_ids'])} are "
+                   f"separate again ({done['restored']['orders']} orders, "
+                   f"{done['restored']['identities']} channel accounts restored)")
+
+
+@main.group("identities")
+def identities_group() -> None:
+    """One person across channels: linking rules and their review list."""
+
+
+@identities_group.command("resolve")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_ctx
+@handles_errors
+def identities_resolve(ctx: Context, as_json: bool) -> None:
+    """Apply the linking rules (CRM_LINK_RULES) over the whole base, in one transaction.
+
+    Customers sharing a normalised phone or email are merged into the oldest of them, except
+    pairs holding different accounts on one channel: those are listed for review
+    (`identities candidates`).
+    """
+    from crm_service.customers import identities
+
+    began = time.perf_counter()
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn, conn.transaction():
+        linked = identities.link(conn, ctx.settings)
+    counts = {**linked.as_dict(), "seconds": round(time.perf_counter() - began, 2),
+              "rules": list(ctx.settings.link_rules)}
+    _print_json_or(counts, as_json,
+                   f"{linked.groups} group(s) of customers sharing a phone or email: "
+                   f"{linked.merges} merge(s) of {linked.merged_customers} customer(s), "
+                   f"{linked.candidates} new pair(s) for review"
+                   + ("" if ctx.settings.link_rules else " (CRM_LINK_RULES=none)"))
+
+
+@identities_group.command("candidates")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the pairs as JSON.")
+@pass_ctx
+@handles_errors
+def identities_candidates(ctx: Context, limit: int, as_json: bool) -> None:
+    """Pairs a rule matched but did not merge (different accounts on one channel)."""
+    from crm_service.customers import identities
+
+    with connect(ctx.upgraded_dsn(), ctx.settings) as conn:
+        pairs = identities.review_list(conn, limit)
+    if as_json:
+        click.echo(json.dumps({"candidates": pairs}, sort_keys=True))
+        return
+    for p in pairs:
+        click.echo(f"{p['customer_a']}  {p['customer_b']}  shared {p['rule']}, both on "
+                   f"{p['channel']} with different accounts")
+    if not pairs:
+        click.echo("no pairs awaiting review")
 
 
 # --- score ----------------------------------------------------------------------------------

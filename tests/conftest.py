@@ -19,7 +19,8 @@ from crm_service.platform.embedded import ensure_database, start_embedded, with_
 
 TABLES = ("idempotency_records, customer_identities, orders, customers, api_keys, customer_scores,"
           " tier_transitions, events, webhooks, webhook_deliveries, webhook_attempts,"
-          " schedule_slots, erased_customers, console_sessions")
+          " schedule_slots, erased_customers, console_sessions, customer_merges,"
+          " customer_merge_orders, customer_merge_identities, identity_link_candidates")
 # A fixed server key (the tests run with DATABASE_URL, where CRM_SECRET_KEY is required).
 TEST_SECRET_KEY = "dGVzdC1zZXJ2ZXIta2V5LW9mLTMyLWJ5dGVzLWxvbmc="
 

@@ -26,6 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "DELETE /v1/customers/{customer_id}": set(),
     "GET /v1/customers/{customer_id}/export": {"customers:read"},
     "GET /v1/customers/search": {"customers:read"},
+    "POST /v1/customers/{customer_id}/merge": {"customers:write"},
+    "POST /v1/customers/{customer_id}/unmerge": {"customers:write"},
+    "GET /v1/customers/{customer_id}/merges": {"customers:read"},
+    "GET /v1/identity-candidates": {"customers:read"},
     "GET /v1/events": {"scores:read"},
     "GET /v1/tier-policy": {"scores:read"},
     "PUT /v1/tier-policy": set(),
@@ -49,6 +53,8 @@ BODIES = {
     "POST /v1/predictions": {"cases": [{"frequency": 2, "recency": 10, "T": 20}]},
     "PUT /v1/tier-policy": {},
     "POST /v1/webhooks": {"url": "http://127.0.0.1:9/x", "events": ["vip.entered"]},
+    "POST /v1/customers/{customer_id}/merge": {"from": ["M2"]},
+    "POST /v1/customers/{customer_id}/unmerge": {},
 }
 QUERIES = {"GET /v1/customers/search": "?email=a@example.com"}
 PARAMS = {"customer_id": "M1", "run_id": "1", "name": "p_alive", "webhook_id": "1"}

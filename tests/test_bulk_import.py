@@ -75,7 +75,7 @@ def test_channel_option_and_missing_channel(tmp_path, conn, cli_env):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("a,b\n1,2\n", "missing column(s): order_id, customer_id, ordered_at, amount"),
+    ("a,b\n1,2\n", "missing column(s): order_id, ordered_at, amount, customer_id (or buyer_id"),
     ("order_id,customer_id,ordered_at,amount,channel,colour\n", "unknown column(s): colour"),
     ("order_id,order_id,customer_id,ordered_at,amount,channel\n", "repeated column(s)"),
     ("", "is empty"),

@@ -192,7 +192,7 @@ def test_migration_moves_unpartitioned_runs_to_partitions_without_losing_the_liv
         c.execute("UPDATE customer_scores SET tier = 'high_value' WHERE run_id = %s"
                   " AND customer_id = 'C-7'", (ids[2],))
     assert schema.upgrade(url) == ["0018.run-partitions", "0019.safe-operations",
-                                   "0020.forecast-intervals"]
+                                   "0020.forecast-intervals", "0021.identities"]
     with psycopg.connect(url) as c:
         assert q(c, "SELECT relkind FROM pg_class WHERE relname = 'customer_scores'") \
             == [("p",)]

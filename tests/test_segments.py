@@ -266,7 +266,8 @@ def test_every_surface_takes_the_one_vocabulary():
     )
 
     assert re.findall(r"\('([a-z_.]+)',", publishing._EVENT_TYPES) == list(RUN_EVENT_TYPES)
-    assert set(EVENT_TYPES) - set(RUN_EVENT_TYPES) == {"customer.erased"}
+    assert set(EVENT_TYPES) - set(RUN_EVENT_TYPES) == {"customer.erased", "customer.merged",
+                                                       "customer.unmerged"}
     for prefix, terms in (("tier", TIERS), ("value", VALUE_SEGMENTS), ("risk", CHURN_RISKS),
                           ("rfm", RFM_SEGMENTS), ("action", ACTIONS), ("script", ACTIONS),
                           ("alive_note", ALIVE_NOTES)):

@@ -389,9 +389,10 @@ def customer(customer_id: str) -> BaseResponse:
     # customer_ref of events and erasure), never the id.
     log.info("console customer viewed", extra={
         "key_id": g.console_session.key_id,
-        "customer_ref": erasure.customer_ref(services().settings, customer_id)})
-    return _page("customer.html", customer_id=customer_id, found=found,
-                 scores=found["scores"] or {}, run=found["run"])
+        "customer_ref": erasure.customer_ref(services().settings, found["customer_id"])})
+    # An alias (a merged id) shows its survivor, saying so.
+    return _page("customer.html", customer_id=found["customer_id"], asked=customer_id,
+                 found=found, scores=found["scores"] or {}, run=found["run"])
 
 
 @bp.get("/dashboard")

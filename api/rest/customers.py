@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app, g
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
 
 from api.auth import require
 from api.schemas import (
@@ -30,7 +31,8 @@ _TIER_EXAMPLE = {
     "churn_risk": "low", "churn_probability": 0.08, "clv_12m": 1834.2, "p_alive": 0.97,
     "p_alive_note": None,
     "recent_transitions": [{"run_id": 9, "as_of": "2026-09-30", "from_tier": "active",
-                            "to_tier": "high_value"}]}
+                            "to_tier": "high_value"}],
+    "merged_into": None}
 
 _PROFILE_EXAMPLE = {
     "customer_id": "C-10023", "created_at": "2025-03-02T08:11:40+00:00",
@@ -51,7 +53,12 @@ _PROFILE_EXAMPLE = {
                "purchases_365_p10": 2, "purchases_365_p90": 6, "spend_365_p10": 420.0,
                "spend_365_p90": 1980.0, "p_alive_note": None},
     "recent_transitions": [{"run_id": 9, "as_of": "2026-09-30", "from_tier": "active",
-                            "to_tier": "high_value"}]}
+                            "to_tier": "high_value"}],
+    "recent_orders": [{"channel": "tmall", "order_id": "TM20261101-0042",
+                       "ordered_at": "2026-11-01T04:30:00+00:00", "amount": 219.0,
+                       "status": "paid"}],
+    "aliases": [{"customer_id": "C-20911", "merge_id": "17"}],
+    "merged_into": None}
 
 
 # The answers' fields, in order, from their one definition (crm_service.customers.cards).
@@ -95,9 +102,10 @@ class CustomerTier(MethodView):
                                 f"(run {run['run_id']} as of {run['as_of']}) and no paid "
                                 "order since")
         run = _run_fields(found)
-        own = {"customer_id": customer_id, "run_id": run["run_id"], "as_of": run["as_of"],
-               "provisional": found["provisional"],
-               "recent_transitions": found["recent_transitions"]}
+        own = {"customer_id": found["customer_id"], "run_id": run["run_id"],
+               "as_of": run["as_of"], "provisional": found["provisional"],
+               "recent_transitions": found["recent_transitions"],
+               "merged_into": found["merged_into"]}
         # Every other field of the card is the score of that name.
         body = {k: own[k] if k in own else scores.get(k) for k in _TIER_FIELDS}
         # The hot path for agents and tools: the body is already plain JSON values, so it is
@@ -131,7 +139,10 @@ class CustomerProfile(MethodView):
         pii = g.api_key.allows("customers:read")
         customer, scores = found["customer"], found["scores"]
         own = {
-            "customer_id": customer_id,
+            "customer_id": found["customer_id"],
+            "merged_into": found["merged_into"],
+            "recent_orders": found["recent_orders"],
+            "aliases": found["aliases"],
             "created_at": customer["created_at"], "updated_at": customer["updated_at"],
             "contact": {k: customer[k] for k in ("email", "phone", "name")} if pii else None,
             "identities": found["identities"] if pii else None,
@@ -229,3 +240,122 @@ class CustomerSearch(MethodView):
         with services().reader.connection() as conn:
             return {"matches": profiles.search(
                 conn, **query, country_code=services().settings.phone_country_code)}
+
+
+class MergeInSchema(Schema):
+    """Which customers to merge into the one in the path."""
+
+    from_ = fields.List(fields.String(validate=validate.Length(min=1, max=128)), required=True,
+                        data_key="from", validate=validate.Length(min=1, max=50),
+                        metadata={"example": ["C-20911", "cx-5f1c0a9b7e2d4c6a8b0e1f23"]})
+    reason = fields.String(allow_none=True, validate=validate.Length(max=500), metadata={
+        "example": "same person: caller confirmed both accounts",
+        "description": "kept with the merge record (erased with the customer)"})
+
+
+class UnmergeInSchema(Schema):
+    """Which merge to undo (default: the newest into this customer)."""
+
+    merge_id = fields.String(validate=validate.Regexp(r"^[0-9]{1,18}$"),
+                             metadata={"example": "17"})
+
+
+_MERGE_EXAMPLE = {
+    "merge_id": "17", "customer_id": "C-10023", "merged_ids": ["C-20911"], "actor": "k_3f9a",
+    "reason": "same person", "merged_at": "2026-12-08T09:12:00+00:00", "undone_at": None,
+    "moved": {"orders": 3, "identities": 1, "aliases": [], "contact_fields": ["email"]}}
+
+
+@blp.route("/customers/<customer_id:customer_id>/merge")
+class CustomerMerge(MethodView):
+    """Merge other customers into this one (the survivor)."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(MergeInSchema, example={"from": ["C-20911"],
+                                           "reason": "same person: caller confirmed"})
+    @blp.response(200, example=_MERGE_EXAMPLE)
+    @blp.alt_response(404, description="the survivor or a customer in `from` does not exist")
+    @blp.alt_response(409, description="a customer is already merged (or the survivor is)")
+    @blp.alt_response(422, description="empty or over-long `from`, or the survivor in it")
+    @require("customers:write")
+    def post(self, body, customer_id: str):
+        """One transaction: the survivor takes the others' orders, identities and contact data.
+
+        The merged ids become aliases: every lookup of them (profile, /tier, search, export,
+        erasure, the console) answers with the survivor and says so (``merged_into``); orders
+        and profiles later sent for them land on the survivor. A ``customer.merged`` event
+        carries the survivor's and the merged customers' ``customer_ref``. The survivor's
+        answers are provisional until the next run scores the merged history.
+        """
+        from crm_service.customers import identities
+
+        check_customer_id(customer_id)
+        for other in body["from_"]:
+            check_customer_id(other)
+        with services().pool.connection() as conn:
+            return identities.merge(conn, services().settings, customer_id, body["from_"],
+                                    actor=g.api_key.id, reason=body.get("reason"))
+
+
+@blp.route("/customers/<customer_id:customer_id>/unmerge")
+class CustomerUnmerge(MethodView):
+    """Undo a merge into this customer."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(UnmergeInSchema, example={"merge_id": "17"})
+    @blp.response(200, example={**_MERGE_EXAMPLE, "undone_at": "2026-12-08T10:00:00+00:00",
+                                "restored": {"orders": 3, "identities": 1},
+                                "event_id": "1201"})
+    @blp.alt_response(404, description="no such merge into this customer")
+    @blp.alt_response(409, description="undone already, or a later merge depends on it")
+    @require("customers:write")
+    def post(self, body, customer_id: str):
+        """Put back what the merge moved: orders, identities, aliases, filled contact fields.
+
+        Possible while no later merge depends on it (the survivor was not merged on since).
+        Orders sent for a merged id after the merge stay with the survivor. Emits
+        ``customer.unmerged``.
+        """
+        from crm_service.customers import identities
+
+        check_customer_id(customer_id)
+        merge_id = int(body["merge_id"]) if body.get("merge_id") else None
+        with services().pool.connection() as conn:
+            return identities.unmerge(conn, services().settings, customer_id, merge_id,
+                                      actor=g.api_key.id)
+
+
+@blp.route("/customers/<customer_id:customer_id>/merges")
+class CustomerMerges(MethodView):
+    """The merges naming this customer."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, example={"merges": [_MERGE_EXAMPLE]})
+    @require("customers:read")
+    def get(self, customer_id: str):
+        """Every merge naming the customer (as survivor or merged), newest first."""
+        from crm_service.customers import identities
+
+        check_customer_id(customer_id)
+        with services().reader.connection() as conn:
+            return {"merges": identities.history(conn, customer_id)}
+
+
+@blp.route("/identity-candidates")
+class IdentityCandidates(MethodView):
+    """Pairs the linking rules matched but left for review."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, example={"candidates": [{
+        "customer_a": "cx-0a1b2c3d4e5f60718293a4b5", "customer_b": "cx-9f8e7d6c5b4a39281706f5e4",
+        "rule": "phone", "channel": "tmall", "found_at": "2026-12-08T09:00:00+00:00"}]})
+    @require("customers:read")
+    def get(self):
+        """Customers sharing a phone or email who each hold a different account on one channel.
+
+        Usually two people sharing a phone; merge them by hand if they are one person.
+        """
+        from crm_service.customers import identities
+
+        with services().reader.connection() as conn:
+            return {"candidates": identities.review_list(conn)}

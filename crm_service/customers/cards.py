@@ -25,7 +25,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from crm_service.vocabulary import ALIVE_NOTES, CHURN_RISKS, RFM_SEGMENTS, TIERS, VALUE_SEGMENTS
+from crm_service.vocabulary import (
+    ALIVE_NOTES,
+    CHURN_RISKS,
+    ORDER_STATUSES,
+    RFM_SEGMENTS,
+    TIERS,
+    VALUE_SEGMENTS,
+)
 
 # JSON kinds: what a field's value is in the answer's JSON.
 STRING, DATE, TIMESTAMP, INTEGER, NUMBER, BOOLEAN, OBJECT, LIST = (
@@ -72,6 +79,8 @@ TIER_CARD: tuple[Field, ...] = (
     # Why P(alive) and the churn band may look contradictory (models.segments.alive_notes).
     Field("p_alive_note", STRING, nullable=True, words=ALIVE_NOTES),
     Field("recent_transitions", LIST, fields=TRANSITION),
+    # Set when the id asked for was merged: the answer is the survivor's (``customer_id``).
+    Field("merged_into", STRING, nullable=True),
 )
 
 CONTACT = (Field("email", STRING, nullable=True), Field("phone", STRING, nullable=True),
@@ -83,6 +92,11 @@ CHANNEL_ORDERS = (
     Field("first_order_at", TIMESTAMP, nullable=True),
     Field("last_order_at", TIMESTAMP, nullable=True),
 )
+
+ALIAS = (Field("customer_id", STRING), Field("merge_id", STRING))
+ORDER = (Field("channel", STRING), Field("order_id", STRING), Field("ordered_at", TIMESTAMP),
+         Field("amount", NUMBER), Field("status", STRING, words=ORDER_STATUSES))
+RECENT_ORDERS = 10  # the latest orders a profile lists
 
 PROFILE_CARD: tuple[Field, ...] = (
     Field("customer_id", STRING),
@@ -99,6 +113,9 @@ PROFILE_CARD: tuple[Field, ...] = (
     *(Field(f.name, f.kind, nullable=True, words=f.words) for f in _SEGMENTS),
     Field("scores", OBJECT, nullable=True, open=True),
     Field("recent_transitions", LIST, fields=TRANSITION),
+    Field("recent_orders", LIST, fields=ORDER),
+    Field("aliases", LIST, fields=ALIAS),
+    Field("merged_into", STRING, nullable=True),
 )
 
 

@@ -152,9 +152,14 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
     Returns None when no run is live (and ``profile`` is false) or, with ``profile``, when the
     customer does not exist. The result has ``run`` (id, as_of, scored_at, churn horizon, or
     None), ``scores`` (all score columns, or None when the customer has none), ``provisional``,
-    ``recent_transitions`` and, with ``profile``, ``customer``, ``identities`` and
-    ``orders_by_channel``.
+    ``recent_transitions``, ``customer_id`` and ``merged_into`` (an alias is answered by its
+    survivor: ``customer_id`` is then the survivor's, ``merged_into`` too; else None) and,
+    with ``profile``, ``customer``, ``identities``, ``orders_by_channel``, ``recent_orders``
+    and ``aliases``.
     """
+    merged_into = store.survivor(conn, customer_id)
+    if merged_into is not None:
+        customer_id = merged_into
     found = store.live_lookup(conn, customer_id, profile=profile)
     if found is None or (profile and found.customer is None):
         return None
@@ -164,10 +169,12 @@ def lookup(conn: psycopg.Connection, customer_id: str, *,
                                             "scored_at": found.scored_at,
                                             "churn_horizon_days": found.churn_horizon_days},
         "scores": scores, "provisional": False, "recent_transitions": found.transitions,
+        "customer_id": customer_id, "merged_into": merged_into,
     }
     if profile:
         out.update(customer=found.customer, identities=found.identities,
-                   orders_by_channel=found.orders_by_channel)
+                   orders_by_channel=found.orders_by_channel,
+                   recent_orders=found.recent_orders, aliases=found.aliases)
     if found.stale and run_id is not None and as_of is not None:
         # None when every paid order was refunded or cancelled since the run.
         out["scores"] = _provisional(conn, customer_id, run_id, as_of, scores)
@@ -200,8 +207,10 @@ def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | N
 
     Exactly one of ``email``, ``phone`` or ``channel`` with ``external_id``. Each match has
     the id, contact fields and the live tier (None when not scored), at most
-    :data:`MAX_SEARCH_RESULTS`, by customer id. A phone matches in the forms of
-    :func:`phone_forms` (with ``country_code``, a national number finds its international form).
+    :data:`MAX_SEARCH_RESULTS`, by customer id. Phones are compared in E.164
+    (:func:`crm_service.customers.rules.normalize_phone`, national numbers read with
+    ``country_code``), so every written form of a number finds every other. A merged customer
+    (an alias) is found as its survivor, with ``merged_ids`` naming the aliases that matched.
     """
     given = [name for name, v in (("email", email), ("phone", phone), ("channel", channel),
                                   ("external_id", external_id)) if v is not None]
@@ -211,34 +220,16 @@ def search(conn: psycopg.Connection, *, email: str | None = None, phone: str | N
             raise ValidationError("email: not an email address")
         return _search(conn, "email", norm)
     if given == ["phone"]:
-        norm = normalize_phone(phone or "")
+        norm = normalize_phone(phone or "", country_code)
         if norm is None:
             raise ValidationError("phone: not a phone number (5-15 digits, optional leading +)")
-        return _search(conn, "phones", phone_forms(norm, country_code))
+        return _search(conn, "phones", [norm])
     if given == ["channel", "external_id"]:
         chan, ext = (channel or "").strip().lower(), (external_id or "").strip()
         if not chan or not ext:
             raise ValidationError("channel and external_id must not be empty")
         return _search(conn, "identity", ext, channel=chan)
     raise ValidationError("search by exactly one of: email, phone, or channel with external_id")
-
-
-def phone_forms(normalized: str, country_code: str | None) -> list[str]:
-    """The stored forms a typed phone number may have (``normalize_phone`` output).
-
-    An international number (``+86...``) is itself. A national one (``138 0013 8000``) is also
-    tried in international form with the deployment's country code (``CRM_PHONE_COUNTRY_CODE``,
-    dropping a trunk ``0``), and digits that start with that code (``86138...``) with a ``+``.
-    Without a country code a national number matches only as typed.
-    """
-    if normalized.startswith("+"):
-        return [normalized]
-    forms = [normalized]
-    if country_code:
-        forms.append(f"+{country_code}{normalized.lstrip('0')}")
-        if normalized.startswith(country_code) and len(normalized) - len(country_code) >= 7:
-            forms.append("+" + normalized)
-    return forms
 
 
 def find(conn: psycopg.Connection, text: str, *, country_code: str | None = None,
@@ -249,19 +240,20 @@ def find(conn: psycopg.Connection, text: str, *, country_code: str | None = None
     account written ``channel/external_id``, and an external id on any channel (each only where
     it could be one: ``+86 138-0013-8000`` is tried as a phone, not as an email). Each match
     lists how it matched in ``matched_by``; at most ``limit``, by customer id. Phones are
-    matched in the forms of :func:`phone_forms`.
+    matched in E.164 (as :func:`search`). Also tried as an order id (``order_id``, or
+    ``channel/order_id``): the order's customer. Aliases are answered by their survivor.
     """
     text = text.strip()
     if not text or len(text) > 254 or any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         return []
     email = normalize_email(text)
-    phone = normalize_phone(text)
+    phone = normalize_phone(text, country_code)
     channel, slash, external = text.partition("/")
     identity = (channel.strip().lower(), external.strip()) \
         if slash and channel.strip() and external.strip() else None
     found = store.find_matches(
         conn, text, email=email,
-        phones=phone_forms(phone, country_code) if phone is not None else None,
+        phones=[phone] if phone is not None else None,
         identity=identity, limit=limit)
     return [m.__dict__ for m in found]
 

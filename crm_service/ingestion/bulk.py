@@ -20,23 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from crm_service.customers import identities
 from crm_service.customers.rules import check_customer
 from crm_service.errors import ValidationError
-from crm_service.ingestion.records import SUPPRESSED, OrderRules, iter_checked
+from crm_service.ingestion.records import SUPPRESSED, OrderRules, check_account, iter_checked
 from crm_service.platform.config import Settings
 from crm_service.privacy import erasure
 from crm_service.storage import customers as customer_store
 from crm_service.storage import erasure as erasure_store
+from crm_service.storage import identities as id_store
 from crm_service.storage import orders as order_store
 from crm_service.storage.locks import lock_exclusive
 
 if TYPE_CHECKING:
     import psycopg
 
-ORDER_REQUIRED = ("order_id", "customer_id", "ordered_at", "amount")
-ORDER_OPTIONAL = ("channel", "currency", "status")
-CUSTOMER_REQUIRED = ("customer_id",)
-CUSTOMER_OPTIONAL = ("email", "phone", "name")
+ORDER_REQUIRED = ("order_id", "ordered_at", "amount")  # and customer_id or buyer_id
+ORDER_OPTIONAL = ("customer_id", "buyer_id", "channel", "currency", "status")
+CUSTOMER_REQUIRED = ()  # customer_id, or channel and buyer_id
+CUSTOMER_OPTIONAL = ("customer_id", "channel", "buyer_id", "email", "phone", "name")
+ORDER_HEADER = ("order_id,customer_id,ordered_at,amount and optionally channel,currency,status;"
+                " buyer_id (with channel) may replace or accompany customer_id")
+CUSTOMER_HEADER = ("customer_id and optionally email,phone,name; channel,buyer_id may replace "
+                   "customer_id")
 
 Progress = Callable[[int], None]
 
@@ -51,6 +57,7 @@ class ImportSummary:
     rejected: int = 0
     rows: int = 0
     report: str | None = None
+    linked: dict[str, int] | None = None  # what the linking rules did (profile imports)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -61,6 +68,7 @@ class ImportSummary:
             "rejected": self.rejected,
             "rows": self.rows,
             "report": self.report,
+            **({"linked": self.linked} if self.linked is not None else {}),
         }
 
 
@@ -72,6 +80,7 @@ class _Rejects:
         self.key = key
         self.count = 0
         self.malformed = 0  # rows rejected for their shape, before any field check
+        self._lock = threading.Lock()  # the parser and the feeding thread both reject rows
         self._fh: IO[str] | None = None
         self._writer: Any = None
 
@@ -81,13 +90,14 @@ class _Rejects:
 
     def add(self, line: int, errors: dict[str, str], key: str = "") -> None:
         """Record one rejected row: every failed field on its own report line."""
-        if self._fh is None:
-            self._fh = open(self._partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
-            self._writer = csv.writer(self._fh)
-            self._writer.writerow(["line", self.key, "field", "reason"])
-        for name, reason in errors.items():
-            self._writer.writerow([line, key, name, reason])
-        self.count += 1
+        with self._lock:
+            if self._fh is None:
+                self._fh = open(self._partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
+                self._writer = csv.writer(self._fh)
+                self._writer.writerow(["line", self.key, "field", "reason"])
+            for name, reason in errors.items():
+                self._writer.writerow([line, key, name, reason])
+            self.count += 1
 
     def close(self, *, committed: bool) -> None:
         """Publish the report if the import committed; otherwise leave no report behind.
@@ -129,16 +139,23 @@ def _bad_utf8_message(path: Path) -> str:
 
 
 def _read_header(fh: IO[bytes], path: Path, required: tuple[str, ...],
-                 optional: tuple[str, ...]) -> dict[str, int]:
+                 optional: tuple[str, ...], expected: str) -> dict[str, int]:
+    """The header's column positions, or a ValidationError naming what is wrong.
+
+    A customer column (``customer_id`` or ``buyer_id``) is required besides ``required``;
+    ``expected`` describes a good header.
+    """
     try:
         first = fh.readline().decode("utf-8")
     except UnicodeDecodeError:
         raise ValidationError(_bad_utf8_message(path)) from None
     if not first.strip():
-        raise ValidationError(f"{path} is empty; expected a header line: {','.join(required)}")
+        raise ValidationError(f"{path} is empty; expected a header line: {expected}")
     names = [n.strip().lower() for n in next(csv.reader([first]))]
     unknown = [n for n in names if n not in required + optional]
     missing = [n for n in required if n not in names]
+    if "customer_id" not in names and "buyer_id" not in names:
+        missing.append("customer_id (or buyer_id: the buyer's account on the row's channel)")
     dupes = sorted({n for n in names if names.count(n) > 1})
     problems = []
     if missing:
@@ -148,10 +165,7 @@ def _read_header(fh: IO[bytes], path: Path, required: tuple[str, ...],
     if dupes:
         problems.append("repeated column(s): " + ", ".join(dupes))
     if problems:
-        raise ValidationError(
-            f"wrong header in {path}: {'; '.join(problems)}. Expected "
-            f"{','.join(required)} and optionally {','.join(optional)}"
-        )
+        raise ValidationError(f"wrong header in {path}: {'; '.join(problems)}. Expected {expected}")
     return {name: i for i, name in enumerate(names)}
 
 
@@ -263,7 +277,7 @@ def import_orders(
     report_path = report_path or default_report_path(path)
     rules = OrderRules.from_settings(settings)
     with _open_csv(path) as fh:
-        columns = _read_header(fh, path, ORDER_REQUIRED, ORDER_OPTIONAL)
+        columns = _read_header(fh, path, ORDER_REQUIRED, ORDER_OPTIONAL, ORDER_HEADER)
         if "channel" not in columns and not channel:
             raise ValidationError(
                 f"{path} has no channel column; pass --channel (e.g. --channel tmall)"
@@ -271,6 +285,9 @@ def import_orders(
         rejects = _Rejects(report_path, "order_id")
         summary = ImportSummary()
         erased = _Erased(settings)
+        by_account = "buyer_id" in columns
+        make_id = identities.IdMaker(identities.identity_key(settings)) if by_account else None
+        aliases: dict[str, str] = {}
 
         def blocks() -> Iterator[order_store.OrderBlock]:
             # The parser is the import's critical path (PostgreSQL has the other core), so it
@@ -279,39 +296,65 @@ def import_orders(
             # first time this import sees it. That set costs the parser ~1.5 s per million
             # customers of a time-ordered file (its lookups miss the CPU cache), but probing
             # every repeat in PostgreSQL cost three times as much.
+            #
+            # An order sent by buyer id gets the account's generated customer id (a keyed hash,
+            # no lookup); the account is sent along the first time, and the feeding thread
+            # re-points the few whose account belongs to another customer already.
             rows = _rows(fh, len(columns), columns["order_id"], rejects, progress, path)
             lines: list[str] = []
             seen: set[str] = set()
             fresh: list[str] = []
+            accounts: list[tuple[str, str, str]] = []
+            claims: list[tuple[str, str, str, str, int, int]] = []
             first_sent = True  # no customer id was sent twice so far
             # A small first chunk gets the database working sooner.
             limit = max(1, chunk_rows // 4)
             suppressed = erased.blocks if erased else None
             count = 0
-            for line, row, errors, raw_id in iter_checked(rules, rows, columns, channel):
+            for line, row, errors, raw_id, buyer in iter_checked(rules, rows, columns, channel):
                 count += 1
                 if row is None:
                     rejects.add(line, errors, raw_id.strip())
                     continue
-                if suppressed is not None and suppressed(row[1]):
+                cid = row[1]
+                claim = None
+                if buyer is not None and make_id is not None:
+                    generated = make_id(row[2], buyer)
+                    if not cid:
+                        cid = generated
+                    else:
+                        cid = aliases.get(cid, cid)
+                        claim = (row[2], buyer, cid, generated, line, len(lines))
+                elif aliases:
+                    cid = aliases.get(cid, cid)
+                if suppressed is not None and suppressed(cid):
                     rejects.add(line, {"customer_id": SUPPRESSED}, raw_id.strip())
                     continue
-                lines.append(order_store.bulk_line(row))
-                if row[1] not in seen:
-                    seen.add(row[1])
-                    fresh.append(row[1])
+                if cid != row[1]:
+                    row = (row[0], cid, *row[2:])  # type: ignore[assignment]
+                if claim is not None:
+                    claims.append(claim)
+                elif buyer is not None and cid not in seen:
+                    accounts.append((row[2], buyer, cid))
+                lines.append(order_store.bulk_line(row))  # type: ignore[arg-type]
+                if cid not in seen:
+                    seen.add(cid)
+                    fresh.append(cid)
                 if len(lines) >= limit:
                     summary.rows += count
                     count = 0
-                    yield order_store.OrderBlock(lines, fresh, first_sent)
-                    lines, fresh = [], []
+                    yield order_store.OrderBlock(lines, fresh, first_sent, accounts, claims)
+                    lines, fresh, accounts, claims = [], [], [], []
                     limit = chunk_rows
                     if len(seen) > 5_000_000:  # bound memory; later blocks may repeat ids
                         seen.clear()
                         first_sent = False
             summary.rows += count
             if lines:
-                yield order_store.OrderBlock(lines, fresh, first_sent)
+                yield order_store.OrderBlock(lines, fresh, first_sent, accounts, claims)
+
+        def reject_claim(line: int, order_id: str, reason: str) -> None:
+            rejects.add(line, {"buyer_id": reason}, order_id)
 
         # The parser thread and this one (feeding COPY) take turns on the GIL; with the default
         # 5 ms switch interval each small socket write can wait that long for its turn, which
@@ -324,7 +367,9 @@ def import_orders(
                 # Under the writers' lock, so an erasure is committed before or waits.
                 lock_exclusive(conn)
                 erased.load(conn)
-                merged = order_store.merge_order_blocks(conn, _blocks_in_background(blocks))
+                aliases.update(id_store.all_aliases(conn))
+                merged = order_store.merge_order_blocks(conn, _blocks_in_background(blocks),
+                                                        reject_claim=reject_claim)
             committed = True
         finally:
             sys.setswitchinterval(interval)
@@ -340,27 +385,70 @@ def import_customers(
     report_path: Path | None = None,
     progress: Progress | None = None,
 ) -> ImportSummary:
-    """Import a customer-profile CSV in one transaction; empty cells leave a field unchanged."""
+    """Import a customer-profile CSV in one transaction; empty cells leave a field unchanged.
+
+    A row may name its customer by ``channel`` + ``buyer_id`` instead of ``customer_id``: a
+    known account gives its customer, a new one its generated id (the account is linked). The
+    file is then read twice: once for the accounts (looked up in one statement), once to load.
+    The linking rules run over the imported customers before the import commits.
+    """
     report_path = report_path or default_report_path(path)
     with _open_csv(path) as fh:
-        columns = _read_header(fh, path, CUSTOMER_REQUIRED, CUSTOMER_OPTIONAL)
+        columns = _read_header(fh, path, CUSTOMER_REQUIRED, CUSTOMER_OPTIONAL, CUSTOMER_HEADER)
+        by_account = "buyer_id" in columns
+        if by_account and "channel" not in columns:
+            raise ValidationError(f"{path} has a buyer_id column but no channel column: an "
+                                  "account is a buyer id on one channel")
+        start = fh.tell()
+        key_index = columns.get("customer_id", columns.get("buyer_id", 0))
         rejects = _Rejects(report_path, "customer_id")
         summary = ImportSummary()
+        owners: dict[tuple[str, str], str] = {}
+        links: list[tuple[str, str, str]] = []
+        aliases: dict[str, str] = {}
+        touched: list[str] = []
+        make_id = identities.IdMaker(identities.identity_key(settings)) if by_account else None
+        i_cid = columns.get("customer_id")
+
+        def accounts() -> Iterator[tuple[str, str]]:
+            quiet = _Rejects(report_path.with_name(report_path.name + ".scan"), "customer_id")
+            try:
+                for _, fields in _rows(fh, len(columns), key_index, quiet, None, path):
+                    if i_cid is not None and fields[i_cid].strip():
+                        continue
+                    account, _ = check_account(fields[columns["channel"]],
+                                               fields[columns["buyer_id"]])
+                    if account is not None:
+                        yield account
+            finally:
+                quiet.close(committed=False)
 
         def staged() -> Iterator[customer_store.StagedCustomer]:
-            for line, fields in _rows(fh, len(columns), columns["customer_id"], rejects,
-                                      progress, path):
+            for line, fields in _rows(fh, len(columns), key_index, rejects, progress, path):
                 summary.rows += 1
                 record = {
                     name: fields[i] for name, i in columns.items() if fields[i].strip() != ""
                 }
+                chan, buyer = record.pop("channel", None), record.pop("buyer_id", None)
+                if by_account and not record.get("customer_id") and make_id is not None:
+                    account, errors = check_account(chan, buyer)
+                    if account is None:
+                        rejects.add(line, errors, (buyer or "").strip())
+                        continue
+                    record["customer_id"] = owners.get(account) or make_id(*account)
+                    if account not in owners:
+                        links.append((*account, record["customer_id"]))
+                        owners[account] = record["customer_id"]
                 record.setdefault("customer_id", "")
-                profile, errors = check_customer(record)
+                profile, errors = check_customer(record, settings.phone_country_code)
                 if profile is None:
                     rejects.add(line, errors, record.get("customer_id", "").strip())
-                elif erased and erased.blocks(profile.customer_id):
+                    continue
+                profile.customer_id = aliases.get(profile.customer_id, profile.customer_id)
+                if erased and erased.blocks(profile.customer_id):
                     rejects.add(line, {"customer_id": SUPPRESSED}, profile.customer_id)
                 else:
+                    touched.append(profile.customer_id)
                     yield line, profile
 
         committed = False
@@ -369,10 +457,18 @@ def import_customers(
             with conn.transaction():
                 customer_store.lock_writers(conn)
                 erased.load(conn)
+                aliases.update(id_store.all_aliases(conn))
+                if by_account:
+                    owners.update(id_store.account_owners(conn, accounts()))
+                    fh.seek(start)
                 merged = customer_store.merge_customers(conn, staged())
+                customer_store.add_identities(conn, links)
+                linked = identities.link(conn, settings,
+                                         among=None if len(touched) > 50_000 else touched)
             committed = True
         finally:
             rejects.close(committed=committed)
+    summary.linked = linked.as_dict()
     return _finish(summary, merged, rejects)
 
 

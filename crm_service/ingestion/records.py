@@ -20,13 +20,14 @@ from crm_service.customers.ids import CHANNEL, MAX_ID_LENGTH, UNADDRESSABLE, add
 from crm_service.errors import BatchTooLargeError
 from crm_service.platform.config import Settings
 from crm_service.privacy import erasure
+from crm_service.storage import identities as store_identities
 from crm_service.storage import orders as order_store
 from crm_service.storage.locks import lock_shared
+from crm_service.vocabulary import ORDER_STATUSES
 
 if TYPE_CHECKING:
     import psycopg
 
-ORDER_STATUSES = ("paid", "refunded", "cancelled")
 EARLIEST_ORDER = date(1990, 1, 1)
 
 # [0-9], not \d: \d also matches Arabic-Indic or full-width digits, which PostgreSQL rejects.
@@ -176,17 +177,30 @@ def check_order(
     amount: Any,
     currency: Any = None,
     status: Any = None,
+    buyer_id: Any = None,
 ) -> tuple[OrderRow | None, dict[str, str]]:
     """Validate and normalise one order.
 
     Returns ``(row, {})`` for an acceptable order, or ``(None, errors)`` where ``errors`` maps
     each offending field to a human-readable reason. Channel and status are lower-cased, ids
     trimmed, the currency defaults to ``CRM_CURRENCY`` and the status to ``paid``.
+
+    An order names its customer by ``customer_id``, by ``buyer_id`` (the buyer's account on the
+    order's channel, resolved through the identity graph by the caller), or both; with
+    ``buyer_id`` alone the row's customer id is ``""`` (:func:`buyer_of` gives the account).
     """
     errors: dict[str, str] = {}
     oid = _clean_id(order_id, "order_id", errors)
-    cid = _clean_id(customer_id, "customer_id", errors)
-    if "customer_id" not in errors and not addressable(cid):
+    has_buyer = buyer_id is not None and (type(buyer_id) is not str or buyer_id.strip() != "")
+    if has_buyer:
+        _clean_id(buyer_id, "buyer_id", errors)
+    if has_buyer and (customer_id is None or str(customer_id).strip() == ""):
+        cid = ""
+    else:
+        cid = _clean_id(customer_id, "customer_id", errors)
+        if errors.get("customer_id") == "required":
+            errors["customer_id"] = "required (or buyer_id: the buyer's account on the channel)"
+    if cid and "customer_id" not in errors and not addressable(cid):
         errors["customer_id"] = UNADDRESSABLE
     chan, problem = _check_channel("" if channel is None else str(channel))
     if problem:
@@ -202,6 +216,14 @@ def check_order(
     if errors or when is None:
         return None, errors
     return (oid, cid, chan, when, amt, cur, stat), {}
+
+
+def buyer_of(buyer_id: Any) -> str | None:
+    """The checked buyer id of an order (after :func:`check_order` accepted it), or None."""
+    if buyer_id is None:
+        return None
+    text = (buyer_id if type(buyer_id) is str else str(buyer_id)).strip()
+    return text or None
 
 
 def _echo(record: Mapping[str, Any], *names: str) -> dict[str, str]:
@@ -249,6 +271,7 @@ def ingest_order_batch(
     rules = OrderRules.from_settings(settings)
     outcomes: dict[int, dict[str, Any]] = {}
     valid: list[tuple[int, OrderRow]] = []
+    buyers: dict[int, str] = {}
     for index, record in enumerate(records):
         row, errors = check_order(
             rules,
@@ -259,6 +282,7 @@ def ingest_order_batch(
             record.get("amount"),
             record.get("currency"),
             record.get("status"),
+            record.get("buyer_id"),
         )
         if index in pre_rejected:
             # Report every problem at once: the caller's type errors, and the rule checks.
@@ -268,10 +292,15 @@ def ingest_order_batch(
                                **_echo(record, "channel", "order_id")}
         else:
             valid.append((index, row))
+            buyer = buyer_of(record.get("buyer_id"))
+            if buyer is not None:
+                buyers[index] = buyer
+    given = {index: row[1] for index, row in valid}
     if valid:
-        # After the writers' lock: an erasure (which takes it exclusively) is either committed
-        # and seen here, or waits for this batch.
+        # After the writers' lock: an erasure or a merge (which take it exclusively) is either
+        # committed and seen here, or waits for this batch.
         lock_shared(conn, settings.ingest_lock_wait_seconds)
+        valid, links = _resolve_customers(conn, settings, valid, buyers, outcomes)
         gone = erasure.suppressed(conn, settings, [row[1] for _, row in valid])
         if gone:
             for index, row in valid:
@@ -279,28 +308,122 @@ def ingest_order_batch(
                     outcomes[index] = {"outcome": "rejected", "errors": {
                         "customer_id": SUPPRESSED}, "channel": row[2], "order_id": row[0]}
             valid = [(i, row) for i, row in valid if row[1] not in gone]
+            links = [link for link in links if link[2] not in gone]
+        store_identities.create_customers_with_identities(conn, links)
     if valid:
         merged = order_store.merge_orders(conn, valid,
                                           lock_wait_seconds=settings.ingest_lock_wait_seconds)
         for index, row in valid:
             outcome = merged.per_row.get(index, "duplicate")
-            outcomes[index] = {"outcome": outcome, "channel": row[2], "order_id": row[0]}
+            outcomes[index] = {"outcome": outcome, "channel": row[2], "order_id": row[0],
+                               "customer_id": row[1]}
+            if given[index] and given[index] != row[1]:
+                outcomes[index]["merged_into"] = row[1]
     result = BatchResult()
     for index in range(len(records)):
         result.results.append({"index": index, **outcomes[index]})
     return result
 
 
+def _resolve_customers(conn: psycopg.Connection, settings: Settings,
+                       valid: list[tuple[int, OrderRow]], buyers: Mapping[int, str],
+                       outcomes: dict[int, dict[str, Any]]
+                       ) -> tuple[list[tuple[int, OrderRow]], list[tuple[str, str, str]]]:
+    """Each order's customer: its channel account's, a new one for a new account, a survivor.
+
+    Orders naming a merged customer go to the survivor. An order naming both a customer and an
+    account that belongs to another customer is rejected (in ``outcomes``). Returns the orders
+    and the new (channel, account, customer) links for the caller to create.
+    """
+    from crm_service.customers import identities
+
+    aliases = identities.resolve_aliases(conn, [row[1] for _, row in valid if row[1]])
+    owners = store_identities.claim_identities(
+        conn, sorted({(row[2], buyers[i]) for i, row in valid if i in buyers}))
+    key = identities.identity_key(settings) if buyers else b""
+    links: list[tuple[str, str, str]] = []
+    out: list[tuple[int, OrderRow]] = []
+    for index, row in valid:
+        cid = aliases.get(row[1], row[1])
+        buyer = buyers.get(index)
+        if buyer is not None:
+            account = (row[2], buyer)
+            owner = owners.get(account)
+            if not cid:
+                cid = owner or identities.generated_id(key, row[2], buyer)
+            elif owner is not None and owner != cid:
+                outcomes[index] = {"outcome": "rejected", "errors": {
+                    "buyer_id": f"{row[2]} account {buyer!r} belongs to another customer, not "
+                                f"{row[1]!r}; send one of the two, or merge the customers"},
+                    "channel": row[2], "order_id": row[0]}
+                continue
+            if owner is None:
+                owners[account] = cid
+                links.append((row[2], buyer, cid))
+        out.append((index, (row[0], cid, *row[2:])))  # type: ignore[arg-type]
+    return out, links
+
+
+def check_account(channel: Any, buyer_id: Any) -> tuple[tuple[str, str] | None, dict[str, str]]:
+    """A channel account (channel, buyer id) of a profile, or the errors."""
+    errors: dict[str, str] = {}
+    chan, problem = _check_channel("" if channel is None else str(channel))
+    if problem:
+        errors["channel"] = problem
+    buyer = _clean_id(buyer_id, "buyer_id", errors)
+    return (None, errors) if errors else ((chan, buyer), {})
+
+
+def _profiles_by_account(conn: psycopg.Connection, settings: Settings,
+                         records: list[Mapping[str, Any]],
+                         pre_rejected: Mapping[int, dict[str, str]],
+                         outcomes: dict[int, dict[str, Any]]) -> list[Mapping[str, Any]]:
+    """Profiles sent with ``channel`` + ``buyer_id`` instead of ``customer_id``, resolved.
+
+    A known account gives its customer, a new one its generated id (and the account joins the
+    profile's identities); a bad account is rejected in ``outcomes``.
+    """
+    from crm_service.customers import identities
+
+    accounts: dict[int, tuple[str, str]] = {}
+    for index, record in enumerate(records):
+        if index in pre_rejected or record.get("customer_id") not in (None, "") \
+                or "buyer_id" not in record:
+            continue
+        account, errors = check_account(record.get("channel"), record.get("buyer_id"))
+        if account is None:
+            outcomes[index] = {"outcome": "rejected", "errors": errors}
+        else:
+            accounts[index] = account
+    if not accounts:
+        return [{k: v for k, v in r.items() if k not in ("channel", "buyer_id")}
+                for r in records]
+    owners = store_identities.claim_identities(conn, sorted(set(accounts.values())))
+    key = identities.identity_key(settings)
+    out: list[Mapping[str, Any]] = []
+    for index, record in enumerate(records):
+        plain = {k: v for k, v in record.items() if k not in ("channel", "buyer_id")}
+        account = accounts.get(index)
+        if account is not None:
+            plain["customer_id"] = owners.get(account) or identities.generated_id(key, *account)
+            plain["identities"] = [*(record.get("identities") or []),
+                                   {"channel": account[0], "external_id": account[1]}]
+        out.append(plain)
+    return out
+
+
 def iter_checked(
     rules: OrderRules, rows: Iterable[tuple[int, list[str]]], columns: Mapping[str, int],
     default_channel: str | None,
-) -> Iterator[tuple[int, OrderRow | None, dict[str, str], str]]:
+) -> Iterator[tuple[int, OrderRow | None, dict[str, str], str, str | None]]:
     """Check CSV rows ``(line_number, fields)`` whose header maps names to ``columns``.
 
-    Yields ``(line, row or None, errors, raw order_id)``.
+    Yields ``(line, row or None, errors, raw order_id, buyer id or None)``; a row sent with a
+    buyer id only has ``""`` as its customer id (see :func:`check_order`).
     """
-    i_oid, i_cid, i_at, i_amt = (columns[c] for c in ("order_id", "customer_id", "ordered_at",
-                                                    "amount"))
+    i_oid, i_at, i_amt = (columns[c] for c in ("order_id", "ordered_at", "amount"))
+    i_cid = columns.get("customer_id")
+    i_buyer = columns.get("buyer_id")
     i_chan = columns.get("channel")
     i_cur = columns.get("currency")
     i_stat = columns.get("status")
@@ -308,17 +431,19 @@ def iter_checked(
         channel = fields[i_chan] if i_chan is not None else None
         if default_channel and (channel is None or not channel.strip()):
             channel = default_channel
+        buyer = fields[i_buyer] if i_buyer is not None else None
         row, errors = check_order(
             rules,
             fields[i_oid],
-            fields[i_cid],
+            fields[i_cid] if i_cid is not None else None,
             channel,
             fields[i_at],
             fields[i_amt],
             fields[i_cur] if i_cur is not None else None,
             fields[i_stat] if i_stat is not None else None,
+            buyer,
         )
-        yield line, row, errors, fields[i_oid]
+        yield line, row, errors, fields[i_oid], buyer.strip() if buyer else None
 
 
 def ingest_customer_batch(
@@ -342,18 +467,26 @@ def ingest_customer_batch(
     pre_rejected = pre_rejected or {}
     lock_shared(conn, settings.ingest_lock_wait_seconds)
     outcomes: dict[int, dict[str, Any]] = {}
+    records = _profiles_by_account(conn, settings, records, pre_rejected, outcomes)
     valid = []
     for index, record in enumerate(records):
+        if index in outcomes:
+            continue
         if index in pre_rejected:
             outcomes[index] = {"outcome": "rejected", "errors": pre_rejected[index],
                                **_echo(record, "customer_id")}
             continue
-        profile, errors = check_customer(record)
+        profile, errors = check_customer(record, settings.phone_country_code)
         if profile is None:
             outcomes[index] = {"outcome": "rejected", "errors": errors,
                                **_echo(record, "customer_id")}
         else:
             valid.append((index, profile))
+    from crm_service.customers import identities
+
+    aliases = identities.resolve_aliases(conn, [p.customer_id for _, p in valid])
+    for _, profile in valid:
+        profile.customer_id = aliases.get(profile.customer_id, profile.customer_id)
     gone = erasure.suppressed(conn, settings, [p.customer_id for _, p in valid])
     for index, profile in valid:
         if profile.customer_id in gone:

@@ -72,6 +72,8 @@ class Settings:
     webhook_retry_window_seconds: float = 86_400.0
     score_schedule: str | None = "02:00"
     phone_country_code: str | None = None
+    link_rules: tuple[str, ...] = ("phone", "email")
+    link_same_channel: bool = False
     console_secure_cookies: str = "auto"
     console_idle_minutes: int = 30
     console_session_hours: int = 12
@@ -154,6 +156,28 @@ def _country_code(env: Mapping[str, str]) -> str | None:
         raise ConfigError(f"CRM_PHONE_COUNTRY_CODE={raw!r} is not a country calling code "
                           "(1-3 digits, e.g. 86)")
     return raw
+
+
+def _link_rules(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("CRM_LINK_RULES")
+    if raw is None:
+        return ("phone", "email")
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    if names == ["none"] or not names:
+        return ()
+    unknown = [n for n in names if n not in ("phone", "email")]
+    if unknown:
+        raise ConfigError(f"CRM_LINK_RULES={raw!r}: unknown rule(s) {', '.join(unknown)}; "
+                          "use phone, email (comma-separated) or none")
+    return tuple(n for n in ("phone", "email") if n in names)
+
+
+def _link_same_channel(env: Mapping[str, str]) -> bool:
+    raw = (env.get("CRM_LINK_SAME_CHANNEL") or "review").strip().lower()
+    if raw not in ("review", "allow"):
+        raise ConfigError(f"CRM_LINK_SAME_CHANNEL={raw!r}: use review (default: such pairs are "
+                          "listed for review) or allow (link them anyway)")
+    return raw == "allow"
 
 
 def _secure_cookies(env: Mapping[str, str]) -> str:
@@ -297,6 +321,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_timeout_seconds=_number(env, "CRM_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 60.0),
         webhook_concurrency=_number(env, "CRM_WEBHOOK_CONCURRENCY", 8, 1, 64),
         phone_country_code=_country_code(env),
+        link_rules=_link_rules(env),
+        link_same_channel=_link_same_channel(env),
         console_secure_cookies=_secure_cookies(env),
         lookup_lane=_lookup_lane(env),
         console_idle_minutes=_number(env, "CRM_CONSOLE_IDLE_MINUTES", 30, 1, 24 * 60),

@@ -42,25 +42,59 @@ def any_erased(conn: psycopg.Connection) -> bool:
 def erase(conn: psycopg.Connection, settings: Settings, customer_id: str) -> dict[str, Any]:
     """Erase a customer in one transaction; NotFoundError if nothing is held about them.
 
-    Returns the counts of what was removed and the ``customer_ref``.
+    The person is erased: an alias (a merged id) erases its survivor, and a survivor takes its
+    aliases with it (each id on the suppression list, each with its ``customer.erased``).
+    Returns the counts of what was removed, the ``customer_ref`` and, for an alias,
+    ``merged_into``; ``aliases`` lists the refs of the aliases erased with it.
     """
-    digest = secretbox.keyed_digest(secretbox.server_key(settings), PURPOSE, customer_id)
+    from crm_service.storage import identities as id_store
+
+    key = secretbox.server_key(settings)
     with conn.transaction():
-        erased = store.delete_customer(conn, customer_id, digest)
+        store.lock_exclusive(conn)
+        survivor = id_store.survivors_of(conn, [customer_id]).get(customer_id)
+        target = survivor or customer_id
+        alias_ids = [a["customer_id"] for a in id_store.aliases(conn, target)]
+        alias_refs = []
+        for alias in alias_ids:  # first: their rows point at the survivor's
+            digest = secretbox.keyed_digest(key, PURPOSE, alias)
+            store.delete_customer(conn, alias, digest)
+            alias_refs.append(digest.hex())
+        digest = secretbox.keyed_digest(key, PURPOSE, target)
+        erased = store.delete_customer(conn, target, digest)
         if erased is None:
             raise NotFoundError(f"no customer {customer_id!r}")
-    return {"customer_ref": digest.hex(), "removed": erased.removed,
-            "event_id": str(erased.event_id)}
+    out = {"customer_ref": digest.hex(), "removed": erased.removed,
+           "event_id": str(erased.event_id)}
+    if survivor is not None:
+        out["merged_into"] = survivor
+    if alias_refs:
+        out["aliases"] = alias_refs
+    return out
 
 
 def export(conn: psycopg.Connection, settings: Settings, customer_id: str) -> dict[str, Any]:
-    """Everything held about a customer, as JSON-ready data (GDPR Art. 20)."""
+    """Everything held about a customer, as JSON-ready data (GDPR Art. 20).
+
+    An alias is answered with its survivor's data (``merged_into``); the survivor's export lists
+    its aliases and the merges naming it.
+    """
+    from crm_service.customers import identities
+    from crm_service.storage import identities as id_store
+
+    survivor = id_store.survivors_of(conn, [customer_id]).get(customer_id)
+    asked, customer_id = customer_id, survivor or customer_id
     held = store.held_data(conn, customer_id)
     if held.profile is None and not held.orders:
-        raise NotFoundError(f"no customer {customer_id!r}")
+        raise NotFoundError(f"no customer {asked!r}")
     p = held.profile
     return {
         "customer_id": customer_id,
+        "merged_into": survivor,
+        "aliases": [{"customer_id": a["customer_id"], "merge_id": a["merge_id"],
+                     "merged_at": a["merged_at"].isoformat()}
+                    for a in id_store.aliases(conn, customer_id)],
+        "merges": identities.history(conn, customer_id),
         "customer_ref": customer_ref(settings, customer_id),
         "profile": None if p is None else {
             "email": p.email, "phone": p.phone, "name": p.name,

@@ -73,6 +73,12 @@ def delete_customer(conn: psycopg.Connection, customer_id: str, digest: bytes) -
     run("profile", "DELETE FROM customers WHERE customer_id = %(c)s")
     removed["scores"] = erase_customer_scores(conn, customer_id)
     run("tier_transitions", "DELETE FROM tier_transitions WHERE customer_id = %(c)s")
+    # Merge records name the customer (as survivor or merged; the moved rows go with them) and
+    # so do the linking rules' review pairs.
+    run("merges", "DELETE FROM customer_merges WHERE survivor_id = %(c)s"
+                  " OR merged_ids @> ARRAY[%(c)s]::text[]")
+    run("link_candidates", "DELETE FROM identity_link_candidates"
+                           " WHERE customer_a = %(c)s OR customer_b = %(c)s")
     run("webhook_deliveries",
         "DELETE FROM webhook_deliveries WHERE event_id IN"
         " (SELECT id FROM events WHERE customer_id = %(c)s)")

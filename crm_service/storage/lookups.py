@@ -47,6 +47,22 @@ _CHANNELS = """(SELECT coalesce(array_to_json(array_agg(ch ORDER BY ch.channel))
                    max(o.ordered_at) FILTER (WHERE o.status = 'paid') AS last_order_at
             FROM orders o WHERE o.customer_id = {c} GROUP BY o.channel) ch)"""
 
+# Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
+_ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+            " || CASE WHEN date_part('microseconds', {t})::int %% 1000000 = 0 THEN ''"
+            " ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00'")
+
+_RECENT_ORDERS = """(SELECT coalesce(array_to_json(array_agg(ro ORDER BY ro.ordered_at DESC,
+            ro.channel, ro.order_id)), '[]') FROM (
+            SELECT o.channel, o.order_id, {iso} AS ordered_at, o.amount::float8 AS amount,
+                   o.status
+            FROM orders o WHERE o.customer_id = {{c}}
+            ORDER BY o.ordered_at DESC, o.channel, o.order_id LIMIT {n}) ro)""".format(
+    iso=_ISO_UTC.format(t="o.ordered_at"), n=cards.RECENT_ORDERS)
+_ALIASES = """(SELECT coalesce(array_to_json(array_agg(al ORDER BY al.customer_id)), '[]') FROM (
+            SELECT a.customer_id, a.merge_id::text AS merge_id FROM customers a
+            WHERE a.merged_into = {c}) al)"""
+
 # One customer: the live run, their row in it, their latest tier changes, and whether the row
 # is stale.
 _LOOKUP = """
@@ -62,8 +78,9 @@ _PROFILE_EXTRA = """,
        (SELECT json_build_object('email', c.email, 'phone', c.phone, 'name', c.name,
                                  'created_at', c.created_at, 'updated_at', c.updated_at)
         FROM customers c WHERE c.customer_id = %(c)s),
-       {identities}, {channels}
-""".format(identities=_IDENTITIES.format(c="%(c)s"), channels=_CHANNELS.format(c="%(c)s"))
+       {identities}, {channels}, {orders}, {aliases}
+""".format(identities=_IDENTITIES.format(c="%(c)s"), channels=_CHANNELS.format(c="%(c)s"),
+           orders=_RECENT_ORDERS.format(c="%(c)s"), aliases=_ALIASES.format(c="%(c)s"))
 
 # The answers of GET /v1/customers/{id}/tier and GET /v1/customers/{id}, built as JSON text by
 # PostgreSQL, for many customers in one round trip (see cards()). Only customers whose live-run
@@ -79,6 +96,8 @@ WHERE s.tier IS NOT NULL AND s.p_alive < 'Infinity'
   AND (s.churn_probability IS NULL OR s.churn_probability < 'Infinity')
   AND (s.expected_spend IS NULL OR s.expected_spend < 'Infinity')
   AND NOT {stale}
+  AND NOT EXISTS (SELECT 1 FROM customers al WHERE al.customer_id = c.id
+                  AND al.merged_into IS NOT NULL)
 """.format(stale=_STALE.format(c="c.id"))
 
 def _select(card: tuple[cards.Field, ...], exprs: dict[str, str]) -> str:
@@ -104,14 +123,10 @@ _TIER_SQL = {
         "tier", "tier_since", "value_segment", "rfm_segment", "recommended_action",
         "churn_risk", "churn_probability", "clv_12m", "p_alive", "p_alive_note")},
     "recent_transitions": _TRANSITIONS.format(c="c.id"),
+    "merged_into": "NULL::text",
 }
 
 _TIER_CARDS = _cards_statement(cards.TIER_CARD, _TIER_SQL, join="")
-
-# Timestamps as Python's isoformat() writes them (the Flask view's format): sessions are UTC.
-_ISO_UTC = ("to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
-            " || CASE WHEN date_part('microseconds', {t})::int %% 1000000 = 0 THEN ''"
-            " ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00'")
 
 SCORES = tuple(c for c in SCORE_COLUMNS if c != "customer_id")
 
@@ -130,6 +145,9 @@ _PROFILE_SQL = {
         f"s.{c}::float8 AS {c}" if c in ("monetary_value", "historic_spend") else f"s.{c}"
         for c in SCORES) + ") sc)",
     "recent_transitions": _TRANSITIONS.format(c="c.id"),
+    "recent_orders": _RECENT_ORDERS.format(c="c.id"),
+    "aliases": _ALIASES.format(c="c.id"),
+    "merged_into": "NULL::text",
 }
 
 _PROFILE_CARDS = _cards_statement(cards.PROFILE_CARD, _PROFILE_SQL,
@@ -159,6 +177,8 @@ class LiveLookup:
     customer: dict[str, Any] | None = None  # with the profile only
     identities: list[dict[str, Any]] | None = None
     orders_by_channel: list[dict[str, Any]] | None = None
+    recent_orders: list[dict[str, Any]] | None = None
+    aliases: list[dict[str, Any]] | None = None
 
 
 def live_lookup(conn: psycopg.Connection, customer_id: str, *,
@@ -183,10 +203,18 @@ def live_lookup(conn: psycopg.Connection, customer_id: str, *,
         scores=dict(zip(SCORES, row[5:5 + n], strict=True)) if row[4] else None,
         transitions=row[5 + n], stale=bool(row[6 + n]))
     if profile:
-        customer, identities, channels = row[7 + n:]
+        customer, identities, channels, orders, aliases = row[7 + n:]
         return LiveLookup(**{**found.__dict__, "customer": customer, "identities": identities,
-                             "orders_by_channel": channels})
+                             "orders_by_channel": channels, "recent_orders": orders,
+                             "aliases": aliases})
     return found
+
+
+def survivor(conn: psycopg.Connection, customer_id: str) -> str | None:
+    """The customer ``customer_id`` was merged into, or None when it is not an alias."""
+    row = conn.execute("SELECT merged_into FROM customers WHERE customer_id = %s"
+                       " AND merged_into IS NOT NULL", (customer_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 @dataclass(frozen=True)
@@ -264,7 +292,10 @@ def card_json(conn: psycopg.Connection, customer_ids: list[str], *, profile: boo
 
 @dataclass(frozen=True)
 class Match:
-    """A customer found by a search, with their live tier (None when not scored)."""
+    """A customer found by a search, with their live tier (None when not scored).
+
+    ``merged_ids``: the aliases (merged customers) through which the survivor was found.
+    """
 
     customer_id: str
     email: str | None
@@ -273,19 +304,46 @@ class Match:
     tier: str | None
     value_segment: str | None
     recommended_action: str | None
+    merged_ids: list[str] | None = None
     matched_by: list[str] | None = None
 
 
-_MATCH = ("SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"
-          " s.recommended_action FROM customers c"
-          " LEFT JOIN scoring_state st ON true"
-          " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
-          " AND s.customer_id = c.customer_id WHERE {where}"
-          " ORDER BY c.customer_id LIMIT %(n)s")
-_WHERE = {"email": "c.email_normalized = %(v)s",
-          "phones": "c.phone_normalized = ANY(%(v)s)",
-          "identity": "c.customer_id IN (SELECT customer_id FROM customer_identities"
-                      " WHERE channel = %(ch)s AND external_id = %(v)s)"}
+# The hits (customer_id, how) of a search, each alias answered by its survivor, at most %(n)s.
+_FOUND = """
+found AS (
+    SELECT coalesce(c.merged_into, h.customer_id) AS customer_id,
+           array_agg(DISTINCT h.how ORDER BY h.how) AS how,
+           array_agg(DISTINCT h.customer_id ORDER BY h.customer_id)
+               FILTER (WHERE c.merged_into IS NOT NULL) AS merged_ids
+    FROM hits h LEFT JOIN customers c ON c.customer_id = h.customer_id
+    GROUP BY 1 ORDER BY 1 LIMIT %(n)s)
+SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,
+       s.recommended_action, f.merged_ids, f.how AS matched_by FROM found f
+JOIN customers c USING (customer_id)
+LEFT JOIN scoring_state st ON true
+LEFT JOIN customer_scores s ON s.run_id = st.active_run_id AND s.customer_id = c.customer_id
+ORDER BY c.customer_id
+"""
+
+_WHERE = {"email": "SELECT customer_id, 'email' AS how FROM customers"
+                   " WHERE email_normalized = %(v)s",
+          "phones": "SELECT customer_id, 'phone' AS how FROM customers"
+                    " WHERE phone_normalized = ANY(%(v)s)",
+          "identity": "SELECT customer_id, 'channel_identity' AS how FROM customer_identities"
+                      " WHERE channel = %(ch)s AND external_id = %(v)s"}
+
+# An order id on any channel: one primary-key probe per channel, the channels found by a skip
+# scan of the primary key (a handful of probes, however many orders there are).
+_ORDER_ON_ANY_CHANNEL = """
+SELECT o.customer_id, 'order_id' AS how FROM (
+    WITH RECURSIVE ch AS (
+        SELECT min(channel) AS c FROM orders
+        UNION ALL
+        SELECT (SELECT min(channel) FROM orders WHERE channel > ch.c) FROM ch
+        WHERE ch.c IS NOT NULL)
+    SELECT c FROM ch WHERE c IS NOT NULL) chans
+JOIN orders o ON o.channel = chans.c AND o.order_id = %(q)s
+"""
 
 
 def matches(conn: psycopg.Connection, by: str, value: Any, limit: int, *,
@@ -293,42 +351,38 @@ def matches(conn: psycopg.Connection, by: str, value: Any, limit: int, *,
     """Customers matching ``value`` by ``email``, ``phones`` or ``identity``, by customer id.
 
     ``email``: the normalised email; ``phones``: any of the phone forms; ``identity``: the
-    external id on ``channel``.
+    external id on ``channel``. Aliases are answered by their survivor.
     """
     with conn.cursor(row_factory=class_row(Match)) as cur:
-        return cur.execute(_MATCH.format(where=_WHERE[by]),
+        return cur.execute("WITH hits AS (" + _WHERE[by] + ")," + _FOUND,
                            {"v": value, "ch": channel, "n": limit}).fetchall()
 
 
 def find_matches(conn: psycopg.Connection, text: str, *, email: str | None,
                  phones: list[str] | None, identity: tuple[str, str] | None,
                  limit: int) -> list[Match]:
-    """Customers matching ``text`` as an id or external id, or any given form, by customer id.
+    """Customers matching ``text`` as an id, external id or order id, or any given form.
 
-    One statement; ``matched_by`` says how each matched.
+    One statement; ``matched_by`` says how each matched; by customer id. ``identity`` (a
+    ``channel/id`` pair) is tried as a channel account and as an order on that channel.
     """
     arms = ["SELECT customer_id, 'customer_id' AS how FROM customers WHERE customer_id = %(q)s",
-            "SELECT customer_id, 'external_id' FROM customer_identities WHERE external_id = %(q)s"]
+            "SELECT customer_id, 'external_id' FROM customer_identities WHERE external_id = %(q)s",
+            _ORDER_ON_ANY_CHANNEL]
     params: dict[str, Any] = {"q": text, "n": limit}
     if email is not None:
-        arms.append("SELECT customer_id, 'email' FROM customers WHERE email_normalized = %(e)s")
+        arms.append(_WHERE["email"].replace("%(v)s", "%(e)s"))
         params["e"] = email
     if phones is not None:
-        arms.append("SELECT customer_id, 'phone' FROM customers"
-                    " WHERE phone_normalized = ANY(%(p)s)")
+        arms.append(_WHERE["phones"].replace("%(v)s", "%(p)s"))
         params["p"] = phones
     if identity is not None:
         arms.append("SELECT customer_id, 'channel_identity' FROM customer_identities"
                     " WHERE channel = %(ch)s AND external_id = %(x)s")
+        arms.append("SELECT customer_id, 'order_id' FROM orders"
+                    " WHERE channel = %(ch)s AND order_id = %(x)s")
         params.update(ch=identity[0], x=identity[1])
     with conn.cursor(row_factory=class_row(Match)) as cur:
         return cur.execute(
             "WITH hits AS (" + " UNION ALL ".join(f"({arm} LIMIT %(n)s)" for arm in arms) + "),"
-            " found AS (SELECT customer_id, array_agg(DISTINCT how ORDER BY how) AS how"
-            "           FROM hits GROUP BY customer_id ORDER BY customer_id LIMIT %(n)s)"
-            " SELECT c.customer_id, c.email, c.phone, c.name, s.tier, s.value_segment,"
-            " s.recommended_action, f.how AS matched_by FROM found f"
-            " JOIN customers c USING (customer_id)"
-            " LEFT JOIN scoring_state st ON true"
-            " LEFT JOIN customer_scores s ON s.run_id = st.active_run_id"
-            "  AND s.customer_id = c.customer_id ORDER BY c.customer_id", params).fetchall()
+            + _FOUND, params).fetchall()

@@ -13,7 +13,7 @@ Writers coordinate through :mod:`crm_service.storage.locks`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from typing import NamedTuple
 
@@ -168,11 +168,131 @@ class OrderBlock(NamedTuple):
     ``lines``: the chunk's orders in file order, each from :func:`bulk_line`.
     ``customer_ids``: covering at least every customer of the chunk not sent in an earlier
     block of the same merge; ``first_sent`` says that none of them was sent in an earlier block.
+    ``accounts``: channel accounts (channel, buyer id, generated customer id) the chunk's lines
+    name by their generated id, each sent once per merge (unless ``first_sent`` is false).
+    ``claims``: lines sent with both a customer id and a buyer id: (channel, buyer id, customer
+    id, the account's generated id, line number in the file, index in ``lines``).
     """
 
     lines: list[str]
     customer_ids: list[str]
     first_sent: bool
+    accounts: list[tuple[str, str, str]] = []
+    claims: list[tuple[str, str, str, str, int, int]] = []
+
+
+# Accounts of a block already held by a customer other than the one the block names them with.
+_CREATE_ACCOUNTS = """
+CREATE TEMP TABLE account_staging (
+    channel text COLLATE "C" NOT NULL, external_id text COLLATE "C" NOT NULL,
+    customer_id text COLLATE "C" NOT NULL, claimed boolean NOT NULL DEFAULT false
+) ON COMMIT DROP
+"""
+_HELD_ELSEWHERE = """
+SELECT s.channel, s.external_id, s.customer_id, s.claimed, i.customer_id
+FROM account_staging s
+JOIN customer_identities i USING (channel, external_id)
+WHERE i.customer_id <> s.customer_id
+"""
+_NEW_ACCOUNTS = """
+INSERT INTO customer_identities (channel, external_id, customer_id)
+SELECT DISTINCT ON (s.channel, s.external_id) s.channel, s.external_id, s.customer_id
+FROM account_staging s
+WHERE NOT EXISTS (SELECT 1 FROM customer_identities i
+                  WHERE i.channel = s.channel AND i.external_id = s.external_id)
+ORDER BY s.channel, s.external_id
+"""
+
+Rejector = Callable[[int, str, str], None]
+
+
+class _Accounts:
+    """Resolves a block's channel accounts against ``customer_identities`` (the feeding thread).
+
+    ``remap`` (generated id -> the account's customer) grows as accounts turn out to belong to
+    someone already; lines naming a remapped id are rewritten. While the table was empty when
+    the import began and every account is new to it, a block's accounts are COPYed straight in.
+    """
+
+    def __init__(self, cur: psycopg.Cursor, reject: Rejector | None) -> None:
+        self.cur = cur
+        self.reject = reject
+        self.remap: dict[str, str] = {}
+        cur.execute("SELECT NOT EXISTS (SELECT 1 FROM customer_identities)")
+        self.direct = bool(cur.fetchone()[0])  # type: ignore[index]
+        self.staging = False
+
+    def resolve(self, block: OrderBlock) -> tuple[list[str], list[str], list[tuple[str, str, str]]]:
+        """The block's lines and new customer ids after resolution, and accounts to insert."""
+        accounts, claims, remap = block.accounts, block.claims, self.remap
+        rejected: set[int] = set()
+        if claims or not self.direct or not block.first_sent:
+            held: dict[tuple[str, str], str] = {}
+            for chan, ext, cid, was_claimed, owner in self._held_elsewhere(accounts, claims):
+                held[(chan, ext)] = owner
+                if not was_claimed:
+                    remap[cid] = owner  # a generated id whose account is someone's already
+            claimed: dict[tuple[str, str], str] = {}
+            for chan, ext, cid, generated, line, index in claims:
+                holder = held.get((chan, ext)) or claimed.get((chan, ext))
+                if holder is not None and holder != cid:
+                    rejected.add(index)
+                    if self.reject is not None:
+                        self.reject(line, block.lines[index].split("\t", 2)[1],
+                                    f"{chan} account {ext!r} belongs to another customer, not "
+                                    f"{cid!r}; send one of the two, or merge the customers")
+                    continue
+                claimed[(chan, ext)] = cid
+                remap[generated] = cid
+            accounts = [a for a in accounts if a[2] not in remap]
+            accounts += [(chan, ext, cid) for (chan, ext), cid in claimed.items()]
+            self.direct = False
+        lines = block.lines
+        if remap or rejected:
+            lines = [_remapped(line, remap) for i, line in enumerate(lines) if i not in rejected]
+        ids = block.customer_ids
+        if remap:
+            ids = list({remap.get(c, c) for c in ids})
+        return lines, ids, accounts
+
+    def _held_elsewhere(self, accounts: list[tuple[str, str, str]],
+                        claims: list[tuple[str, str, str, str, int, int]]
+                        ) -> list[tuple[str, str, str, bool, str]]:
+        cur = self.cur
+        if not self.staging:
+            cur.execute(_CREATE_ACCOUNTS)
+            self.staging = True
+        else:
+            cur.execute("TRUNCATE account_staging")
+        with cur.copy("COPY account_staging FROM STDIN") as copy:
+            copy.write(_copy_text([f"{c}\t{e}\t{k}\tf" for c, e, k in accounts]
+                                  + [f"{c}\t{e}\t{k}\tt" for c, e, k, _, _, _ in claims], "\n"))
+        cur.execute(_HELD_ELSEWHERE)
+        return cur.fetchall()
+
+    def insert(self, accounts: list[tuple[str, str, str]], direct: bool) -> None:
+        """Link the new accounts (their customers exist by now)."""
+        if not accounts:
+            return
+        if direct:
+            text = _copy_text([f"{c}\t{e}\t{k}" for c, e, k in accounts], "\n")
+            with self.cur.copy("COPY customer_identities (channel, external_id, customer_id)"
+                               " FROM STDIN") as copy:
+                copy.write(text)
+            return
+        if not self.staging:
+            self.cur.execute(_CREATE_ACCOUNTS)
+            self.staging = True
+        self.cur.execute("TRUNCATE account_staging")
+        with self.cur.copy("COPY account_staging FROM STDIN") as copy:
+            copy.write(_copy_text([f"{c}\t{e}\t{k}\tf" for c, e, k in accounts], "\n"))
+        self.cur.execute(_NEW_ACCOUNTS)
+
+
+def _remapped(line: str, remap: dict[str, str]) -> str:
+    channel, order_id, customer_id, rest = line.split("\t", 3)
+    target = remap.get(customer_id)
+    return line if target is None else f"{channel}\t{order_id}\t{target}\t{rest}"
 
 
 def bulk_line(row: tuple[str, str, str, str, str, str, str]) -> str:
@@ -191,11 +311,13 @@ def _copy_text(lines: list[str], end: str = "") -> str:
     return text.replace("\\", "\\\\") if "\\" in text else text
 
 
-def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
-                       ) -> MergeResult:
+def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock], *,
+                       reject_claim: Rejector | None = None) -> MergeResult:
     """Merge blocks of a file, in file order, in the open transaction.
 
-    Takes the writers' lock exclusively for the rest of the transaction.
+    Takes the writers' lock exclusively for the rest of the transaction. Lines whose claim
+    (customer id with a buyer id) conflicts with the account's owner are left out and passed
+    to ``reject_claim(line number, order id, reason)``.
     """
     result = MergeResult()
     lock_exclusive(conn)
@@ -212,19 +334,28 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
         # Into an empty customers table, ids this import sends once are new: no probe needed.
         cur.execute("SELECT NOT EXISTS (SELECT 1 FROM customers)")
         new_customers = cur.fetchone()[0]  # type: ignore[index]
+        resolver: _Accounts | None = None
         for block in blocks:
-            _add_customers(cur, block, direct=new_customers and block.first_sent)
-            result.staged += len(block.lines)
+            lines, ids, accounts = block.lines, block.customer_ids, block.accounts
+            if block.accounts or block.claims or (resolver and resolver.remap):
+                resolver = resolver or _Accounts(cur, reject_claim)
+                direct_accounts = resolver.direct and block.first_sent and not block.claims
+                lines, ids, accounts = resolver.resolve(block)
+            _add_customers(cur, ids, direct=new_customers and block.first_sent and not (
+                resolver and resolver.remap))
+            if resolver is not None:
+                resolver.insert(accounts, direct=direct_accounts and not resolver.remap)
+            result.staged += len(lines)
             if not careful:
                 try:
                     with conn.transaction(), cur.copy(_COPY_ORDERS) as copy:
-                        copy.write(_copy_text(sorted(block.lines)))
-                    result.inserted += len(block.lines)
+                        copy.write(_copy_text(sorted(lines)))
+                    result.inserted += len(lines)
                     continue
                 except psycopg.errors.UniqueViolation:
                     careful = True
             with cur.copy(_COPY_BULK_STAGING) as copy:
-                copy.write(_copy_text(block.lines))
+                copy.write(_copy_text(lines))
         if careful:
             cur.execute("ANALYZE order_staging")
             cur.execute(_MERGE_COUNTS)
@@ -235,12 +366,14 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock]
             for create in _SECONDARY_INDEXES.values():
                 cur.execute(create)
         cur.execute("DROP TABLE order_staging, customer_id_staging")
+        if resolver is not None and resolver.staging:
+            cur.execute("DROP TABLE account_staging")
     return result
 
 
-def _add_customers(cur: psycopg.Cursor, block: OrderBlock, *, direct: bool) -> None:
+def _add_customers(cur: psycopg.Cursor, customer_ids: list[str], *, direct: bool) -> None:
     """Create the block's customers that do not exist yet, in key order."""
-    text = _copy_text(sorted(block.customer_ids), "\n")
+    text = _copy_text(sorted(customer_ids), "\n")
     if direct:
         with cur.copy("COPY customers (customer_id) FROM STDIN") as copy:
             copy.write(text)
