@@ -98,7 +98,9 @@ def run_cli(args: list[str], dsn: str, data_dir: Path,
 
     stderr goes to a file in ``data_dir`` and its tail is shown if the command fails.
     """
-    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir), **(extra_env or {}))
+    # A Chinese brand: national numbers are read as +86 (the profiles write both forms).
+    env = dict(os.environ, DATABASE_URL=dsn, CRM_DATA_DIR=str(data_dir),
+               CRM_PHONE_COUNTRY_CODE="86", **(extra_env or {}))
     cmd = [sys.executable, "-m", "crm_service", *args]
     err_path = data_dir / f"stderr-{args[0]}-{args[1] if len(args) > 1 else ''}.txt"
     with err_path.open("w+", encoding="utf-8") as err:

@@ -304,7 +304,7 @@ def import_orders(
             lines: list[str] = []
             seen: set[str] = set()
             fresh: list[str] = []
-            accounts: list[tuple[str, str, str]] = []
+            accounts: list[str] = []
             claims: list[tuple[str, str, str, str, int, int]] = []
             first_sent = True  # no customer id was sent twice so far
             # A small first chunk gets the database working sooner.
@@ -330,13 +330,12 @@ def import_orders(
                 if suppressed is not None and suppressed(cid):
                     rejects.add(line, {"customer_id": SUPPRESSED}, raw_id.strip())
                     continue
-                if cid != row[1]:
-                    row = (row[0], cid, *row[2:])  # type: ignore[assignment]
                 if claim is not None:
                     claims.append(claim)
                 elif buyer is not None and cid not in seen:
-                    accounts.append((row[2], buyer, cid))
-                lines.append(order_store.bulk_line(row))  # type: ignore[arg-type]
+                    accounts.append(order_store.account_line(row[2], buyer, cid))
+                lines.append(order_store.bulk_line(row) if cid is row[1]
+                             else order_store.bulk_line_of(row, cid))
                 if cid not in seen:
                     seen.add(cid)
                     fresh.append(cid)

@@ -3,10 +3,24 @@
 -- merge is recorded with what it moved (so it can be undone), rule links that need a person's
 -- judgement wait in a review list, and phones are matched in E.164.
 
+-- Like orders, channel identities carry no foreign key to customers: its per-row trigger (a
+-- FOR KEY SHARE probe of customers for every account) more than doubled a bulk import of orders
+-- sent by buyer id. Every writer creates the customer in the same transaction; erasure deletes a
+-- customer's identities explicitly.
+ALTER TABLE customer_identities DROP CONSTRAINT customer_identities_customer_id_fkey;
+
+-- One index for both lookups of an account: by (channel, id), and by id on any channel (the
+-- console's search). The key's columns swap, and the separate external_id index goes.
+ALTER TABLE customer_identities DROP CONSTRAINT customer_identities_pkey,
+    ADD CONSTRAINT customer_identities_pkey PRIMARY KEY (external_id, channel);
+DROP INDEX customer_identities_external_idx;
+
 -- A merged customer keeps its row (its own contact data, so a search by its phone or email still
 -- finds the person) and points at the survivor; lookups of it answer with the survivor.
+-- (No foreign key on merged_into: a first import builds the primary key of customers after the
+-- load, which a self-reference would forbid. Merges write it, erasure deletes aliases first.)
 ALTER TABLE customers
-    ADD COLUMN merged_into text COLLATE "C" REFERENCES customers (customer_id),
+    ADD COLUMN merged_into text COLLATE "C",
     ADD COLUMN merge_id bigint,
     ADD CONSTRAINT customers_not_merged_into_self CHECK (merged_into <> customer_id);
 CREATE INDEX customers_merged_into_idx ON customers (merged_into) WHERE merged_into IS NOT NULL;

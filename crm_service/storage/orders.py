@@ -163,12 +163,13 @@ _SECONDARY_INDEXES = {
 
 
 class OrderBlock(NamedTuple):
-    """One chunk of a file for :func:`merge_order_blocks`.
+    r"""One chunk of a file for :func:`merge_order_blocks`.
 
     ``lines``: the chunk's orders in file order, each from :func:`bulk_line`.
     ``customer_ids``: covering at least every customer of the chunk not sent in an earlier
     block of the same merge; ``first_sent`` says that none of them was sent in an earlier block.
-    ``accounts``: channel accounts (channel, buyer id, generated customer id) the chunk's lines
+    ``accounts``: channel accounts ``"channel\tbuyer id\tgenerated customer id\n"`` (as
+    :func:`account_line` writes them) the chunk's lines
     name by their generated id, each sent once per merge (unless ``first_sent`` is false).
     ``claims``: lines sent with both a customer id and a buyer id: (channel, buyer id, customer
     id, the account's generated id, line number in the file, index in ``lines``).
@@ -177,7 +178,7 @@ class OrderBlock(NamedTuple):
     lines: list[str]
     customer_ids: list[str]
     first_sent: bool
-    accounts: list[tuple[str, str, str]] = []
+    accounts: list[str] = []
     claims: list[tuple[str, str, str, str, int, int]] = []
 
 
@@ -205,6 +206,15 @@ ORDER BY s.channel, s.external_id
 
 Rejector = Callable[[int, str, str], None]
 
+# The indexes of customer_identities (migrations 0001 and 0021), dropped during an initial load.
+_IDENTITY_INDEXES_DROP = (
+    "ALTER TABLE customer_identities DROP CONSTRAINT customer_identities_pkey",
+    "DROP INDEX customer_identities_customer_idx")
+_IDENTITY_INDEXES_CREATE = (
+    "ALTER TABLE customer_identities ADD CONSTRAINT customer_identities_pkey"
+    " PRIMARY KEY (external_id, channel)",
+    "CREATE INDEX customer_identities_customer_idx ON customer_identities (customer_id)")
+
 
 class _Accounts:
     """Resolves a block's channel accounts against ``customer_identities`` (the feeding thread).
@@ -221,12 +231,27 @@ class _Accounts:
         cur.execute("SELECT NOT EXISTS (SELECT 1 FROM customer_identities)")
         self.direct = bool(cur.fetchone()[0])  # type: ignore[index]
         self.staging = False
+        # Into an empty table, the indexes are built once at the end (as for orders, and for
+        # the same reason: random account and customer ids made index upkeep cost three times
+        # the rows' own COPY). They come back before any lookup needs them.
+        self.deferred = self.direct
+        if self.deferred:
+            for drop in _IDENTITY_INDEXES_DROP:
+                cur.execute(drop)
 
-    def resolve(self, block: OrderBlock) -> tuple[list[str], list[str], list[tuple[str, str, str]]]:
+    def restore_indexes(self) -> None:
+        """Rebuild the indexes dropped on an initial load (at the end, or before a lookup)."""
+        if self.deferred:
+            for create in _IDENTITY_INDEXES_CREATE:
+                self.cur.execute(create)
+            self.deferred = False
+
+    def resolve(self, block: OrderBlock) -> tuple[list[str], list[str], list[str]]:
         """The block's lines and new customer ids after resolution, and accounts to insert."""
         accounts, claims, remap = block.accounts, block.claims, self.remap
         rejected: set[int] = set()
         if claims or not self.direct or not block.first_sent:
+            self.restore_indexes()
             held: dict[tuple[str, str], str] = {}
             for chan, ext, cid, was_claimed, owner in self._held_elsewhere(accounts, claims):
                 held[(chan, ext)] = owner
@@ -244,8 +269,9 @@ class _Accounts:
                     continue
                 claimed[(chan, ext)] = cid
                 remap[generated] = cid
-            accounts = [a for a in accounts if a[2] not in remap]
-            accounts += [(chan, ext, cid) for (chan, ext), cid in claimed.items()]
+            if remap:
+                accounts = [a for a in accounts if a.split("\t", 2)[2][:-1] not in remap]
+            accounts += [account_line(chan, ext, cid) for (chan, ext), cid in claimed.items()]
             self.direct = False
         lines = block.lines
         if remap or rejected:
@@ -255,7 +281,7 @@ class _Accounts:
             ids = list({remap.get(c, c) for c in ids})
         return lines, ids, accounts
 
-    def _held_elsewhere(self, accounts: list[tuple[str, str, str]],
+    def _held_elsewhere(self, accounts: list[str],
                         claims: list[tuple[str, str, str, str, int, int]]
                         ) -> list[tuple[str, str, str, bool, str]]:
         cur = self.cur
@@ -265,17 +291,17 @@ class _Accounts:
         else:
             cur.execute("TRUNCATE account_staging")
         with cur.copy("COPY account_staging FROM STDIN") as copy:
-            copy.write(_copy_text([f"{c}\t{e}\t{k}\tf" for c, e, k in accounts]
-                                  + [f"{c}\t{e}\t{k}\tt" for c, e, k, _, _, _ in claims], "\n"))
+            copy.write(_copy_text([f"{a[:-1]}\tf\n" for a in accounts]
+                                  + [f"{c}\t{e}\t{k}\tt\n" for c, e, k, _, _, _ in claims]))
         cur.execute(_HELD_ELSEWHERE)
         return cur.fetchall()
 
-    def insert(self, accounts: list[tuple[str, str, str]], direct: bool) -> None:
+    def insert(self, accounts: list[str], direct: bool) -> None:
         """Link the new accounts (their customers exist by now)."""
         if not accounts:
             return
         if direct:
-            text = _copy_text([f"{c}\t{e}\t{k}" for c, e, k in accounts], "\n")
+            text = _copy_text(accounts)
             with self.cur.copy("COPY customer_identities (channel, external_id, customer_id)"
                                " FROM STDIN") as copy:
                 copy.write(text)
@@ -285,7 +311,7 @@ class _Accounts:
             self.staging = True
         self.cur.execute("TRUNCATE account_staging")
         with self.cur.copy("COPY account_staging FROM STDIN") as copy:
-            copy.write(_copy_text([f"{c}\t{e}\t{k}\tf" for c, e, k in accounts], "\n"))
+            copy.write(_copy_text([f"{a[:-1]}\tf\n" for a in accounts]))
         self.cur.execute(_NEW_ACCOUNTS)
 
 
@@ -293,6 +319,16 @@ def _remapped(line: str, remap: dict[str, str]) -> str:
     channel, order_id, customer_id, rest = line.split("\t", 3)
     target = remap.get(customer_id)
     return line if target is None else f"{channel}\t{order_id}\t{target}\t{rest}"
+
+
+def account_line(channel: str, buyer_id: str, customer_id: str) -> str:
+    """One new channel account of an OrderBlock (fields not escaped yet)."""
+    return f"{channel}\t{buyer_id}\t{customer_id}\n"
+
+
+def bulk_line_of(row: tuple[str, str, str, str, str, str, str], customer_id: str) -> str:
+    """:func:`bulk_line` of ``row`` with another customer id (a resolved account's)."""
+    return f"{row[2]}\t{row[0]}\t{customer_id}\t{row[3]}\t{row[4]}\t{row[5]}\t{row[6]}\n"
 
 
 def bulk_line(row: tuple[str, str, str, str, str, str, str]) -> str:
@@ -334,6 +370,11 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock], *
         # Into an empty customers table, ids this import sends once are new: no probe needed.
         cur.execute("SELECT NOT EXISTS (SELECT 1 FROM customers)")
         new_customers = cur.fetchone()[0]  # type: ignore[index]
+        # Into an empty customers table the primary key, too, is built once at the end: ids
+        # drawn from a hash (generated for channel accounts) land all over the index, and
+        # keeping it up row by row made the customers' COPY four times slower.
+        customers_pk = _DeferredKey(cur, "customers", "customers_pkey", "(customer_id)",
+                                    defer=bool(new_customers))
         resolver: _Accounts | None = None
         for block in blocks:
             lines, ids, accounts = block.lines, block.customer_ids, block.accounts
@@ -341,8 +382,10 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock], *
                 resolver = resolver or _Accounts(cur, reject_claim)
                 direct_accounts = resolver.direct and block.first_sent and not block.claims
                 lines, ids, accounts = resolver.resolve(block)
-            _add_customers(cur, ids, direct=new_customers and block.first_sent and not (
-                resolver and resolver.remap))
+            direct = new_customers and block.first_sent and not (resolver and resolver.remap)
+            if not direct:
+                customers_pk.restore()
+            _add_customers(cur, ids, direct=direct)
             if resolver is not None:
                 resolver.insert(accounts, direct=direct_accounts and not resolver.remap)
             result.staged += len(lines)
@@ -365,10 +408,34 @@ def merge_order_blocks(conn: psycopg.Connection, blocks: Iterable[OrderBlock], *
         if rebuild:
             for create in _SECONDARY_INDEXES.values():
                 cur.execute(create)
+        if resolver is not None:
+            resolver.restore_indexes()
+        customers_pk.restore()
         cur.execute("DROP TABLE order_staging, customer_id_staging")
         if resolver is not None and resolver.staging:
             cur.execute("DROP TABLE account_staging")
     return result
+
+
+class _DeferredKey:
+    """A primary key dropped for an initial load and added back (once) when needed or at the end.
+
+    No reader sees the table without it: the transaction holds the table's lock until commit.
+    """
+
+    def __init__(self, cur: psycopg.Cursor, table: str, name: str, columns: str, *,
+                 defer: bool) -> None:
+        self.cur, self.table, self.name, self.columns = cur, table, name, columns
+        self.dropped = defer
+        if defer:
+            cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+
+    def restore(self) -> None:
+        """Add the key back if it is dropped."""
+        if self.dropped:
+            self.cur.execute(f"ALTER TABLE {self.table} ADD CONSTRAINT {self.name}"
+                             f" PRIMARY KEY {self.columns}")
+            self.dropped = False
 
 
 def _add_customers(cur: psycopg.Cursor, customer_ids: list[str], *, direct: bool) -> None:
