@@ -278,6 +278,9 @@ class CustomerScoresSchema(Schema):
     """One customer's scores in the live run (days; money in CRM_CURRENCY)."""
 
     customer_id = fields.String(metadata={"example": "cdnow-0001"})
+    merged_into = fields.String(metadata={
+        "description": "present when the id asked for was merged: the scores are the "
+                       "survivor's (customer_id)"})
     run_id = fields.Integer(metadata={"example": 3})
     as_of = fields.String(metadata={"example": "1998-06-30"})
     scored_at = fields.String(allow_none=True)

@@ -198,8 +198,9 @@ def test_a_shared_contact_links_two_customers_on_ingest(client, auth, conn, rule
 
 def test_rules_can_be_switched_off(conn, settings):
     conn.execute("INSERT INTO customers (customer_id, phone, phone_normalized, email,"
-                 " email_normalized) VALUES ('A', 'x', '+861', 'a@x.io', 'a@x.io'),"
-                 " ('B', 'x', '+861', 'b@x.io', 'b@x.io'), ('C', NULL, NULL, 'a@x.io', 'a@x.io')")
+                 " email_normalized) VALUES ('A', 'x', '+8613800002222', 'a@x.io', 'a@x.io'),"
+                 " ('B', 'x', '+8613800002222', 'b@x.io', 'b@x.io'),"
+                 " ('C', NULL, NULL, 'a@x.io', 'a@x.io')")
     conn.commit()
     assert identities.link(conn, replace(settings, link_rules=())).merges == 0
     with conn.transaction():
@@ -496,3 +497,118 @@ def test_console_finds_a_customer_by_order_id_and_lists_orders_and_aliases(
     assert "was merged into this customer" in page and 'data-merged-from="C-2"' in page
     assert "J-2" in page and "T-1" in page  # the latest orders
     assert 'class="aliases"><span class="ident">C-2</span>' in page
+
+
+# ---- review findings: rules take one step at a time, placeholders link nobody -------------
+
+def test_a_rule_never_links_through_a_pair_it_refused(conn, settings):
+    """A-B share a phone but hold different Tmall accounts (review); B-C share an email."""
+    conn.execute("INSERT INTO customers (customer_id, created_at, phone, phone_normalized, email,"
+                 " email_normalized) VALUES"
+                 " ('A', now() - interval '3 days', 'p', '+8613800002222', NULL, NULL),"
+                 " ('B', now() - interval '2 days', 'p', '+8613800002222', 'b@x.io', 'b@x.io'),"
+                 " ('C', now() - interval '1 day', NULL, NULL, 'b@x.io', 'b@x.io')")
+    conn.execute("INSERT INTO customer_identities VALUES ('tmall', 'tb_a', 'A'),"
+                 " ('tmall', 'tb_b', 'B')")
+    conn.commit()
+    with conn.transaction():
+        linked = identities.link(conn, settings)
+    # C is B's (they share an email), not A's through B.
+    assert dict(q(conn, "SELECT customer_id, merged_into FROM customers")) == {
+        "A": None, "B": None, "C": "B"}
+    assert linked.candidates == 1
+
+
+def test_an_undone_pair_stays_apart_even_through_a_third_customer(conn, settings):
+    conn.execute("INSERT INTO customers (customer_id, created_at, email, email_normalized) VALUES"
+                 " ('Z', now() - interval '3 days', 'z@x.io', 'z@x.io'),"
+                 " ('A', now() - interval '2 days', 'a@x.io', 'a@x.io'),"
+                 " ('B', now() - interval '1 day', 'a@x.io', 'a@x.io')")
+    conn.commit()
+    with conn.transaction():
+        identities.link(conn, settings)
+    identities.unmerge(conn, settings, "A", actor="test")  # A and B are two people
+    # Z now shares an email with each of them: only one of the two may join Z.
+    conn.execute("UPDATE customers SET email_normalized = 'z@x.io' WHERE customer_id = 'B'")
+    conn.execute("UPDATE customers SET phone = 'p', phone_normalized = '+8613900001111'"
+                 " WHERE customer_id IN ('Z', 'A')")
+    conn.commit()
+    with conn.transaction():
+        identities.link(conn, settings)
+    merged = dict(q(conn, "SELECT customer_id, merged_into FROM customers"))
+    assert merged["Z"] is None
+    assert [merged["A"], merged["B"]].count("Z") == 1  # never both
+
+
+@pytest.mark.parametrize("placeholder", ["000-000-0000", "12345", "+86 0"])
+def test_placeholder_phones_link_nobody(conn, settings, placeholder):
+    rows = [(f"P{i}", placeholder, normalize_phone(placeholder, "86")) for i in range(3)]
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO customers (customer_id, phone, phone_normalized)"
+                        " VALUES (%s, %s, %s)", rows)
+    conn.commit()
+    with conn.transaction():
+        linked = identities.link(conn, settings)
+    assert linked.merges == 0 and linked.candidates == 0
+
+
+def test_a_value_shared_by_too_many_links_none_and_goes_to_review(conn, settings):
+    n = identities.MAX_GROUP + 5
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO customers (customer_id, email, email_normalized)"
+                        " VALUES (%s, 'shop@x.io', 'shop@x.io')", [(f"S{i:02d}",) for i in range(n)])
+    conn.commit()
+    with conn.transaction():
+        linked = identities.link(conn, settings)
+    assert linked.merges == 0
+    assert linked.candidates == identities.MAX_GROUP - 1
+    assert {c["channel"] for c in identities.review_list(conn)} == {"*"}
+
+
+def test_profiles_with_both_ids_are_checked(client, auth, conn):
+    _profiles(client, auth, {"customer_id": "C-1",
+                             "identities": [{"channel": "jd", "external_id": "jd_1"}]},
+              {"customer_id": "C-2"})
+    body = _profiles(client, auth, {"customer_id": "C-2", "channel": "jd", "buyer_id": "jd_1"},
+                     {"customer_id": "C-2", "channel": "jd", "buyer_id": "jd_2"})
+    assert body["results"][0]["outcome"] == "rejected"
+    assert body["results"][1]["outcome"] == "updated"
+    assert q(conn, "SELECT customer_id FROM customer_identities WHERE external_id = 'jd_2'") \
+        == [("C-2",)]
+
+
+def test_erasure_reaches_merge_records_that_only_moved_their_data(client, auth, conn,
+                                                                 two_people):
+    _profiles(client, auth, {"customer_id": "D-9", "email": "d9@example.com",
+                             "identities": [{"channel": "pdd", "external_id": "pdd_d9"}]})
+    post(client, auth, "/v1/orders", {"orders": [order("P-1", cid="D-9", channel="pdd")]})
+    first = post(client, auth, "/v1/customers/C-2/merge", {"from": ["D-9"]})
+    second = post(client, auth, "/v1/customers/C-1/merge", {"from": ["C-2"]})
+    post(client, auth, "/v1/customers/C-1/unmerge", {"merge_id": second["merge_id"]})
+    post(client, auth, "/v1/customers/C-2/unmerge", {"merge_id": first["merge_id"]})
+    assert client.delete("/v1/customers/D-9", headers=auth).status_code == 200
+    for table in ("customer_merges", "customer_merge_orders", "customer_merge_identities"):
+        rows = q(conn, f"SELECT * FROM {table}")
+        assert not any(needle in str(row) for row in rows
+                       for needle in ("D-9", "pdd_d9", "P-1", "d9@example.com")), (table, rows)
+
+
+def test_an_undone_merge_makes_the_survivor_provisional(client, auth, cdnow_loaded, settings):
+    conn = cdnow_loaded
+    run_scoring(conn, settings, as_of=date(1998, 6, 30))
+    conn.commit()
+    a, b = (r[0] for r in q(conn, "SELECT customer_id FROM customer_scores WHERE frequency >= 2"
+                                  " ORDER BY customer_id LIMIT 2"))
+    post(client, auth, f"/v1/customers/{a}/merge", {"from": [b]})
+    run_scoring(conn, settings, as_of=date(1998, 6, 30))  # scores the merged history
+    conn.commit()
+    assert client.get(f"/v1/customers/{a}/tier", headers=auth).get_json()["provisional"] is False
+    post(client, auth, f"/v1/customers/{a}/unmerge", {})
+    for who in (a, b):  # both recomputed from what each holds again
+        assert client.get(f"/v1/customers/{who}/tier", headers=auth).get_json()["provisional"]
+
+
+def test_merge_events_pass_webhook_filters():
+    from crm_service.triggers.webhooks import FILTERABLE
+
+    assert {"customer.merged", "customer.unmerged", "customer.erased"}.isdisjoint(FILTERABLE)

@@ -247,7 +247,7 @@ class MergeInSchema(Schema):
 
     from_ = fields.List(fields.String(validate=validate.Length(min=1, max=128)), required=True,
                         data_key="from", validate=validate.Length(min=1, max=50),
-                        metadata={"example": ["C-20911", "cx-5f1c0a9b7e2d4c6a8b0e1f23"]})
+                        metadata={"example": ["C-20911", "cx-5f1c0a9b7e2d4c6a8b0e"]})
     reason = fields.String(allow_none=True, validate=validate.Length(max=500), metadata={
         "example": "same person: caller confirmed both accounts",
         "description": "kept with the merge record (erased with the customer)"})
@@ -347,7 +347,7 @@ class IdentityCandidates(MethodView):
 
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.response(200, example={"candidates": [{
-        "customer_a": "cx-0a1b2c3d4e5f60718293a4b5", "customer_b": "cx-9f8e7d6c5b4a39281706f5e4",
+        "customer_a": "cx-0a1b2c3d4e5f60718293", "customer_b": "cx-9f8e7d6c5b4a39281706",
         "rule": "phone", "channel": "tmall", "found_at": "2026-12-08T09:00:00+00:00"}]})
     @require("customers:read")
     def get(self):

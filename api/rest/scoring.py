@@ -239,9 +239,13 @@ class CustomerScores(MethodView):
 
         Also the run (id, as_of) they come from: all from the live run, in one read.
         """
+        from crm_service.customers import identities
+
         check_customer_id(customer_id)
         with services().reader.connection() as conn:
-            found = reads.customer_scores(conn, customer_id)
+            # A merged id answers with its survivor's scores, saying so.
+            merged_into = identities.survivor_of(conn, customer_id)
+            found = reads.customer_scores(conn, merged_into or customer_id)
         if found is None:
             raise NotFoundError("no scoring run has been published yet")
         if found["scores"] is None:
@@ -249,7 +253,8 @@ class CustomerScores(MethodView):
                                 f"(run {found['run_id']} as of {found['as_of']}): no paid "
                                 "order on or before that day, or an unknown id")
         scores = _jsonable(found.pop("scores"))
-        return {**_jsonable(found), **scores}
+        return {**_jsonable(found), **scores,
+                **({"merged_into": merged_into} if merged_into else {})}
 
 
 @blp.route("/segments")

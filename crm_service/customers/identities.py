@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import phonenumbers
+
 from crm_service.errors import ConflictError, NotFoundError, ValidationError
 from crm_service.platform import secretbox
 from crm_service.platform.config import Settings
@@ -182,11 +184,35 @@ class Linked:
         return dict(self.__dict__)
 
 
+MAX_GROUP = 20  # customers sharing one value beyond which a rule links none of them
+
+
+def _linkable(rule: str, value: str) -> bool:
+    """Whether a shared value may link people: an email, or a phone valid in E.164.
+
+    A placeholder such as ``000-000-0000`` or ``12345`` is shared by strangers.
+    """
+    if rule != "phone":
+        return True
+    if not value.startswith("+"):
+        return False
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(value, None))
+    except phonenumbers.NumberParseException:
+        return False
+
+
 def link(conn: psycopg.Connection, settings: Settings, among: Sequence[str] | None = None
          ) -> Linked:
     """Apply the linking rules in the open transaction (whole base when ``among`` is None).
 
-    Takes the writers' lock exclusively; see the module docstring for the rules.
+    Takes the writers' lock exclusively; see the module docstring for the rules. Customers
+    sharing a value are linked one step at a time from the oldest of them: a customer joins
+    when it shares a value with someone already joined, holds no other account on a channel
+    where the joined ones hold one, and was never unmerged from any of them (a pair that a
+    person took apart stays apart, even through a third customer). A value shared by more than
+    :data:`MAX_GROUP` customers links none of them (a shop's own number, a placeholder); the
+    first of them go to review.
     """
     out = Linked()
     rules = settings.link_rules
@@ -195,69 +221,71 @@ def link(conn: psycopg.Connection, settings: Settings, among: Sequence[str] | No
     if among is not None and not store.shared_contacts(conn, rules, among):
         return out  # the common case, decided without waiting for the writers' lock
     store.lock_for_merging(conn)
-    groups = store.shared_contacts(conn, rules, among)
-    if not groups:
-        return out
-    # Connected groups across rules (a phone links A-B, an email B-C: one person).
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(x, x) != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    rule_of: dict[frozenset[str], str] = {}
-    for group in groups:
-        ids = group.customer_ids
-        for cid in ids[1:]:
-            a, b = find(ids[0]), find(cid)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-        for cid in ids:
-            for other in ids:
-                rule_of.setdefault(frozenset((other, cid)), group.rule)
-    members: dict[str, list[str]] = {}
-    for cid in {c for g in groups for c in g.customer_ids}:
-        members.setdefault(find(cid), []).append(cid)
-    ages = store.created_order(conn, list({c for m in members.values() for c in m}))
-    accounts = store.channel_accounts(conn, list(ages))
-    blocked = store.undone_pairs(conn, list(ages))
-    allow_same_channel = settings.link_same_channel
-    plans: list[tuple[str, list[str]]] = []
     review: list[tuple[str, str, str, str]] = []
-    rules_used: set[str] = set()
-    for group_members in members.values():
+    shared = [g for g in store.shared_contacts(conn, rules, among) if _linkable(g.rule, g.value)]
+    if not shared:
+        return out
+    ages = store.created_order(conn, list({c for g in shared for c in g.customer_ids}))
+    groups = []
+    for group in shared:
+        people = sorted(group.customer_ids, key=lambda c: ages[c])
+        if len(people) > MAX_GROUP:
+            review += [(people[0], other, group.rule, "*") for other in people[1:MAX_GROUP]]
+            continue
+        groups.append(group)
+    member_of: dict[str, list[int]] = {}
+    for g, group in enumerate(groups):
+        for cid in group.customer_ids:
+            member_of.setdefault(cid, []).append(g)
+    accounts = store.channel_accounts(conn, list(member_of))
+    blocked: dict[str, set[str]] = {}
+    for pair in store.undone_pairs(conn, list(member_of)):
+        a, b = tuple(pair)
+        blocked.setdefault(a, set()).add(b)
+        blocked.setdefault(b, set()).add(a)
+    allow_same_channel = settings.link_same_channel
+    plans: dict[str, list[tuple[str, list[str]]]] = {}  # actor -> (survivor, merged)
+    done: set[str] = set()
+    for survivor in sorted(member_of, key=lambda c: ages[c]):
+        if survivor in done:
+            continue
+        done.add(survivor)
+        joined, taken, rules_used = {survivor}, [], set()
+        held = {ch: set(ids) for ch, ids in accounts.get(survivor, {}).items()}
+        frontier = [survivor]
+        while frontier:
+            for g in member_of[frontier.pop()]:
+                group = groups[g]
+                for cid in group.customer_ids:
+                    if cid in joined or cid in done:
+                        continue
+                    if blocked.get(cid, set()) & joined:
+                        continue
+                    clash = None if allow_same_channel else next(
+                        (ch for ch, own in accounts.get(cid, {}).items()
+                         if held.get(ch) and not own <= held[ch]), None)
+                    if clash is not None:
+                        review.append((survivor, cid, group.rule, clash))
+                        continue
+                    for ch, own in accounts.get(cid, {}).items():
+                        held.setdefault(ch, set()).update(own)
+                    joined.add(cid)
+                    done.add(cid)
+                    taken.append(cid)
+                    rules_used.add(group.rule)
+                    frontier.append(cid)
         out.groups += 1
-        people = sorted(group_members, key=lambda c: ages[c])
-        survivor, taken = people[0], []
-        held = {ch: set(ids) for ch, ids in accounts.get(people[0], {}).items()}
-        for cid in people[1:]:
-            if frozenset((survivor, cid)) in blocked:
-                continue
-            rule = rule_of.get(frozenset((survivor, cid))) or next(
-                (g.rule for g in groups if cid in g.customer_ids), rules[0])
-            clash = None if allow_same_channel else next(
-                (ch for ch, own in accounts.get(cid, {}).items()
-                 if held.get(ch) and not own <= held[ch]), None)
-            if clash is not None:
-                review.append((survivor, cid, rule, clash))
-                continue
-            for ch, own in accounts.get(cid, {}).items():
-                held.setdefault(ch, set()).update(own)
-            taken.append(cid)
-            rules_used.add(rule)
         if taken:
-            plans.append((survivor, taken))
+            actor = "rule:" + "+".join(r for r in LINK_RULES if r in rules_used)
+            plans.setdefault(actor, []).append((survivor, taken))
     out.candidates = store.add_candidates(conn, review)
-    if plans:
-        actor = "rule:" + "+".join(r for r in LINK_RULES if r in rules_used)
-        store.apply_merges(conn, plans, actor=actor, reason="shared " + " and ".join(
-            r for r in LINK_RULES if r in rules_used), ref_params=refs.ref_sql_params(settings))
-        out.merges = len(plans)
-        out.merged_customers = sum(len(t) for _, t in plans)
+    ref_params = refs.ref_sql_params(settings)
+    for actor, batch in plans.items():
+        store.apply_merges(conn, batch, actor=actor,
+                           reason="shared " + actor.removeprefix("rule:").replace("+", " and "),
+                           ref_params=ref_params)
+        out.merges += len(batch)
+        out.merged_customers += sum(len(t) for _, t in batch)
     return out
 
 
@@ -267,6 +295,9 @@ def link_after_ingest(conn: psycopg.Connection, settings: Settings, ids: Sequenc
     if not settings.link_rules or not ids:
         return Linked()
     with conn.transaction():
+        # Never hold the batch's answer for long behind a bulk import: give up after a few
+        # seconds (LockNotAvailable); `identities resolve` links them later.
+        conn.execute("SET LOCAL lock_timeout = '3s'")
         return link(conn, settings, among=ids)
 
 

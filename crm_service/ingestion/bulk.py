@@ -407,14 +407,11 @@ def import_customers(
         aliases: dict[str, str] = {}
         touched: list[str] = []
         make_id = identities.IdMaker(identities.identity_key(settings)) if by_account else None
-        i_cid = columns.get("customer_id")
 
         def accounts() -> Iterator[tuple[str, str]]:
             quiet = _Rejects(report_path.with_name(report_path.name + ".scan"), "customer_id")
             try:
                 for _, fields in _rows(fh, len(columns), key_index, quiet, None, path):
-                    if i_cid is not None and fields[i_cid].strip():
-                        continue
                     account, _ = check_account(fields[columns["channel"]],
                                                fields[columns["buyer_id"]])
                     if account is not None:
@@ -429,15 +426,14 @@ def import_customers(
                     name: fields[i] for name, i in columns.items() if fields[i].strip() != ""
                 }
                 chan, buyer = record.pop("channel", None), record.pop("buyer_id", None)
-                if by_account and not record.get("customer_id") and make_id is not None:
+                account = None
+                if by_account and buyer is not None and make_id is not None:
                     account, errors = check_account(chan, buyer)
                     if account is None:
                         rejects.add(line, errors, (buyer or "").strip())
                         continue
-                    record["customer_id"] = owners.get(account) or make_id(*account)
-                    if account not in owners:
-                        links.append((*account, record["customer_id"]))
-                        owners[account] = record["customer_id"]
+                    if not record.get("customer_id"):
+                        record["customer_id"] = owners.get(account) or make_id(*account)
                 record.setdefault("customer_id", "")
                 profile, errors = check_customer(record, settings.phone_country_code)
                 if profile is None:
@@ -446,9 +442,19 @@ def import_customers(
                 profile.customer_id = aliases.get(profile.customer_id, profile.customer_id)
                 if erased and erased.blocks(profile.customer_id):
                     rejects.add(line, {"customer_id": SUPPRESSED}, profile.customer_id)
-                else:
-                    touched.append(profile.customer_id)
-                    yield line, profile
+                    continue
+                if account is not None:
+                    owner = owners.get(account)
+                    if owner is not None and owner != profile.customer_id:
+                        # Sent with both ids, and the account is someone else's.
+                        rejects.add(line, {"buyer_id": f"{account[0]} account {account[1]!r}"
+                                           " belongs to another customer"}, profile.customer_id)
+                        continue
+                    if owner is None:
+                        links.append((*account, profile.customer_id))
+                        owners[account] = profile.customer_id
+                touched.append(profile.customer_id)
+                yield line, profile
 
         committed = False
         erased = _Erased(settings)

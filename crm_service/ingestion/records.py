@@ -387,8 +387,7 @@ def _profiles_by_account(conn: psycopg.Connection, settings: Settings,
 
     accounts: dict[int, tuple[str, str]] = {}
     for index, record in enumerate(records):
-        if index in pre_rejected or record.get("customer_id") not in (None, "") \
-                or "buyer_id" not in record:
+        if index in pre_rejected or "buyer_id" not in record:
             continue
         account, errors = check_account(record.get("channel"), record.get("buyer_id"))
         if account is None:
@@ -398,14 +397,22 @@ def _profiles_by_account(conn: psycopg.Connection, settings: Settings,
     if not accounts:
         return [{k: v for k, v in r.items() if k not in ("channel", "buyer_id")}
                 for r in records]
-    owners = store_identities.claim_identities(conn, sorted(set(accounts.values())))
+    # Every account the batch names, the profiles' identities too, locked in one sorted pass
+    # (two passes could deadlock with a batch naming the same accounts the other way round).
+    listed = {(str(i.get("channel") or "").strip().lower(), str(i.get("external_id") or "").strip())
+              for r in records for i in (r.get("identities") or []) if isinstance(i, Mapping)}
+    owners = store_identities.claim_identities(conn, sorted(set(accounts.values()) | listed))
     key = identities.identity_key(settings)
     out: list[Mapping[str, Any]] = []
     for index, record in enumerate(records):
         plain = {k: v for k, v in record.items() if k not in ("channel", "buyer_id")}
         account = accounts.get(index)
         if account is not None:
-            plain["customer_id"] = owners.get(account) or identities.generated_id(key, *account)
+            if plain.get("customer_id") in (None, ""):
+                plain["customer_id"] = owners.get(account) or identities.generated_id(key,
+                                                                                     *account)
+            # With both ids the account joins the identities: the usual check then rejects
+            # it if it is someone else's.
             plain["identities"] = [*(record.get("identities") or []),
                                    {"channel": account[0], "external_id": account[1]}]
         out.append(plain)

@@ -92,13 +92,12 @@ def export(conn: psycopg.Connection, settings: Settings, customer_id: str) -> di
         "customer_id": customer_id,
         "merged_into": survivor,
         "aliases": [{"customer_id": a["customer_id"], "merge_id": a["merge_id"],
-                     "merged_at": a["merged_at"].isoformat()}
+                     "merged_at": a["merged_at"].isoformat() if a["merged_at"] else None,
+                     "profile": _profile(store.held_data(conn, a["customer_id"]).profile)}
                     for a in id_store.aliases(conn, customer_id)],
         "merges": identities.history(conn, customer_id),
         "customer_ref": customer_ref(settings, customer_id),
-        "profile": None if p is None else {
-            "email": p.email, "phone": p.phone, "name": p.name,
-            "created_at": p.created_at.isoformat(), "updated_at": p.updated_at.isoformat()},
+        "profile": _profile(p),
         "identities": [{"channel": i.channel, "external_id": i.external_id,
                         "linked_at": i.linked_at.isoformat()} for i in held.identities],
         "orders": [{"channel": o.channel, "order_id": o.order_id,
@@ -113,3 +112,9 @@ def export(conn: psycopg.Connection, settings: Settings, customer_id: str) -> di
                     "occurred_at": e.occurred_at.isoformat(), "data": e.data}
                    for e in held.events],
     }
+
+
+def _profile(p: Any) -> dict[str, Any] | None:
+    return None if p is None else {
+        "email": p.email, "phone": p.phone, "name": p.name,
+        "created_at": p.created_at.isoformat(), "updated_at": p.updated_at.isoformat()}

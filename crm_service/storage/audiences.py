@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from crm_service.storage.score_reads import NOT_MERGED_SQL
+from crm_service.storage.score_reads import MERGED_SQL
 
 COLUMNS = ("customer_id", "tier", "tier_since", "value_segment", "rfm_segment",
            "recommended_action", "churn_probability", "churn_risk", "clv_12m", "p_alive",
@@ -89,7 +89,7 @@ def _select(where: str, sort: str = "customer_id", *, after: bool = False) -> st
     if not after:
         keyset = "true"
     return (f"SELECT {cols}, {key} FROM customer_scores s WHERE s.run_id = %(run_id)s"
-            f" AND {where} AND {keyset} AND NOT {NOT_MERGED_SQL} ORDER BY {order}")
+            f" AND {where} AND {keyset} AND NOT {MERGED_SQL} ORDER BY {order}")
 
 
 def audience_page(conn: psycopg.Connection, filters: AudienceFilter, sort: str, run_id: int,

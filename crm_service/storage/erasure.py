@@ -68,6 +68,20 @@ def delete_customer(conn: psycopg.Connection, customer_id: str, digest: bytes) -
     def run(name: str, statement: str, params: dict[str, Any] | None = None) -> None:
         removed[name] = conn.execute(statement, params or {"c": customer_id}).rowcount
 
+    # What merges moved of theirs (by key: an order or account that a merge moved and that is
+    # theirs now, or that came from them), before their orders and accounts go.
+    removed["merge_moves"] = conn.execute(
+        "DELETE FROM customer_merge_orders m USING orders o WHERE o.customer_id = %(c)s"
+        " AND m.channel = o.channel AND m.order_id = o.order_id", {"c": customer_id}).rowcount
+    removed["merge_moves"] += conn.execute(
+        "DELETE FROM customer_merge_identities m USING customer_identities i"
+        " WHERE i.customer_id = %(c)s AND m.channel = i.channel"
+        " AND m.external_id = i.external_id", {"c": customer_id}).rowcount
+    removed["merge_moves"] += conn.execute(
+        "DELETE FROM customer_merge_orders WHERE from_id = %(c)s", {"c": customer_id}).rowcount
+    removed["merge_moves"] += conn.execute(
+        "DELETE FROM customer_merge_identities WHERE from_id = %(c)s",
+        {"c": customer_id}).rowcount
     run("orders", "DELETE FROM orders WHERE customer_id = %(c)s")
     run("identities", "DELETE FROM customer_identities WHERE customer_id = %(c)s")
     run("profile", "DELETE FROM customers WHERE customer_id = %(c)s")
@@ -75,8 +89,11 @@ def delete_customer(conn: psycopg.Connection, customer_id: str, digest: bytes) -
     run("tier_transitions", "DELETE FROM tier_transitions WHERE customer_id = %(c)s")
     # Merge records name the customer (as survivor or merged; the moved rows go with them) and
     # so do the linking rules' review pairs.
+    # ... and the merge records naming them anywhere: survivor, merged, or in `details` (an
+    # alias re-pointed, a contact field's source), matched as the JSON string of the id.
     run("merges", "DELETE FROM customer_merges WHERE survivor_id = %(c)s"
-                  " OR merged_ids @> ARRAY[%(c)s]::text[]")
+                  " OR merged_ids @> ARRAY[%(c)s]::text[]"
+                  " OR position(to_jsonb(%(c)s::text)::text IN details::text) > 0")
     run("link_candidates", "DELETE FROM identity_link_candidates"
                            " WHERE customer_a = %(c)s OR customer_b = %(c)s")
     run("webhook_deliveries",

@@ -65,10 +65,10 @@ def all_aliases(conn: psycopg.Connection) -> dict[str, str]:
 
 def aliases(conn: psycopg.Connection, survivor: str) -> list[dict[str, Any]]:
     """The customers merged into ``survivor``, with when and by which merge."""
-    return [{"customer_id": cid, "merge_id": str(mid), "merged_at": at}
+    return [{"customer_id": cid, "merge_id": None if mid is None else str(mid), "merged_at": at}
             for cid, mid, at in conn.execute(
                 "SELECT c.customer_id, c.merge_id, m.created_at FROM customers c"
-                " JOIN customer_merges m ON m.id = c.merge_id"
+                " LEFT JOIN customer_merges m ON m.id = c.merge_id"
                 " WHERE c.merged_into = %s ORDER BY c.customer_id", (survivor,))]
 
 
@@ -318,6 +318,12 @@ def moved_counts(conn: psycopg.Connection, merge_id: int) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+# A row a later merge (not undone) moved again belongs to that merge now: left where it is.
+_NOT_MOVED_SINCE = (" AND NOT EXISTS (SELECT 1 FROM {moves} l JOIN customer_merges lm"
+                    " ON lm.id = l.merge_id WHERE l.channel = m.channel AND l.{a} = m.{a}"
+                    " AND l.merge_id > m.merge_id AND lm.undone_at IS NULL)")
+
+
 def undo_merge(conn: psycopg.Connection, record: MergeRecord, *, actor: str,
                ref_params: dict[str, bytes]) -> tuple[int, int, int]:
     """Put back what ``record`` moved; the caller has checked it may be undone.
@@ -331,11 +337,13 @@ def undo_merge(conn: psycopg.Connection, record: MergeRecord, *, actor: str,
     orders = conn.execute(
         "UPDATE orders o SET customer_id = m.from_id, updated_at = now()"
         " FROM customer_merge_orders m WHERE m.merge_id = %(m)s AND o.channel = m.channel"
-        " AND o.order_id = m.order_id AND o.customer_id = %(s)s", params).rowcount
+        " AND o.order_id = m.order_id AND o.customer_id = %(s)s" + _NOT_MOVED_SINCE.format(
+            moves="customer_merge_orders", a="order_id"), params).rowcount
     identities = conn.execute(
         "UPDATE customer_identities i SET customer_id = m.from_id"
         " FROM customer_merge_identities m WHERE m.merge_id = %(m)s AND i.channel = m.channel"
-        " AND i.external_id = m.external_id AND i.customer_id = %(s)s", params).rowcount
+        " AND i.external_id = m.external_id AND i.customer_id = %(s)s" + _NOT_MOVED_SINCE.format(
+            moves="customer_merge_identities", a="external_id"), params).rowcount
     for field, source in (record.details.get("filled") or {}).items():
         also = "" if field == "name" else f"{field}_normalized = NULL,"
         conn.execute(
@@ -377,35 +385,34 @@ def later_dependents(conn: psycopg.Connection, record: MergeRecord) -> list[int]
 
 @dataclass(frozen=True)
 class Shared:
-    """Customers (not aliases) that share one normalised contact value."""
+    """Customers (not aliases) that share one normalised contact value, oldest first."""
 
     rule: str
+    value: str
     customer_ids: list[str]
 
 
 def shared_contacts(conn: psycopg.Connection, rules: Sequence[str],
                     among: Sequence[str] | None = None) -> list[Shared]:
-    """Groups of two or more active customers with the same normalised phone or email.
+    """Groups of two or more people (survivors) with the same normalised phone or email.
 
-    ``among``: only groups that include one of these customers (ingest); None: the whole base.
-    Each group lists its customers oldest first (created_at, then id).
+    An alias's own contact data counts for its survivor. ``among``: only groups that include
+    one of these customers (ingest); None: the whole base. Ids in no particular order.
     """
     out: list[Shared] = []
     for rule in rules:
         column = {"phone": "phone_normalized", "email": "email_normalized"}[rule]
+        person = "coalesce(c.merged_into, c.customer_id)"
+        params: tuple[Any, ...] = ()
         if among is None:
-            sql = (f"SELECT array_agg(customer_id ORDER BY created_at, customer_id) FROM customers"
-                   f" WHERE {column} IS NOT NULL AND merged_into IS NULL"
-                   f" GROUP BY {column} HAVING count(*) > 1")
-            params: tuple[Any, ...] = ()
+            where = f"c.{column} IS NOT NULL"
         else:
-            sql = (f"SELECT array_agg(c.customer_id ORDER BY c.created_at, c.customer_id)"
-                   f" FROM customers c WHERE c.merged_into IS NULL AND c.{column} IN ("
-                   f"  SELECT {column} FROM customers WHERE customer_id = ANY(%s)"
-                   f"  AND {column} IS NOT NULL)"
-                   f" GROUP BY c.{column} HAVING count(*) > 1")
+            where = (f"c.{column} IN (SELECT {column} FROM customers WHERE customer_id = ANY(%s)"
+                     f" AND {column} IS NOT NULL)")
             params = (list(among),)
-        out.extend(Shared(rule, list(ids)) for (ids,) in conn.execute(sql, params))
+        sql = (f"SELECT c.{column}, array_agg(DISTINCT {person}) FROM customers c WHERE {where}"
+               f" GROUP BY c.{column} HAVING count(DISTINCT {person}) > 1")
+        out.extend(Shared(rule, value, list(ids)) for value, ids in conn.execute(sql, params))
     return out
 
 

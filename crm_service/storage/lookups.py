@@ -22,11 +22,14 @@ HISTORY = 5  # tier transitions shown
 
 # Pieces of both kinds of lookup below, for the customer ``{c}`` in the live run ``r``. Lists are
 # array_to_json(array_agg(...)): compact, where json_agg would put line breaks between elements.
-# Stale: an order of the customer changed after the run started, or falls after its as_of.
-_STALE = """EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = {c}
+# Stale: an order of the customer changed after the run started, or falls after its as_of, or a
+# merge into them was undone since (the orders it gave back no longer count).
+_STALE = """(EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = {c}
                AND (o.updated_at > r.started_at
                     OR (o.status = 'paid'
-                        AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))"""
+                        AND o.ordered_at >= (r.as_of + 1)::timestamp AT TIME ZONE r.timezone)))
+        OR EXISTS (SELECT 1 FROM customer_merges um WHERE um.survivor_id = {c}
+                   AND um.undone_at > r.started_at))"""
 _TRANSITIONS = """(SELECT coalesce(array_to_json(array_agg(h ORDER BY h.run_id DESC)), '[]') FROM (
             SELECT t.run_id, sr.as_of, t.from_tier, t.to_tier FROM tier_transitions t
             JOIN scoring_runs sr ON sr.id = t.run_id

@@ -24,8 +24,9 @@ SCORE_COLUMNS = (
 # What a run computes per customer, sent back in row order of run_summary. NaN in
 
 
-# Rows of customers merged since the run (aliases): tools are handed the survivor only.
-NOT_MERGED_SQL = ("EXISTS (SELECT 1 FROM customers m WHERE m.customer_id = s.customer_id"
+# Whether the score row is of a customer merged since the run (an alias): tools get the
+# survivor only.
+MERGED_SQL = ("EXISTS (SELECT 1 FROM customers m WHERE m.customer_id = s.customer_id"
                   " AND m.merged_into IS NOT NULL)")
 
 
@@ -66,7 +67,7 @@ def iter_run_scores(conn: psycopg.Connection, run_id: int,
             "SELECT customer_id, frequency, recency_days, t_days, monetary_value, p_alive,"
             " clv_12m, churn_probability, churn_risk, tier, value_segment, rfm_segment,"
             " recommended_action, p_alive_note, spend_365_p10, spend_365_p90"
-            " FROM customer_scores s WHERE run_id = %s AND NOT " + NOT_MERGED_SQL +
+            " FROM customer_scores s WHERE run_id = %s AND NOT " + MERGED_SQL +
             " ORDER BY customer_id", (run_id,))
         yield from cur
 

@@ -34,13 +34,14 @@ from crm_service.platform.config import Settings
 from crm_service.storage import webhooks as store
 from crm_service.triggers.signing import new_secret
 from crm_service.triggers.ssrf import check_url
-from crm_service.vocabulary import EVENT_TYPES, TIERS, VALUE_SEGMENTS
+from crm_service.vocabulary import EVENT_TYPES, RUN_EVENT_TYPES, TIERS, VALUE_SEGMENTS
 
 if TYPE_CHECKING:
     import psycopg
 
 # Events whose delivery a subscription's filters (tiers, value segments) can narrow.
-FILTERABLE = frozenset(EVENT_TYPES) - {"customer.erased"}
+# (Erasure, merge and unmerge events carry no tier or segment: filters never hold them back.)
+FILTERABLE = frozenset(RUN_EVENT_TYPES)
 MAX_SUBSCRIPTIONS = 100
 
 
