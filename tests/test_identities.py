@@ -556,7 +556,8 @@ def test_a_value_shared_by_too_many_links_none_and_goes_to_review(conn, settings
     n = identities.MAX_GROUP + 5
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO customers (customer_id, email, email_normalized)"
-                        " VALUES (%s, 'shop@x.io', 'shop@x.io')", [(f"S{i:02d}",) for i in range(n)])
+                        " VALUES (%s, 'shop@x.io', 'shop@x.io')",
+                        [(f"S{i:02d}",) for i in range(n)])
     conn.commit()
     with conn.transaction():
         linked = identities.link(conn, settings)

@@ -297,7 +297,7 @@ def link_after_ingest(conn: psycopg.Connection, settings: Settings, ids: Sequenc
     with conn.transaction():
         # Never hold the batch's answer for long behind a bulk import: give up after a few
         # seconds (LockNotAvailable); `identities resolve` links them later.
-        conn.execute("SET LOCAL lock_timeout = '3s'")
+        store.limit_lock_wait(conn, seconds=3)
         return link(conn, settings, among=ids)
 
 

@@ -32,6 +32,11 @@ def lock_for_merging(conn: psycopg.Connection) -> None:
     conn.execute("SELECT 1 FROM scoring_state FOR UPDATE")
 
 
+def limit_lock_wait(conn: psycopg.Connection, *, seconds: float) -> None:
+    """Give up on locks after ``seconds`` for the rest of the transaction (LockNotAvailable)."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(seconds * 1000)}",))
+
+
 @dataclass(frozen=True)
 class Held:
     """One customer row as a merge sees it."""
