@@ -613,3 +613,29 @@ def test_merge_events_pass_webhook_filters():
     from crm_service.triggers.webhooks import FILTERABLE
 
     assert {"customer.merged", "customer.unmerged", "customer.erased"}.isdisjoint(FILTERABLE)
+
+
+def test_an_erased_customers_channel_accounts_stay_erased(client, auth, conn, settings,
+                                                          tmp_path):
+    """Erasing a customer puts their accounts on the suppression list: an order sent later by
+    one of them does not bring the person back as a new customer (REST, CSV, profiles)."""
+    _profiles(client, auth, {"customer_id": "C-1",
+                             "identities": [{"channel": "tmall", "external_id": "tb_gone"}]})
+    post(client, auth, "/v1/orders", {"orders": [order("T-1", cid="C-1")]})
+    assert client.delete("/v1/customers/C-1", headers=auth).status_code == 200
+    body = post(client, auth, "/v1/orders", {"orders": [order("T-2", buyer="tb_gone"),
+                                                        order("T-3", buyer="tb_other")]})
+    assert body["results"][0]["outcome"] == "rejected"
+    assert "erased" in body["results"][0]["errors"]["buyer_id"]
+    assert body["results"][1]["outcome"] == "inserted"
+    profile = _profiles(client, auth, {"channel": "tmall", "buyer_id": "tb_gone",
+                                       "email": "back@example.com"})
+    assert profile["results"][0]["outcome"] == "rejected"
+    path = write(tmp_path / "o.csv", "order_id,channel,buyer_id,ordered_at,amount\n"
+                 "T-4,tmall,tb_gone,2024-03-01,10\n")
+    assert import_orders(conn, settings, path).rejected == 1
+    profiles = write(tmp_path / "c.csv", "channel,buyer_id,email\ntmall,tb_gone,b@example.com\n")
+    assert import_customers(conn, settings, profiles).rejected == 1
+    assert count(conn, "SELECT count(*) FROM customer_identities WHERE external_id = 'tb_gone'") \
+        == 0
+    assert count(conn, "SELECT count(*) FROM customers WHERE email IS NOT NULL") == 0

@@ -23,7 +23,13 @@ from typing import IO, TYPE_CHECKING, Any
 from crm_service.customers import identities
 from crm_service.customers.rules import check_customer
 from crm_service.errors import ValidationError
-from crm_service.ingestion.records import SUPPRESSED, OrderRules, check_account, iter_checked
+from crm_service.ingestion.records import (
+    SUPPRESSED,
+    SUPPRESSED_ACCOUNT,
+    OrderRules,
+    check_account,
+    iter_checked,
+)
 from crm_service.platform.config import Settings
 from crm_service.privacy import erasure
 from crm_service.storage import customers as customer_store
@@ -327,9 +333,13 @@ def import_orders(
                         claim = (row[2], buyer, cid, generated, line, len(lines))
                 elif aliases:
                     cid = aliases.get(cid, cid)
-                if suppressed is not None and suppressed(cid):
-                    rejects.add(line, {"customer_id": SUPPRESSED}, raw_id.strip())
-                    continue
+                if suppressed is not None:  # someone was erased: check the id and account
+                    if suppressed(cid):
+                        rejects.add(line, {"customer_id": SUPPRESSED}, raw_id.strip())
+                        continue
+                    if buyer is not None and erased.blocks_account(row[2], buyer):
+                        rejects.add(line, {"buyer_id": SUPPRESSED_ACCOUNT}, raw_id.strip())
+                        continue
                 if claim is not None:
                     claims.append(claim)
                 elif buyer is not None and cid not in seen:
@@ -432,6 +442,9 @@ def import_customers(
                     if account is None:
                         rejects.add(line, errors, (buyer or "").strip())
                         continue
+                    if account not in owners and erased and erased.blocks_account(*account):
+                        rejects.add(line, {"buyer_id": SUPPRESSED_ACCOUNT}, account[1])
+                        continue
                     if not record.get("customer_id"):
                         record["customer_id"] = owners.get(account) or make_id(*account)
                 record.setdefault("customer_id", "")
@@ -494,6 +507,15 @@ class _Erased:
 
     def __bool__(self) -> bool:
         return bool(self.hashes)
+
+    def blocks_account(self, channel: str, external_id: str) -> bool:
+        """Whether the channel account belonged to an erased customer."""
+        key = f"\x00{channel}/{external_id}"  # cannot be a customer id (no control characters)
+        verdict = self.verdicts.get(key)
+        if verdict is None:
+            digest = erasure.account_digest(self.key, channel, external_id)
+            verdict = self.verdicts[key] = digest in self.hashes
+        return verdict
 
     def blocks(self, customer_id: str) -> bool:
         verdict = self.verdicts.get(customer_id)

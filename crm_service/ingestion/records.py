@@ -247,6 +247,8 @@ class BatchResult:
 
 
 SUPPRESSED = "this customer was erased; data for the id is no longer accepted"
+SUPPRESSED_ACCOUNT = ("this channel account's customer was erased; data for the account is no "
+                      "longer accepted")
 
 
 def ingest_order_batch(
@@ -340,6 +342,9 @@ def _resolve_customers(conn: psycopg.Connection, settings: Settings,
     aliases = identities.resolve_aliases(conn, [row[1] for _, row in valid if row[1]])
     owners = store_identities.claim_identities(
         conn, sorted({(row[2], buyers[i]) for i, row in valid if i in buyers}))
+    gone = erasure.suppressed_accounts(conn, settings, [
+        (row[2], buyers[i]) for i, row in valid if i in buyers
+        and (row[2], buyers[i]) not in owners])
     key = identities.identity_key(settings) if buyers else b""
     links: list[tuple[str, str, str]] = []
     out: list[tuple[int, OrderRow]] = []
@@ -349,6 +354,10 @@ def _resolve_customers(conn: psycopg.Connection, settings: Settings,
         if buyer is not None:
             account = (row[2], buyer)
             owner = owners.get(account)
+            if account in gone:
+                outcomes[index] = {"outcome": "rejected", "errors": {
+                    "buyer_id": SUPPRESSED_ACCOUNT}, "channel": row[2], "order_id": row[0]}
+                continue
             if not cid:
                 cid = owner or identities.generated_id(key, row[2], buyer)
             elif owner is not None and owner != cid:
@@ -402,6 +411,12 @@ def _profiles_by_account(conn: psycopg.Connection, settings: Settings,
     listed = {(str(i.get("channel") or "").strip().lower(), str(i.get("external_id") or "").strip())
               for r in records for i in (r.get("identities") or []) if isinstance(i, Mapping)}
     owners = store_identities.claim_identities(conn, sorted(set(accounts.values()) | listed))
+    gone = erasure.suppressed_accounts(conn, settings,
+                                       [a for a in accounts.values() if a not in owners])
+    for index, account in list(accounts.items()):
+        if account in gone:
+            outcomes[index] = {"outcome": "rejected", "errors": {"buyer_id": SUPPRESSED_ACCOUNT}}
+            del accounts[index]
     key = identities.identity_key(settings)
     out: list[Mapping[str, Any]] = []
     for index, record in enumerate(records):

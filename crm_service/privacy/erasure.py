@@ -34,6 +34,24 @@ def suppressed(conn: psycopg.Connection, settings: Settings, ids: list[str]) -> 
     return {digests[d] for d in store.erased_among(conn, list(digests))}
 
 
+ACCOUNT_PURPOSE = "erased-account"
+
+
+def account_digest(key: bytes, channel: str, external_id: str) -> bytes:
+    """The suppression-list entry of a channel account (a keyed hash, as for ids)."""
+    return secretbox.keyed_digest(key, ACCOUNT_PURPOSE, f"{channel}/{external_id}")
+
+
+def suppressed_accounts(conn: psycopg.Connection, settings: Settings,
+                        accounts: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of the (channel, external id) accounts belonged to an erased customer."""
+    if not accounts or not store.any_erased(conn):
+        return set()
+    key = secretbox.server_key(settings)
+    digests = {account_digest(key, c, e): (c, e) for c, e in set(accounts)}
+    return {digests[d] for d in store.erased_among(conn, list(digests))}
+
+
 def any_erased(conn: psycopg.Connection) -> bool:
     """True once any customer has been erased (ingestion checks only then)."""
     return store.any_erased(conn)
@@ -55,6 +73,9 @@ def erase(conn: psycopg.Connection, settings: Settings, customer_id: str) -> dic
         survivor = id_store.survivors_of(conn, [customer_id]).get(customer_id)
         target = survivor or customer_id
         alias_ids = [a["customer_id"] for a in id_store.aliases(conn, target)]
+        # Their channel accounts go on the list too: an order later sent by one of them must
+        # not bring the person back as a new customer.
+        accounts = id_store.accounts_of(conn, [target, *alias_ids])
         alias_refs = []
         for alias in alias_ids:  # first: their rows point at the survivor's
             digest = secretbox.keyed_digest(key, PURPOSE, alias)
@@ -64,6 +85,7 @@ def erase(conn: psycopg.Connection, settings: Settings, customer_id: str) -> dic
         erased = store.delete_customer(conn, target, digest)
         if erased is None:
             raise NotFoundError(f"no customer {customer_id!r}")
+        store.suppress(conn, [account_digest(key, c, e) for c, e in accounts])
     out = {"customer_ref": digest.hex(), "removed": erased.removed,
            "event_id": str(erased.event_id)}
     if survivor is not None:

@@ -38,6 +38,13 @@ def erased_digests(conn: psycopg.Connection) -> set[bytes]:
     return {bytes(r[0]) for r in conn.execute("SELECT id_hash FROM erased_customers")}
 
 
+def suppress(conn: psycopg.Connection, digests: list[bytes]) -> None:
+    """Put keyed digests (of ids or channel accounts) on the erased list."""
+    if digests:
+        conn.execute("INSERT INTO erased_customers (id_hash) SELECT unnest(%s::bytea[])"
+                     " ON CONFLICT (id_hash) DO UPDATE SET erased_at = now()", (digests,))
+
+
 @dataclass(frozen=True)
 class Erased:
     """What :func:`delete_customer` removed, and the ``customer.erased`` event it wrote."""

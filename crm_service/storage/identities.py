@@ -77,6 +77,13 @@ def aliases(conn: psycopg.Connection, survivor: str) -> list[dict[str, Any]]:
                 " WHERE c.merged_into = %s ORDER BY c.customer_id", (survivor,))]
 
 
+def accounts_of(conn: psycopg.Connection, ids: Sequence[str]) -> list[tuple[str, str]]:
+    """The (channel, external_id) accounts of these customers."""
+    return [(c, e) for c, e in conn.execute(
+        "SELECT channel, external_id FROM customer_identities WHERE customer_id = ANY(%s)",
+        (list(ids),))]
+
+
 def claim_identities(conn: psycopg.Connection, identities: list[tuple[str, str]]
                      ) -> dict[tuple[str, str], str]:
     """Lock each (channel, external_id) (advisory, in a fixed order) and return the known owners.
