@@ -511,18 +511,16 @@ def renormalize_phones(conn: psycopg.Connection, normalize: Any, country_code: s
         batch.clear()
         return n
 
+    # A server-side cursor in the open transaction: memory stays flat however many phones.
     with conn.cursor(name="phones") as cur:
-        cur.itersize = 20_000
         cur.execute("SELECT customer_id, phone, phone_normalized FROM customers"
                     " WHERE phone IS NOT NULL")
-        pending = cur.fetchall()
-    for cid, phone, stored in pending:
-        norm = normalize(phone, country_code)
-        if norm is not None and norm != stored:
-            batch.append((cid, norm))
-            if len(batch) >= 20_000:
-                changed += flush()
-    changed += flush()
+        while rows := cur.fetchmany(20_000):
+            for cid, phone, stored in rows:
+                norm = normalize(phone, country_code)
+                if norm is not None and norm != stored:
+                    batch.append((cid, norm))
+            changed += flush()
     conn.execute("INSERT INTO phone_normalization (country_code, scheme) VALUES (%s, %s)"
                  " ON CONFLICT (only_row) DO UPDATE SET country_code = EXCLUDED.country_code,"
                  " scheme = EXCLUDED.scheme, done_at = now()", (country_code, scheme))
