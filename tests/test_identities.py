@@ -639,3 +639,50 @@ def test_an_erased_customers_channel_accounts_stay_erased(client, auth, conn, se
     assert count(conn, "SELECT count(*) FROM customer_identities WHERE external_id = 'tb_gone'") \
         == 0
     assert count(conn, "SELECT count(*) FROM customers WHERE email IS NOT NULL") == 0
+
+
+def test_migration_0021_upgrades_a_base_with_data_and_rolls_back(server_dsn, settings):
+    """A base as the previous release left it (identities, phones in the old form), upgraded,
+    its phones rewritten in E.164, then rolled back and upgraded again."""
+    from yoyo import get_backend
+
+    from crm_service.platform import schema
+    from tests.test_schema import _fresh_db
+
+    url = _fresh_db(server_dsn, "crm_mig_identities")
+    backend = get_backend(schema._yoyo_uri(url))
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(
+            schema._migrations().filter(lambda m: m.id != "0021.identities")))
+    backend.connection.close()
+    with psycopg.connect(url) as c:
+        c.execute("INSERT INTO customers (customer_id, phone, phone_normalized) VALUES"
+                  " ('A', '138 0000 2222', '13800002222'), ('B', NULL, NULL)")
+        c.execute("INSERT INTO customer_identities VALUES ('tmall', 'tb_a', 'A')")
+    assert schema.upgrade(url) == ["0021.identities"]
+    with psycopg.connect(url) as c:
+        assert identities.ensure_phone_scheme(c, replace(settings, phone_country_code="86")) == 1
+        assert q(c, "SELECT phone_normalized FROM customers WHERE customer_id = 'A'") == [
+            ("+8613800002222",)]
+        assert q(c, "SELECT customer_id FROM customer_identities") == [("A",)]
+        assert q(c, "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                    " WHERE conname = 'customer_identities_pkey'") == [
+            ("PRIMARY KEY (external_id, channel)",)]
+        c.execute("UPDATE customers SET merged_into = 'A', merge_id = 1 WHERE customer_id = 'B'")
+        c.execute("INSERT INTO events (type, customer_id, data) VALUES"
+                  " ('customer.merged', 'A', '{}')")
+        c.commit()
+    backend = get_backend(schema._yoyo_uri(url))
+    with backend.lock():
+        backend.rollback_migrations(backend.to_rollback(
+            schema._migrations().filter(lambda m: m.id == "0021.identities")))
+    backend.connection.close()
+    with psycopg.connect(url) as c:
+        assert count(c, "SELECT count(*) FROM customers") == 2  # the alias stays a customer
+        assert count(c, "SELECT count(*) FROM events") == 0
+        assert q(c, "SELECT customer_id FROM customer_identities") == [("A",)]
+        assert count(c, "SELECT count(*) FROM information_schema.columns"
+                        " WHERE table_name = 'customers' AND column_name = 'merged_into'") == 0
+        assert count(c, "SELECT count(*) FROM pg_indexes"
+                        " WHERE indexname = 'customer_identities_external_idx'") == 1
+    assert schema.upgrade(url) == ["0021.identities"]

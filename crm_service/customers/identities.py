@@ -308,12 +308,6 @@ def review_list(conn: psycopg.Connection, limit: int = 100,
             for c in store.candidates(conn, limit, customer_id)]
 
 
-def require_known(conn: psycopg.Connection, customer_id: str) -> None:
-    """NotFoundError unless the customer exists."""
-    if not store.customers_exist(conn, [customer_id]):
-        raise NotFoundError(f"no customer {customer_id!r}")
-
-
 def ensure_phone_scheme(conn: psycopg.Connection, settings: Settings) -> int | None:
     """Rewrite stored phones in E.164 if they were written another way (or another country).
 

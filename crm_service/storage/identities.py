@@ -11,6 +11,7 @@ order), so no order or profile lands on a customer while it is being merged.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -212,13 +213,11 @@ FROM merge_plan GROUP BY merge_id, survivor ORDER BY merge_id
 
 @dataclass(frozen=True)
 class Merged:
-    """One merge as recorded."""
+    """One merge as recorded (:func:`moved_counts` says what it moved)."""
 
     merge_id: int
     survivor_id: str
     merged_ids: list[str]
-    orders_moved: int
-    identities_moved: int
 
 
 def apply_merges(conn: psycopg.Connection, plans: Sequence[tuple[str, Sequence[str]]], *,
@@ -261,20 +260,13 @@ def apply_merges(conn: psycopg.Connection, plans: Sequence[tuple[str, Sequence[s
                     " WHERE l.customer_a = p.merged OR l.customer_b = p.merged")
         cur.execute(_EVENTS, ref_params)
         rows = cur.execute(
-            "SELECT p.merge_id, p.survivor, array_agg(p.merged ORDER BY p.pos),"
-            " (SELECT count(*) FROM customer_merge_orders o WHERE o.merge_id = p.merge_id),"
-            " (SELECT count(*) FROM customer_merge_identities i WHERE i.merge_id = p.merge_id)"
-            " FROM merge_plan p GROUP BY p.merge_id, p.survivor ORDER BY p.merge_id"
-            if len(plans) <= 100 else
-            "SELECT p.merge_id, p.survivor, array_agg(p.merged ORDER BY p.pos), 0, 0"
-            " FROM merge_plan p GROUP BY p.merge_id, p.survivor ORDER BY p.merge_id").fetchall()
+            "SELECT merge_id, survivor, array_agg(merged ORDER BY pos) FROM merge_plan"
+            " GROUP BY merge_id, survivor ORDER BY merge_id").fetchall()
         cur.execute("DROP TABLE merge_plan")
-    return [Merged(int(m), s, list(ids), int(o), int(i)) for m, s, ids, o, i in rows]
+    return [Merged(int(m), s, list(ids)) for m, s, ids in rows]
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True)
 
 
@@ -452,12 +444,6 @@ def undone_pairs(conn: psycopg.Connection, ids: Sequence[str]) -> set[frozenset[
         "SELECT survivor_id, unnest(merged_ids) FROM customer_merges"
         " WHERE undone_at IS NOT NULL AND (survivor_id = ANY(%(i)s) OR merged_ids && %(i)s)",
         {"i": list(ids)})}
-
-
-def customers_exist(conn: psycopg.Connection, ids: Sequence[str]) -> set[str]:
-    """Which of ``ids`` are customers (aliases included)."""
-    return {r[0] for r in conn.execute(
-        "SELECT customer_id FROM customers WHERE customer_id = ANY(%s)", (list(ids),))}
 
 
 def add_candidates(conn: psycopg.Connection, rows: list[tuple[str, str, str, str]]) -> int:

@@ -281,15 +281,19 @@ class _Accounts:
             ids = list({remap.get(c, c) for c in ids})
         return lines, ids, accounts
 
+    def _empty_staging(self) -> None:
+        """The account staging table, created on first use, empty."""
+        if self.staging:
+            self.cur.execute("TRUNCATE account_staging")
+        else:
+            self.cur.execute(_CREATE_ACCOUNTS)
+            self.staging = True
+
     def _held_elsewhere(self, accounts: list[str],
                         claims: list[tuple[str, str, str, str, int, int]]
                         ) -> list[tuple[str, str, str, bool, str]]:
         cur = self.cur
-        if not self.staging:
-            cur.execute(_CREATE_ACCOUNTS)
-            self.staging = True
-        else:
-            cur.execute("TRUNCATE account_staging")
+        self._empty_staging()
         with cur.copy("COPY account_staging FROM STDIN") as copy:
             copy.write(_copy_text([f"{a[:-1]}\tf\n" for a in accounts]
                                   + [f"{c}\t{e}\t{k}\tt\n" for c, e, k, _, _, _ in claims]))
@@ -306,10 +310,7 @@ class _Accounts:
                                " FROM STDIN") as copy:
                 copy.write(text)
             return
-        if not self.staging:
-            self.cur.execute(_CREATE_ACCOUNTS)
-            self.staging = True
-        self.cur.execute("TRUNCATE account_staging")
+        self._empty_staging()
         with self.cur.copy("COPY account_staging FROM STDIN") as copy:
             copy.write(_copy_text([f"{a[:-1]}\tf\n" for a in accounts]))
         self.cur.execute(_NEW_ACCOUNTS)

@@ -152,22 +152,28 @@ def _claim_live(cur: psycopg.Cursor, run_id: int, attempt: int, *,
     return live[0] if live else None
 
 
+# Rows of customers no longer there as they were when the run read the orders, each with the
+# table whose recent rows say some may exist: erased (no row any more), and merged into another
+# (the alias gets no row, transition or event of its own; the survivor's answer is provisional
+# until the next run).
+_GONE_SINCE_RUN = (
+    ("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
+     " WHERE r.id = %s AND e.erased_at >= r.started_at - interval '1 day')",
+     "DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM customers c"
+     " WHERE c.customer_id = s.customer_id)"),
+    ("SELECT EXISTS (SELECT 1 FROM customer_merges m, scoring_runs r"
+     " WHERE r.id = %s AND m.created_at >= r.started_at - interval '1 day')",
+     "DELETE FROM {} s USING customers c WHERE c.customer_id = s.customer_id"
+     " AND c.merged_into IS NOT NULL"),
+)
+
+
 def _drop_erased(cur: psycopg.Cursor, run_id: int, part: sql.Identifier) -> None:
     """Remove from the run's table the customers erased or merged since (about) the run started."""
-    cur.execute("SELECT EXISTS (SELECT 1 FROM erased_customers e, scoring_runs r"
-                " WHERE r.id = %s AND e.erased_at >= r.started_at - interval '1 day')",
-                (run_id,))
-    if cur.fetchone()[0]:  # type: ignore[index]
-        cur.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM customers c"
-                            " WHERE c.customer_id = s.customer_id)").format(part))
-    # Customers merged into another since the run read the orders: the survivor's answer is
-    # provisional until the next run; the alias gets no row, transition or event of its own.
-    cur.execute("SELECT EXISTS (SELECT 1 FROM customer_merges m, scoring_runs r"
-                " WHERE r.id = %s AND m.created_at >= r.started_at - interval '1 day')",
-                (run_id,))
-    if cur.fetchone()[0]:  # type: ignore[index]
-        cur.execute(sql.SQL("DELETE FROM {} s USING customers c WHERE c.customer_id ="
-                            " s.customer_id AND c.merged_into IS NOT NULL").format(part))
+    for recent, delete in _GONE_SINCE_RUN:
+        cur.execute(recent, (run_id,))
+        if cur.fetchone()[0]:  # type: ignore[index]
+            cur.execute(sql.SQL(delete).format(part))
 
 
 def publish(conn: psycopg.Connection, run_id: int, attempt: int, as_of: date,
